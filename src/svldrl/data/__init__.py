@@ -1,0 +1,1 @@
+"""Data in: volume readers and writers, dataset layouts, normalisation, phantoms, splits."""
