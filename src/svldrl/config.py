@@ -17,6 +17,7 @@ from svldrl.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
     "method": "supervised",
+    "labels": "clean",  # clean | noisy/NAME: which training masks the run used
     "seed": 0,
     "data": {
         "modality": "auto",  # auto | mr | ct: auto reads dataset.json channel_names

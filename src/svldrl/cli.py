@@ -1,0 +1,216 @@
+"""The ``svldrl`` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from svldrl import __version__
+from svldrl.errors import UserError
+from svldrl.reporter import Reporter
+
+
+def _foreground(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--foreground expects label values like 1,2,4, got '{text}'") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"--foreground expects positive label values like 1,2,4, got '{text}'")
+    return values
+
+
+def cmd_synth(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.data.synth import synthesize
+
+    out = synthesize(Path(a.out), cases=a.cases, size=a.size, seed=a.seed, test_cases=a.test_cases, reporter=rep)
+    rep.info(f"wrote {a.cases} training and {a.test_cases} test phantoms to {out}")
+    return 0
+
+
+def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.noise import run_noise
+
+    params = dict(_parse_params(a.param))
+    if a.mode:
+        params["mode"] = a.mode
+    out = run_noise(a.dataset, a.protocol, a.ratio, a.seed, name=a.name, params=params,
+                    foreground=_foreground(a.foreground), reporter=rep)
+    import json
+
+    report = json.loads((Path(out) / "noise_report.json").read_text())
+    mean = report.get("mean", {})
+    rep.info(f"wrote {out} (mean label Dice {mean.get('dice', float('nan')):.4f}, "
+             f"voxel error rate {mean.get('voxel_error_rate', float('nan')):.4f})")
+    print(out)
+    return 0
+
+
+def _parse_params(items: list[str] | None) -> list[tuple[str, object]]:
+    import yaml
+
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--param expects key=value, got '{item}'")
+        k, v = item.split("=", 1)
+        out.append((k.strip(), yaml.safe_load(v)))
+    return out
+
+
+def build_train_config(a: argparse.Namespace) -> dict:
+    from svldrl import config as C
+
+    overrides = list(a.set or [])
+    for flag, key in (("method", "method"), ("labels", "labels"), ("iterations", "train.iterations"), ("patch", "train.patch"),
+                      ("backbone", "nets.backbone"), ("seed", "seed"), ("fold", "data.fold"),
+                      ("device", "train.device")):
+        value = getattr(a, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if getattr(a, "deterministic", False):
+        overrides.append("train.deterministic=true")
+    cfg = C.load_config(a.config or [], overrides)
+    fg = _foreground(getattr(a, "foreground", None))
+    if fg is not None:
+        cfg["data"]["foreground"] = fg
+    return cfg
+
+
+def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl import config as C
+    from svldrl.engine import distributed as D
+    from svldrl.engine.train import train
+
+    if a.resume and (Path(a.out) / "config.yaml").is_file():
+        overrides = [f"train.iterations={a.iterations}"] if a.iterations else []
+        cfg = C.load_config([Path(a.out) / "config.yaml"], overrides)
+    else:
+        cfg = build_train_config(a)
+    D.init_from_env()
+    if D.rank() != 0:
+        rep = Reporter(quiet=True)
+    run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
+    rep.info(f"run folder: {run}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.engine.predict import predict_folder
+
+    files = predict_folder(a.run, a.input, a.output, device=a.device, batch=a.batch, checkpoint=a.checkpoint,
+                           save_refined=a.save_refined, reporter=rep)
+    rep.info(f"wrote {len(files)} predictions to {a.output}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.eval.summary import evaluate_folders, format_table
+
+    out = Path(a.out) if a.out else None
+    summary = evaluate_folders(a.pred, a.ref, out=out, foreground=_foreground(a.foreground), reporter=rep)
+    print(format_table(summary))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.demo import run_demo
+
+    run_demo(Path(a.out), quick=a.quick, reporter=rep, methods=a.methods)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="svldrl",
+        description="Train 3D segmentation models that stay accurate when the training masks are wrong.",
+    )
+    p.add_argument("--version", action="version", version=f"svldrl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--quiet", action="store_true", help="no progress output")
+        return sp
+
+    s = add("synth", "write a phantom dataset in nnU-Net raw layout")
+    s.add_argument("out")
+    s.add_argument("--cases", type=int, default=20)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--test-cases", type=int, default=10)
+    s.set_defaults(func=cmd_synth)
+
+    n = add("noise", "corrupt training masks reproducibly into labelsTr_noisy/NAME")
+    n.add_argument("dataset")
+    n.add_argument("--protocol", required=True, choices=["mt", "markov", "spg"])
+    n.add_argument("--ratio", type=float, default=0.5, help="fraction of training cases corrupted")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--name", default=None)
+    n.add_argument("--mode", choices=["both", "dilate", "erode"], default=None, help="mt: one-sided noise")
+    n.add_argument("--param", action="append", metavar="KEY=VALUE", help="protocol parameter, e.g. theta1=0.7")
+    n.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
+    n.set_defaults(func=cmd_noise)
+
+    t = add("train", "train a model with a method picked by name")
+    t.add_argument("dataset")
+    t.add_argument("--method", default=None, help="supervised | svldrl | ...")
+    t.add_argument("--labels", default=None, help="clean (default) or noisy/NAME")
+    t.add_argument("--out", required=True)
+    t.add_argument("--iterations", type=int, default=None, help="total optimiser steps")
+    t.add_argument("--patch", type=int, default=None, help="cubic patch side")
+    t.add_argument("--backbone", default=None, help="unet | swinunetr")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--fold", type=int, default=None)
+    t.add_argument("--device", default=None)
+    t.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
+    t.add_argument("--config", action="append", help="YAML config file (repeatable)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. rl.t_max=5")
+    t.add_argument("--deterministic", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    pr = add("predict", "segment every image of a folder with a trained run")
+    pr.add_argument("run")
+    pr.add_argument("input")
+    pr.add_argument("output")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--batch", type=int, default=None, help="sliding-window batch size")
+    pr.add_argument("--checkpoint", default="auto", choices=["auto", "final", "best", "latest"])
+    pr.add_argument("--save-refined", action="store_true", help="svldrl: also write the refined volume and action map")
+    pr.set_defaults(func=cmd_predict)
+
+    e = add("evaluate", "compare predictions with reference masks (summary.json, per-case CSV)")
+    e.add_argument("pred")
+    e.add_argument("ref")
+    e.add_argument("--out", default=None, help="summary.json path (default PRED/summary.json)")
+    e.add_argument("--foreground", default=None, help="reference label values mapped to foreground")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = add("demo", "phantoms -> MT-Noise 0.5 -> train on clean / noisy -> evaluate -> report")
+    d.add_argument("--out", default="svldrl_demo")
+    d.add_argument("--quick", action="store_true", help="small and short (about 3 minutes on 2 CPU cores)")
+    d.add_argument("--methods", default=None, help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    rep = Reporter(quiet=args.quiet)
+    try:
+        return int(args.func(args, rep) or 0)
+    except UserError as exc:
+        print(f"svldrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("svldrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Engine: the base trainer (patches, loop, validation, checkpoints, logs) and sliding-window prediction."""
