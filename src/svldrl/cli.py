@@ -42,9 +42,8 @@ def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
     import json
 
     report = json.loads((Path(out) / "noise_report.json").read_text())
-    mean = report.get("mean", {})
-    rep.info(f"wrote {out} (mean label Dice {mean.get('dice', float('nan')):.4f}, "
-             f"voxel error rate {mean.get('voxel_error_rate', float('nan')):.4f})")
+    rep.info(f"wrote {out}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, mean label Dice "
+             f"{report['mean_dice']:.4f}, mean voxel error rate {report['mean_voxel_error_rate']:.4f}")
     print(out)
     return 0
 

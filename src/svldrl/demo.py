@@ -74,7 +74,7 @@ def run_demo(out: Path, quick: bool = False, reporter: Reporter = QUIET, methods
         m = summary["mean"]["1"]
         rows.append({
             "run": name, "method": method, "training masks": labels,
-            "label Dice": 1.0 if labels == "clean" else noise_report["mean"]["dice"],
+            "label Dice": 1.0 if labels == "clean" else noise_report["mean_dice"],
             "Dice": m["Dice"], "IoU": m["IoU"], "HD95 (mm)": m["HD95"], "ASD (mm)": m["ASD"],
         })
     reporter.info("[4/4] report")

@@ -1,0 +1,342 @@
+"""Write a seeded noisy copy of a dataset's training masks, with its noise report.
+
+Layout: ``<dataset>/labelsTr_noisy/<NAME>/{case_id}.nii.gz`` plus ``noise_report.json``; the
+clean ``labelsTr/`` is only read. The set is built in ``<NAME>.partial/`` and renamed to
+``<NAME>`` when complete, so a killed run never leaves a set that looks finished, and the next
+run with the same settings resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svldrl.data.io import read_volume, write_nifti, write_text
+from svldrl.errors import UserError
+from svldrl.noise.markov import check_markov_params, markov_noise
+from svldrl.noise.mt import check_mt_params, mt_noise
+from svldrl.noise.report import build_report, mask_dice, voxel_error_rate
+from svldrl.noise.spg import check_spg_params, spg_noise
+
+PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
+    "mt": mt_noise,
+    "markov": markov_noise,
+    "spg": spg_noise,
+}
+_CHECKS: dict[str, Callable[..., None]] = {
+    "mt": check_mt_params,
+    "markov": check_markov_params,
+    "spg": check_spg_params,
+}
+
+REPORT_NAME = "noise_report.json"
+SETTINGS_NAME = ".settings.json"
+CASES_DIR = ".cases"
+PARTIAL_SUFFIX = ".partial"
+FORMAT_VERSION = 1
+
+
+def protocol_defaults(protocol: str) -> dict[str, Any]:
+    """The keyword parameters of a protocol function and their defaults."""
+    sig = inspect.signature(PROTOCOLS[protocol])
+    return {k: p.default for k, p in list(sig.parameters.items())[2:]}
+
+
+def resolve_params(protocol: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Protocol defaults overridden by ``params``, validated.
+
+    Raises:
+        UserError: unknown protocol, unknown parameter name or invalid value.
+    """
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown noise protocol {protocol!r} (choose one of {', '.join(PROTOCOLS)})")
+    params = dict(params or {})
+    defaults = protocol_defaults(protocol)
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise UserError(
+            f"unknown parameter(s) {', '.join(unknown)} for noise protocol {protocol!r} "
+            f"(accepted: {', '.join(defaults)})"
+        )
+    resolved = {**defaults, **params}
+    if isinstance(resolved.get("spacing"), (list, tuple)):
+        resolved["spacing"] = [float(s) if _is_number(s) else s for s in resolved["spacing"]]
+    check = {k: v for k, v in resolved.items() if not (k == "spacing" and v == "auto")}
+    try:
+        _CHECKS[protocol](**check)
+    except ValueError as exc:
+        raise UserError(f"noise protocol {protocol!r}: {exc}") from None
+    return resolved
+
+
+def _is_number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float, np.number))
+
+
+def _is_integral(x: Any) -> bool:
+    return _is_number(x) and math.isfinite(x) and float(x) == int(x)
+
+
+def format_ratio(ratio: float) -> str:
+    """``0.5`` -> ``'0.5'``, ``1`` -> ``'1.0'``, ``1/3`` -> ``'0.333'``."""
+    text = f"{float(ratio):.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def default_name(protocol: str, ratio: float, params: dict[str, Any] | None = None) -> str:
+    """``mt0.5``, ``markov0.5``, ``spg0.5``; one-sided MT-Noise adds its mode (``mt_dilate1.0``)."""
+    mode = (params or {}).get("mode", "both")
+    prefix = f"{protocol}_{mode}" if protocol == "mt" and mode != "both" else protocol
+    return f"{prefix}{format_ratio(ratio)}"
+
+
+def _check_name(name: str) -> None:
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or name.endswith(PARTIAL_SUFFIX)
+    ):
+        raise UserError(
+            f"invalid noisy-set name {name!r}: use a plain folder name "
+            f"(no '/', not starting with '.', not ending in '{PARTIAL_SUFFIX}')"
+        )
+
+
+def case_seed(seed: int, index: int) -> np.random.SeedSequence:
+    """Seed of case ``index`` (position in the sorted training case ids): independent of processing order."""
+    return np.random.SeedSequence(seed, spawn_key=(1, index))
+
+
+def select_cases(n: int, ratio: float, seed: int) -> list[int]:
+    """Indices of the round(ratio * n) corrupted cases (half rounds up), from the seed alone."""
+    k = int(math.floor(ratio * n + 0.5))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
+
+
+def _binary(array: np.ndarray, path: Path, foreground: list[int] | None) -> np.ndarray:
+    from svldrl.data.dataset import check_mask  # lazy: the pure noise functions need no dataset code
+
+    # An empty clean mask is kept (its noisy copy is empty too and the report says so); whether a
+    # training set may hold one is the trainer's call, not the noise generator's.
+    return check_mask(array, path, foreground, allow_empty=True)
+
+
+def _json(obj: Any) -> Any:
+    """Round-trip through JSON so settings compare equal to what was stored (tuples -> lists)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_to_builtin))
+
+
+def _to_builtin(x: Any) -> Any:
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {b.get(k)!r} exists, {a.get(k)!r} asked" for k in keys if k != "cases") + (
+        "; the training cases differ" if "cases" in keys else ""
+    )
+
+
+def _tidy(folder: Path) -> None:
+    """Remove our bookkeeping and temporaries left by an atomic write that was killed."""
+    shutil.rmtree(folder / CASES_DIR, ignore_errors=True)
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.is_file():
+            p.unlink()
+
+
+def run_noise(
+    dataset_path: str | Path,
+    protocol: str,
+    ratio: float,
+    seed: int,
+    name: str | None = None,
+    params: dict[str, Any] | None = None,
+    foreground: Any = None,
+    reporter: Any = None,
+) -> Path:
+    """Corrupt a seeded fraction of a dataset's clean training masks and write them with a report.
+
+    Args:
+        dataset_path: dataset root (nnU-Net layout or any layout ``load_dataset`` reads).
+        protocol: ``"mt"``, ``"markov"`` or ``"spg"`` (see :data:`PROTOCOLS`).
+        ratio: fraction of training cases to corrupt, in [0, 1] (SP-guided alpha); the other
+            cases get their clean mask, binarised, unchanged.
+        seed: non-negative integer; the same seed gives byte-identical files.
+        name: folder name under ``labelsTr_noisy/``; default from protocol and ratio
+            (:func:`default_name`).
+        params: protocol parameters overriding the defaults; for ``"mt"``,
+            ``spacing="auto"`` uses each label's voxel size.
+        foreground: label value(s) counted as foreground (default: the mask must be binary).
+        reporter: object with ``.info(str)`` for progress; silent when None.
+
+    Returns:
+        The folder of the complete noisy set.
+
+    Raises:
+        UserError: invalid settings, or ``name`` already holds a set made with other settings.
+    """
+    info = reporter.info if reporter is not None else (lambda _msg: None)
+    resolved = resolve_params(protocol, params)
+    if not _is_number(ratio) or not math.isfinite(ratio) or not 0.0 <= ratio <= 1.0:
+        raise UserError(f"noise ratio must be a number in [0, 1], got {ratio!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+    if foreground is not None:
+        values = [foreground] if _is_number(foreground) else foreground
+        if not isinstance(values, (list, tuple)) or not values or not all(_is_integral(v) for v in values):
+            raise UserError(f"foreground must be a label value or a list of label values, got {foreground!r}")
+        foreground = sorted({int(v) for v in values})
+    name = default_name(protocol, ratio, resolved) if name is None else name
+    _check_name(name)
+
+    from svldrl.data.dataset import load_dataset  # lazy: the pure noise functions need no dataset code
+
+    ds = load_dataset(dataset_path, labels="clean")
+    cases = sorted(ds.train, key=lambda c: c.case_id)
+    if not cases:
+        raise UserError("dataset has no training cases to corrupt", dataset_path)
+    for case in cases:
+        if case.label is None:
+            raise UserError(f"training case {case.case_id} has no clean label to corrupt", dataset_path)
+    chosen = set(select_cases(len(cases), float(ratio), int(seed)))
+    settings = _json(
+        {
+            "version": FORMAT_VERSION,
+            "protocol": protocol,
+            "params": resolved,
+            "ratio": float(ratio),
+            "seed": int(seed),
+            "foreground": foreground,
+            "labels": "clean",
+            "cases": [c.case_id for c in cases],
+        }
+    )
+
+    final = Path(ds.noisy_dir(name))
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    if final.exists():
+        report = _read_json(final / REPORT_NAME)
+        old = report.get("settings") if isinstance(report, dict) else None
+        if old is None:
+            raise UserError(
+                f"exists but is not a complete noisy set (no readable {REPORT_NAME}); choose another --name",
+                final,
+            )
+        if old != settings:
+            raise UserError(
+                f"noisy set {name!r} already exists with other settings ({_differences(settings, old)}); "
+                "choose another --name",
+                final,
+            )
+        _tidy(final)  # a run killed between the rename and the clean-up leaves bookkeeping files
+        info(f"noisy set {name} already exists with the same settings: {final}")
+        return final
+
+    if partial.exists():
+        old = _read_json(partial / SETTINGS_NAME)
+        # A leftover without any finished case (e.g. a run stopped by a bad first mask) holds
+        # nothing to mix up and is simply restarted with the new settings.
+        started = any(partial.glob("*.nii.gz"))
+        if old is None and started:
+            raise UserError(f"{partial} holds files of an unknown run; delete it or choose another --name")
+        if old is not None and old != settings and started:
+            raise UserError(
+                f"an unfinished noisy set {name!r} was made with other settings "
+                f"({_differences(settings, old)}); delete it or choose another --name",
+                partial,
+            )
+        if old == settings and started:
+            info(f"resuming unfinished noisy set {name} in {partial}")
+        elif old != settings:
+            shutil.rmtree(partial / CASES_DIR, ignore_errors=True)
+    (partial / CASES_DIR).mkdir(parents=True, exist_ok=True)
+    write_text(partial / SETTINGS_NAME, _dump(settings))
+
+    fn = PROTOCOLS[protocol]
+    per_case: dict[str, dict[str, Any]] = {}
+    n = len(cases)
+    for index, case in enumerate(cases):
+        out = partial / f"{case.case_id}.nii.gz"
+        meta = partial / CASES_DIR / f"{case.case_id}.json"
+        entry = _read_json(meta) if meta.exists() and out.exists() else None
+        if entry is not None:
+            per_case[case.case_id] = entry
+            info(f"noise {name}: {index + 1}/{n} {case.case_id} done earlier, skipped")
+            continue
+        vol = read_volume(case.label, key=case.label_key)
+        clean = _binary(vol.array, Path(case.label), foreground)
+        corrupted = index in chosen
+        if corrupted:
+            kwargs = dict(resolved)
+            if kwargs.get("spacing") == "auto":
+                kwargs["spacing"] = list(vol.spacing)
+            noisy, op = fn(clean, np.random.default_rng(case_seed(int(seed), index)), **kwargs)
+            op = {k: v for k, v in op.items() if k not in ("dice", "protocol")}
+        else:
+            noisy, op = clean, {"operation": "none"}
+        noisy = np.asarray(noisy, dtype=np.uint8)
+        entry = _json(
+            {
+                "corrupted": corrupted,
+                "dice": mask_dice(clean, noisy),
+                "voxel_error_rate": voxel_error_rate(clean, noisy),
+                "foreground_clean": int(clean.sum()),
+                "foreground_noisy": int(noisy.sum()),
+                "noise": op,
+            }
+        )
+        write_nifti(out, noisy, vol.affine, vol.header)
+        # The entry is written after the mask: a case counts as done only when both exist.
+        write_text(meta, _dump(entry))
+        per_case[case.case_id] = entry
+        info(
+            f"noise {name}: {index + 1}/{n} {case.case_id} {op['operation']} "
+            f"dice={entry['dice']:.3f} error={entry['voxel_error_rate']:.4f}"
+        )
+
+    report = build_report(protocol, {k: v for k, v in settings.items() if k != "cases"}, per_case)
+    report["settings"] = settings
+    write_text(partial / REPORT_NAME, _dump(report))
+    os.replace(partial, final)
+    _tidy(final)
+    corrupted_dice = report["mean_dice_corrupted"]
+    info(
+        f"noisy set {name}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, "
+        f"mean label Dice {report['mean_dice']:.3f}"
+        + (f" (corrupted only {corrupted_dice:.3f})" if corrupted_dice is not None else "")
+        + f" -> {final}"
+    )
+    return final

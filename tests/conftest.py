@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny phantom dataset (32^3) made once per session, and a tiny config."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+TINY = [
+    "train.patch=32",
+    "train.batch=2",
+    "train.steps_per_epoch=2",
+    "train.iterations=6",
+    "nets.features=[4,8,16,32]",
+    "infer.sw_batch=1",
+    "infer.overlap=0.0",
+]
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from svldrl.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("phantoms") / "Dataset001_Phantom"
+    synthesize(root, cases=6, size=32, seed=3, test_cases=2)
+    return root
+
+
+@pytest.fixture()
+def dataset(phantom_root: Path, tmp_path: Path) -> Path:
+    """A private copy per test, so tests that write noisy masks or splits do not see each other."""
+    dst = tmp_path / phantom_root.name
+    shutil.copytree(phantom_root, dst)
+    return dst

@@ -1,0 +1,156 @@
+"""Training, resume, prediction and the CLI end to end on 32^3 phantoms with a tiny network."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from svldrl import config as C
+from svldrl.cli import main
+from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.engine.train import train
+from svldrl.errors import UserError
+from tests.conftest import TINY
+
+
+def _cfg(*extra: str) -> dict:
+    return C.load_config(overrides=[*TINY, *extra])
+
+
+def test_train_writes_run_folder_and_predict_keeps_affine(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(run), "--quiet", *sum((["--set", s] for s in TINY), [])]) == 0
+    for name in ("config.yaml", "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt",
+                 "metrics.csv", "progress.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert 0.0 <= float(rows[-1]["val_dice"]) <= 1.0
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(dataset / "imagesTs"), str(out), "--quiet"]) == 0
+    for img in sorted((dataset / "imagesTs").glob("*.nii.gz")):
+        cid = img.name.replace("_0000.nii.gz", "")
+        pred, src = nib.load(out / f"{cid}.nii.gz"), nib.load(img)
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+    summary = tmp_path / "summary.json"
+    assert main(["evaluate", str(out), str(dataset / "labelsTs"), "--out", str(summary), "--quiet"]) == 0
+    assert summary.is_file()
+
+
+def test_predict_larger_than_patch(dataset: Path, tmp_path: Path) -> None:
+    """A volume larger than the patch in every direction (and not a multiple of it) is tiled and stitched."""
+    run = train(dataset, "clean", tmp_path / "run", _cfg("train.iterations=2"))
+    big = tmp_path / "big"
+    big.mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    affine[:3, 3] = [-10, 5, 3]
+    nib.save(nib.Nifti1Image(rng.uniform(0, 900, (70, 45, 37)).astype(np.float32), affine), big / "big_0000.nii.gz")
+    from svldrl.engine.predict import predict_folder
+
+    (out,) = predict_folder(run, big, tmp_path / "bigpred", batch=2)
+    img = nib.load(out)
+    assert img.shape == (70, 45, 37)
+    np.testing.assert_allclose(img.affine, affine)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_log_and_matches_uninterrupted(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = _cfg("train.deterministic=true")
+    full = train(dataset, "clean", tmp_path / "full", C.load_config(overrides=[*TINY, "train.deterministic=true"]))
+
+    from svldrl.engine.trainer import Trainer
+
+    original = Trainer.validate
+    calls = {"n": 0}
+
+    def crash_on_second_validation(self):  # the kill lands after epoch 1's checkpoint
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Crash
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "validate", crash_on_second_validation)
+    with pytest.raises(_Crash):
+        train(dataset, "clean", tmp_path / "killed", cfg)
+    monkeypatch.setattr(Trainer, "validate", original)
+    assert not (tmp_path / "killed" / "checkpoint_final.pt").exists()
+    resumed = train(dataset, "clean", tmp_path / "killed", C.load_config([tmp_path / "killed" / "config.yaml"]),
+                    resume=True)
+    rows = list(csv.DictReader(open(resumed / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    a = load_checkpoint(full / "checkpoint_final.pt")["model"]
+    b = load_checkpoint(resumed / "checkpoint_final.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_existing_run_without_resume_is_refused(dataset: Path, tmp_path: Path) -> None:
+    run = train(dataset, "clean", tmp_path / "run", _cfg("train.iterations=2"))
+    with pytest.raises(UserError, match="--resume"):
+        train(dataset, "clean", run, _cfg("train.iterations=2"))
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--set", "rl.no_such_key=1"], "unknown config key"),
+        (["--set", "train.patch=3"], "out of range"),
+        (["--set", "nets.backbone=resnet"], "must be one of"),
+        (["--labels", "noisy/never_made"], "never_made"),
+        (["--method", "magic"], "unknown method"),
+    ],
+)
+def test_train_bad_options_exit_2(dataset: Path, tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    code = main(["train", str(dataset), "--out", str(tmp_path / "r"), *flags])
+    assert code == 2
+    assert needle in _err(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_with_code_is_refused_not_executed(dataset: Path, tmp_path: Path, capsys) -> None:
+    run = train(dataset, "clean", tmp_path / "run", _cfg("train.iterations=2"))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with open(run / "checkpoint_final.pt", "wb") as fh:
+        pickle.dump({"format": "svldrl-checkpoint", "x": Evil()}, fh)
+    code = main(["predict", str(run), str(dataset / "imagesTs"), str(tmp_path / "p")])
+    assert code == 2 and "checkpoint" in _err(capsys)
+    assert not marker.exists()
+
+
+def test_foreign_and_truncated_checkpoints_are_refused(dataset: Path, tmp_path: Path) -> None:
+    run = train(dataset, "clean", tmp_path / "run", _cfg("train.iterations=2"))
+    ckpt = run / "checkpoint_final.pt"
+    with pytest.raises(UserError, match="method 'supervised'"):
+        load_checkpoint(ckpt, method="svldrl")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not an svldrl checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    data = ckpt.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "trunc.pt")
