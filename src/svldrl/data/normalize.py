@@ -1,0 +1,51 @@
+"""Intensity normalisation to [0, 1] and label-to-foreground mapping.
+
+MR: clip to robust percentiles, then min-max. CT: clip to a fixed HU window when one is given
+(values mean the same thing across scanners), otherwise the same percentile rule as MR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def normalize_intensity(
+    arr: np.ndarray,
+    modality: str = "mr",
+    clip_percentiles: Sequence[float] | None = (0.5, 99.5),
+    ct_window: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Map an image to float32 in [0, 1].
+
+    Args:
+        arr: image of any numeric dtype.
+        modality: ``"mr"`` or ``"ct"`` (``"auto"`` is treated as ``"mr"``: callers resolve it first).
+        clip_percentiles: (low, high) percentiles to clip to; ``None`` uses min and max.
+        ct_window: (low, high) HU window, used for CT only.
+
+    Returns:
+        float32 array of the same shape; a constant image gives zeros.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    if modality == "ct" and ct_window is not None:
+        lo, hi = float(ct_window[0]), float(ct_window[1])
+    elif clip_percentiles is not None:
+        lo, hi = (float(v) for v in np.percentile(a, [clip_percentiles[0], clip_percentiles[1]]))
+    else:
+        lo, hi = float(a.min()), float(a.max())
+    if not hi > lo:
+        # Constant image (or a degenerate window): nothing to scale, and no division by zero.
+        return np.zeros(a.shape, dtype=np.float32)
+    out = (np.clip(a, lo, hi) - lo) / np.float32(hi - lo)
+    # float32 rounding can land a hair outside [0, 1]; downstream code relies on the bounds.
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def map_foreground(label: np.ndarray, foreground: Sequence[int] | None = None) -> np.ndarray:
+    """Binary uint8 mask: voxels whose label is in ``foreground`` (``None``: any label > 0)."""
+    lab = np.asarray(label)
+    if foreground is None:
+        return (lab > 0).astype(np.uint8)
+    return np.isin(lab, np.asarray(list(foreground))).astype(np.uint8)

@@ -1,0 +1,111 @@
+"""Cross-validation splits as nnU-Net v2 makes them, stored in ``splits_final.json``.
+
+The folds equal nnU-Net's: sklearn's ``KFold(shuffle=True, random_state=12345)`` over the sorted
+case ids, reimplemented here (same RandomState shuffle, same fold sizes) so sklearn is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from svldrl.data.io import write_text
+from svldrl.errors import UserError
+
+SPLITS_FILE = "splits_final.json"
+
+
+def make_splits(case_ids: Iterable[str], num_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+    """K folds of ``{"train": [...], "val": [...]}`` over the sorted case ids.
+
+    Args:
+        case_ids: training case ids (order does not matter).
+        num_folds: wanted folds; with fewer cases, as many folds as cases (at least 2).
+        seed: shuffle seed (nnU-Net uses 12345).
+
+    Raises:
+        UserError: fewer than 2 cases, or duplicate ids.
+    """
+    ids = sorted(case_ids)
+    if len(set(ids)) != len(ids):
+        dupes = sorted({c for c in ids if ids.count(c) > 1})
+        raise UserError(f"duplicate case ids for splitting: {', '.join(dupes[:5])}")
+    if len(ids) < 2:
+        raise UserError(f"cross-validation needs at least 2 training cases, got {len(ids)}")
+    k = max(2, min(int(num_folds), len(ids)))
+    n = len(ids)
+    # sklearn KFold: shuffle arange(n) with RandomState(seed); the first n % k folds get one extra case.
+    order = np.arange(n)
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(k, n // k, dtype=int)
+    sizes[: n % k] += 1
+    splits = []
+    start = 0
+    for size in sizes:
+        val_mask = np.zeros(n, dtype=bool)
+        val_mask[order[start : start + size]] = True
+        start += size
+        splits.append(
+            {
+                "train": [ids[i] for i in np.flatnonzero(~val_mask)],
+                "val": [ids[i] for i in np.flatnonzero(val_mask)],
+            }
+        )
+    return splits
+
+
+def load_or_create_splits(
+    root: str | Path, case_ids: Iterable[str], num_folds: int = 5, seed: int = 12345
+) -> list[dict[str, list[str]]]:
+    """Honour ``root/splits_final.json`` if present, else make the splits and save them there.
+
+    The file is written atomically, and not at all when ``root`` is read-only (the splits are
+    still returned, and are the same next time because the seed is fixed).
+
+    Raises:
+        UserError: the existing file is malformed, names unknown cases, or puts a case in both
+            train and val of one fold.
+    """
+    root = Path(root)
+    path = root / SPLITS_FILE
+    ids = list(case_ids)
+    if path.is_file():
+        return _read_splits(path, set(ids))
+    splits = make_splits(ids, num_folds, seed)
+    if os.access(root, os.W_OK):
+        try:
+            write_text(path, json.dumps(splits, indent=2) + "\n")
+        except OSError:
+            pass  # read-only mount or full disk: the splits are reproducible, so not saving is harmless
+    return splits
+
+
+def _read_splits(path: Path, known: set[str]) -> list[dict[str, list[str]]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read splits file ({exc})", path) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"malformed JSON (line {exc.lineno}: {exc.msg})", path) from None
+    if not isinstance(data, list) or not data:
+        raise UserError('expected a non-empty list of {"train": [...], "val": [...]} folds', path)
+    for i, fold in enumerate(data):
+        if not isinstance(fold, dict) or not all(
+            isinstance(fold.get(k), list) and all(isinstance(c, str) for c in fold[k])
+            for k in ("train", "val")
+        ):
+            raise UserError(f'fold {i} is not {{"train": [names], "val": [names]}}', path)
+        if not fold["train"] or not fold["val"]:
+            raise UserError(f"fold {i} has an empty train or val list", path)
+        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
+        if unknown:
+            more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            raise UserError(f"fold {i} names unknown cases: {', '.join(unknown[:5])}{more}", path)
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise UserError(f"fold {i} has cases in both train and val: {', '.join(both[:5])}", path)
+    return [{"train": list(f["train"]), "val": list(f["val"])} for f in data]
