@@ -287,6 +287,19 @@ class Trainer:
         for t in self.aug:
             t.set_random_state(seed=int(self.rng.integers(2**31)))
 
+    def run_steps(self, steps: int) -> dict[str, float]:
+        """``steps`` optimiser steps; returns the mean of each log over the steps that logged it."""
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for _ in range(steps):
+            logs = self.train_step(self.sample_batch())
+            self.scheduler.step()
+            self.iteration += 1
+            for k, v in logs.items():
+                sums[k] += float(v)
+                counts[k] += 1
+        return {k: v / counts[k] for k, v in sums.items()}
+
     @torch.no_grad()
     def validate(self) -> float:
         """Mean Dice of sliding-window predictions against the validation cases' given masks."""
@@ -318,18 +331,10 @@ class Trainer:
             epoch = self.epoch
             self._reseed_augmentation()
             steps = min(self.steps_per_epoch, self.iterations - self.iteration)
-            sums: dict[str, float] = defaultdict(float)
-            counts: dict[str, int] = defaultdict(int)
             t0 = time.monotonic()
-            for _ in range(steps):
-                logs = self.train_step(self.sample_batch())
-                self.scheduler.step()
-                self.iteration += 1
-                for k, v in logs.items():
-                    sums[k] += float(v)
-                    counts[k] += 1
-            row: dict[str, Any] = {"epoch": epoch, "iteration": self.iteration}
-            row.update({k: v / counts[k] for k, v in sums.items()})
+            row: dict[str, Any] = {"epoch": epoch}
+            row.update(self.run_steps(steps))
+            row["iteration"] = self.iteration
             row.update(self.on_epoch_end(epoch))
             due = (epoch + 1) % int(self.cfg["train"]["val_every"]) == 0 or epoch + 1 == self.num_epochs
             row["val_dice"] = self.validate() if due else math.nan

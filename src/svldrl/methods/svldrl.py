@@ -16,11 +16,15 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 from __future__ import annotations
 
 import copy
+import os
+import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from monai.inferers import sliding_window_inference
 
 from svldrl.engine.trainer import Batch, Trainer, seg_target
@@ -52,9 +56,11 @@ class SVLDRLTrainer(Trainer):
         params = list(params) + (list(self.reward_conv.parameters()) if self.reward_conv is not None else [])
         return super().build_optimizer(params)
 
-    def stage(self) -> int:
+    def stage(self, iteration: int | None = None) -> int:
+        """Stage of ``iteration`` (default: the next step)."""
         rl = self.cfg["rl"]
-        return stage_at(self.iteration, self.iterations, rl["warmup"], rl["transition"])
+        it = self.iteration if iteration is None else iteration
+        return stage_at(min(it, self.iterations - 1), self.iterations, rl["warmup"], rl["transition"])
 
     def _seg_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self.seg_loss(logits, seg_target(q))
@@ -78,13 +84,94 @@ class SVLDRLTrainer(Trainer):
                 self.generator, self._seg_loss, self.reward_norm, self.reward_conv,
             )
             self.optimise(res.loss)
-            # the refined targets persist per case across epochs: the dynamic iterative update
-            self.write_targets(batch, res.q_final)
+            if stage == 3:  # the refined targets persist per case across epochs: the dynamic iterative update
+                self.write_targets(batch, res.q_final)
             logs = {"train_loss": res.loss.detach(), **res.logs}
         if self.teacher is not None:
             self._update_teacher(float(rl["ema"]))
         logs["charts/stage"] = stage
         return logs
+
+    # ------------------------------------------------------------------ asynchronous (Hogwild) mode
+    def run_steps(self, steps: int) -> dict[str, float]:
+        """Synchronous and batched by default; with ``rl.async_workers = N > 0`` the epoch's steps are
+        shared among N Hogwild workers (A3C): forked processes updating one model, one optimiser state,
+        the EMA teacher and the per-case targets, all in shared memory, without locks."""
+        n = int(self.cfg["rl"]["async_workers"])
+        if n <= 0 or steps == 0:
+            return super().run_steps(steps)
+        self._share_memory()
+        ctx = mp.get_context("fork")  # workers inherit the in-memory cases copy-on-write
+        queue = ctx.SimpleQueue()
+        share = [steps // n + (k < steps % n) for k in range(n)]
+        seeds = [int(v) for v in self.rng.integers(2**31, size=n)]
+        threads = max(1, torch.get_num_threads() // n)
+        procs = [ctx.Process(target=self._worker, args=(k, share[k], seeds[k], threads, queue), daemon=True)
+                 for k in range(n) if share[k]]
+        for p in procs:
+            p.start()
+        results = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+        errors = [r["error"] for r in results if "error" in r]
+        if errors:
+            raise RuntimeError(f"async worker failed: {errors[0]}")
+        with warnings.catch_warnings():  # the workers stepped the optimiser, not this process
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
+        self.iteration += steps
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for r in results:
+            for k, v in r["sums"].items():
+                sums[k] += v
+                counts[k] += r["counts"][k]
+        return {k: v / counts[k] for k, v in sums.items()} | {"charts/async_workers": float(len(procs))}
+
+    def _share_memory(self) -> None:
+        if getattr(self, "_shared", False):
+            return
+        for module in (self.network, self.reward_conv, self.teacher):
+            if module is not None:
+                module.share_memory()
+        # Optimiser statistics are shared as in A3C's shared Adam: created now (zeros) so that every
+        # worker updates the same tensors.
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if not state:
+                    state["step"] = torch.zeros(())
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                for v in state.values():
+                    if torch.is_tensor(v):
+                        v.share_memory_()
+        self.targets = [torch.from_numpy(t).share_memory_().numpy() for t in self.targets]
+        self._shared = True
+
+    def _worker(self, k: int, steps: int, seed: int, threads: int, queue: Any) -> None:
+        try:
+            torch.set_num_threads(threads)
+            self.rng = np.random.default_rng(seed)
+            self.generator = torch.Generator(device="cpu").manual_seed(seed)
+            self._reseed_augmentation()
+            lr_lambda = self.scheduler.lr_lambdas[0] if hasattr(self.scheduler, "lr_lambdas") else (lambda it: 1.0)
+            base = self.iteration
+            sums: dict[str, float] = defaultdict(float)
+            counts: dict[str, int] = defaultdict(int)
+            n = int(self.cfg["rl"]["async_workers"])
+            for i in range(steps):
+                # interleaved global step index of this worker, for the stage and the learning rate
+                self.iteration = base + i * n + k
+                for g, lr0 in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                    g["lr"] = lr0 * lr_lambda(self.iteration)
+                for key, v in self.train_step(self.sample_batch()).items():
+                    sums[key] += float(v)
+                    counts[key] += 1
+            queue.put({"sums": dict(sums), "counts": dict(counts), "pid": os.getpid()})
+        except BaseException as exc:  # reported to the parent, which raises
+            queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
     @torch.no_grad()
     def _update_teacher(self, ema: float) -> None:
@@ -92,9 +179,10 @@ class SVLDRLTrainer(Trainer):
             t.mul_(ema).add_(s.detach(), alpha=1 - ema)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        logs: dict[str, Any] = {"stage": self.stage()}
+        stage = self.stage(self.iteration - 1)  # the stage of the epoch's last step
+        logs: dict[str, Any] = {"stage": stage}
         rl = self.cfg["rl"]
-        if rl["target_update"] == "confident" and self.stage() > 1:
+        if rl["target_update"] == "confident" and stage > 1:
             logs.update(self.confident_target_update(float(rl["tau"])))
         if rl["action_space"] == "label":
             changed = [float(np.mean((t >= 0.5) != (g > 0))) for t, g in zip(self.targets, self.given)]

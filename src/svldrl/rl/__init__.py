@@ -1,0 +1,45 @@
+"""The RL core of SVL-DRL on tensors: environment, rewards, vA3C losses, stages, episodes."""
+
+from __future__ import annotations
+
+from svldrl.rl.a3c import RewardConv, a3c_losses, n_step_returns, sample_actions
+from svldrl.rl.env import ENHANCE, KEEP, LOWER, RAISE, WEAKEN, intensity_step, label_step, sample_eps
+from svldrl.rl.episode import EpisodeResult, greedy_refine, intensity_episode, label_episode
+from svldrl.rl.reward import (
+    RunningStd,
+    count_components,
+    foreground_prob,
+    intensity_reward,
+    label_reward,
+    local_tv,
+    soft_dice,
+)
+from svldrl.rl.stages import stage_at, stage_weights
+
+__all__ = [
+    "ENHANCE",
+    "KEEP",
+    "LOWER",
+    "RAISE",
+    "WEAKEN",
+    "EpisodeResult",
+    "RewardConv",
+    "RunningStd",
+    "a3c_losses",
+    "count_components",
+    "foreground_prob",
+    "greedy_refine",
+    "intensity_episode",
+    "intensity_reward",
+    "intensity_step",
+    "label_episode",
+    "label_reward",
+    "label_step",
+    "local_tv",
+    "n_step_returns",
+    "sample_actions",
+    "sample_eps",
+    "soft_dice",
+    "stage_at",
+    "stage_weights",
+]

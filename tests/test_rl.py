@@ -1,0 +1,341 @@
+"""The RL core: actions, rewards, returns, vA3C losses, stages, whole episodes (method.md 3-6, 9)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from monai.losses import DiceCELoss, DiceLoss
+
+from svldrl.config import DEFAULTS
+from svldrl.nets import build_network
+from svldrl.rl import (
+    ENHANCE,
+    KEEP,
+    LOWER,
+    RAISE,
+    WEAKEN,
+    RewardConv,
+    RunningStd,
+    a3c_losses,
+    count_components,
+    greedy_refine,
+    intensity_episode,
+    intensity_reward,
+    intensity_step,
+    label_episode,
+    label_reward,
+    label_step,
+    local_tv,
+    n_step_returns,
+    sample_actions,
+    sample_eps,
+    stage_at,
+    stage_weights,
+)
+from svldrl.rl import reward as reward_module
+
+TINY = {"backbone": "unet", "features": [4, 8, 16]}
+
+
+def vol(values: list[float]) -> torch.Tensor:
+    """A (1, 1, 1, 1, n) volume: n voxels along the last axis."""
+    return torch.tensor(values, dtype=torch.float32).view(1, 1, 1, 1, -1)
+
+
+def cube(size: int = 16, lo: int = 4, hi: int = 12) -> torch.Tensor:
+    y = torch.zeros(1, 1, size, size, size)
+    y[..., lo:hi, lo:hi, lo:hi] = 1
+    return y
+
+
+# --- environment -------------------------------------------------------------------------------
+
+
+def test_intensity_actions_keep_enhance_weaken_and_clip() -> None:
+    x = vol([0.5, 0.5, 0.9, 0.2, 0.0])
+    actions = vol([KEEP, ENHANCE, ENHANCE, WEAKEN, ENHANCE]).long()
+    eps = vol([0.7, 0.5, 1.0, 1.0, 1.0])
+    x_next = intensity_step(x, actions, eps, action_scale=0.3)
+    # keep; 0.5 * 1.15; 0.9 * 1.3 clipped to 1; 0.2 * 0.7; 0 stays 0
+    assert torch.allclose(x_next, vol([0.5, 0.575, 1.0, 0.14, 0.0]))
+    assert x_next.min() >= 0 and x_next.max() <= 1
+
+
+def test_label_actions_raise_lower_and_clip() -> None:
+    q = vol([0.0, 0.5, 1.0, 0.9])
+    actions = vol([LOWER, RAISE, RAISE, KEEP]).long()
+    assert torch.allclose(label_step(q, actions, step=0.25), vol([0.0, 0.75, 1.0, 0.9]))
+
+
+def test_eps_and_actions_are_reproducible_from_the_generator() -> None:
+    a = sample_eps((2, 1, 4, 4, 4), torch.Generator().manual_seed(3))
+    b = sample_eps((2, 1, 4, 4, 4), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() < 1
+    logits = torch.zeros(1, 3, 8, 8, 8)
+    logits[:, WEAKEN] = 50.0  # a policy sure of "weaken"
+    assert (sample_actions(logits, torch.Generator().manual_seed(0)) == WEAKEN).all()
+    uniform = sample_actions(torch.zeros(1, 3, 16, 16, 16), torch.Generator().manual_seed(0))
+    fractions = torch.stack([(uniform == k).float().mean() for k in range(3)])
+    assert torch.allclose(fractions, torch.full((3,), 1 / 3), atol=0.03)
+
+
+# --- rewards -----------------------------------------------------------------------------------
+
+
+def test_local_tv_is_the_sum_of_forward_differences() -> None:
+    assert torch.equal(local_tv(vol([0.0, 1.0, 0.0, 0.0])), vol([1.0, 1.0, 0.0, 0.0]))
+    f = torch.zeros(1, 1, 3, 3, 3)
+    f[0, 0, 1, 1, 1] = 1
+    c = local_tv(f)[0, 0]
+    assert c[1, 1, 1] == 3  # |0 - 1| towards each of its three forward neighbours
+    assert c[0, 1, 1] == 1 and c[1, 0, 1] == 1 and c[0, 0, 0] == 0  # voxels before it see one step
+
+
+def test_step_towards_the_target_earns_dice_and_voxel_reward() -> None:
+    y = cube()
+    f_t = torch.full_like(y, 0.5)
+    f_next = 0.5 + 0.3 * (2 * y - 1)  # closer to y everywhere
+    r, terms = intensity_reward(f_t, f_next, y)
+    assert terms["dice"] > 0 and terms["voxel"] > 0
+    assert (r[y.bool()] > 0).all()
+    assert math.isclose(float(sum(terms.values())), float(r.mean()), rel_tol=1e-5)
+    r_back, _ = intensity_reward(f_next, f_t, y)  # the step back is punished
+    assert float(r_back.mean()) < 0
+
+
+def test_fragmenting_the_mask_costs_continuity_and_components() -> None:
+    y = cube()
+    split = y.clone()
+    split[..., 8, :, :] = 0  # cut the cube in two
+    r, terms = intensity_reward(y, split, y, w_dice=0, w_vox=0, w_cont=0.1, w_cc=1.0)
+    assert terms["continuity"] < 0
+    assert math.isclose(float(terms["components"]), -1 / 16**3, rel_tol=1e-5)  # one more component
+    assert float(r.mean()) < 0
+    _, off = intensity_reward(y, split, y)  # w_cc = 0 by default: the term is off
+    assert float(off["components"]) == 0
+
+
+def test_count_components_with_cc3d_and_the_scipy_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = torch.zeros(2, 8, 8, 8)
+    m[0, 1:3, 1:3, 1:3] = 1
+    m[0, 5:7, 5:7, 5:7] = 1
+    m[1, 4, 4, 4] = 1
+    m[1, 5, 5, 5] = 1  # diagonal neighbour: one component with 26-connectivity
+    assert count_components(m).tolist() == [2, 1]
+    monkeypatch.setattr(reward_module, "cc3d", None)
+    assert count_components(m).tolist() == [2, 1]
+
+
+def test_label_reward_follows_a_confident_teacher_and_charges_the_prior() -> None:
+    zeros = torch.zeros(1, 1, 4, 4, 4)
+    q_next = zeros + 0.25
+    confident = zeros + 0.95  # teacher says foreground, confidence |2p - 1| = 0.9
+    r, terms = label_reward(zeros, q_next, confident, given=zeros, w_teacher=1.0, w_cont=0.1, w_prior=0.5)
+    assert torch.allclose(terms["teacher"], torch.tensor(0.9 * 0.25))
+    assert torch.allclose(terms["prior"], torch.tensor(-0.5 * 0.25))
+    assert (r > 0).all()
+    unsure = zeros + 0.5  # no confidence: moving away from the given mask only pays the prior
+    r, terms = label_reward(zeros, q_next, unsure, given=zeros, w_prior=0.5)
+    assert torch.allclose(r, zeros - 0.125) and float(terms["teacher"]) == 0
+    r_back, _ = label_reward(q_next, zeros, unsure, given=zeros, w_prior=0.5)  # moving back is paid back
+    assert torch.allclose(r_back, zeros + 0.125)
+
+
+def test_running_std_matches_the_std_of_everything_seen_and_survives_a_checkpoint() -> None:
+    torch.manual_seed(0)
+    batches = [torch.randn(100) * 3 + 1, torch.randn(37) * 0.5, torch.randn(250) + 4]
+    norm = RunningStd()
+    for b in batches:
+        norm.update(b)
+    expected = torch.cat(batches).double().std(unbiased=False)
+    assert torch.allclose(norm.std, expected)
+    restored = RunningStd()
+    restored.load_state_dict(norm.state_dict())
+    x = torch.ones(5)
+    assert torch.allclose(restored(x, update=False), x / expected.float())
+
+
+# --- returns and losses ------------------------------------------------------------------------
+
+
+def test_n_step_returns_by_hand_with_and_without_the_reward_conv() -> None:
+    rewards = [vol([1.0]), vol([2.0]), vol([3.0])]
+    bootstrap = vol([10.0]).requires_grad_()
+    # R2 = 3 + 0.5 * 10 = 8; R1 = 2 + 0.5 * 8 = 6; R0 = 1 + 0.5 * 6 = 4
+    plain = n_step_returns(rewards, bootstrap, gamma=0.5)
+    assert [float(R) for R in plain] == [4.0, 6.0, 8.0]
+    assert not any(R.requires_grad for R in plain)  # the bootstrap is detached
+    conv = RewardConv(3)
+    identity = n_step_returns(rewards, bootstrap, 0.5, conv)
+    assert [float(R.detach()) for R in identity] == [4.0, 6.0, 8.0]  # identity init
+    with torch.no_grad():
+        conv.weight[0, 0, 1, 1, 1] = 2.0  # K doubles the future: R2 = 13, R1 = 15, R0 = 16
+    doubled = n_step_returns(rewards, bootstrap, 0.5, conv)
+    assert [float(R.detach()) for R in doubled] == [16.0, 15.0, 13.0]
+    doubled[0].backward()
+    assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+
+
+def test_a3c_losses_by_hand() -> None:
+    R, V = vol([1.0]), vol([0.5])
+    logits = torch.zeros(1, 3, 1, 1, 1)  # uniform policy
+    losses = a3c_losses([R], [V], [logits], [vol([KEEP]).long()], entropy_coef=0.01)
+    assert math.isclose(float(losses["L_value"]), 0.25, rel_tol=1e-6)  # (1 - 0.5)^2
+    expected_policy = -math.log(1 / 3) * 0.5 - 0.01 * math.log(3)  # -log pi * A - beta_H * H
+    assert math.isclose(float(losses["L_policy"]), expected_policy, rel_tol=1e-5)
+    assert math.isclose(float(losses["entropy"]), math.log(3), rel_tol=1e-5)
+    assert math.isclose(float(losses["advantage"]), 0.5, rel_tol=1e-6)
+
+
+def test_policy_loss_sends_no_gradient_into_the_value_head() -> None:
+    torch.manual_seed(0)
+    net = build_network(TINY)
+    out = net(torch.rand(1, 1, 16, 16, 16), heads=("seg", "value", "policy"))
+    actions = sample_actions(out["policy"], torch.Generator().manual_seed(0))
+    returns = [torch.rand(1, 1, 16, 16, 16)]
+    losses = a3c_losses(returns, [out["value"]], [out["policy"]], [actions], entropy_coef=0.001)
+    losses["L_policy"].backward()
+    assert all(p.grad is None for p in net.decoders["value"].parameters())
+    assert all(p.grad is None for p in net.out["value"].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.decoders["policy"].parameters())
+
+
+# --- stages ------------------------------------------------------------------------------------
+
+
+def test_stages_switch_at_the_configured_fractions() -> None:
+    assert [stage_at(i, 100) for i in (0, 29, 30, 49, 50, 99)] == [1, 1, 2, 2, 3, 3]
+    assert [stage_at(i, 10, warmup=0.7, transition=0.1) for i in (6, 7, 8)] == [1, 2, 3]
+    assert stage_at(0, 10, warmup=0.0, transition=0.0) == 3
+    assert stage_weights(1) == (1.0, 0.0, 0.0)
+    assert stage_weights(2, lam=0.3) == pytest.approx((0.7, 0.3, 0.0))
+    assert stage_weights(3, alpha=0.2, beta=0.1) == pytest.approx((0.7, 0.2, 0.1))
+    with pytest.raises(ValueError):
+        stage_weights(4)
+
+
+# --- episodes ----------------------------------------------------------------------------------
+
+LOG_KEYS = {
+    "losses/value",
+    "losses/policy",
+    "losses/dice",
+    "charts/reward",
+    "charts/entropy",
+    "charts/action_frac/keep",
+    "charts/action_frac/enhance",
+    "charts/action_frac/weaken",
+}
+
+
+def _rl_cfg(**changes: object) -> dict:
+    cfg = copy.deepcopy(DEFAULTS["rl"])
+    cfg.update(changes)
+    return cfg
+
+
+def _soft_target_loss(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return DiceLoss(softmax=True)(logits, torch.cat([1 - q, q], dim=1))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_intensity_episode_trains_value_always_and_policy_only_in_stage_3(stage: int) -> None:
+    torch.manual_seed(0)
+    net = build_network(TINY)
+    reward_conv = RewardConv(3)
+    encoder_passes: list[int] = []
+    net.encoder.register_forward_hook(lambda *_: encoder_passes.append(1))
+    x0, y = torch.rand(2, 1, 16, 16, 16), cube().repeat(2, 1, 1, 1, 1)
+    result = intensity_episode(
+        net,
+        x0,
+        y,
+        _rl_cfg(t_max=2),
+        stage,
+        torch.Generator().manual_seed(0),
+        DiceCELoss(to_onehot_y=True, softmax=True),
+        RunningStd(),
+        reward_conv,
+    )
+    assert torch.isfinite(result.loss)
+    assert encoder_passes == [1] * 3  # T + 1 states, one encoder pass each
+    assert LOG_KEYS <= result.logs.keys()
+    assert {"charts/reward_terms/dice", "charts/reward_terms/continuity"} <= result.logs.keys()
+    assert math.isclose(
+        sum(result.logs[f"charts/action_frac/{a}"] for a in ("keep", "enhance", "weaken")), 1.0
+    )
+    assert result.x_final.shape == x0.shape and 0 <= result.x_final.min() and result.x_final.max() <= 1
+    assert not torch.equal(result.x_final, x0)  # the agents acted
+    result.loss.backward()
+    assert reward_conv.weight.grad is not None
+    assert any(p.grad is not None for p in net.decoders["value"].parameters())
+    policy_grads = [p.grad for p in net.decoders["policy"].parameters() if p.grad is not None]
+    assert bool(policy_grads) == (stage == 3)
+
+
+def test_same_seed_same_episode() -> None:
+    def run() -> float:
+        torch.manual_seed(0)
+        net = build_network(TINY)
+        x0, y = torch.rand(1, 1, 16, 16, 16), cube()
+        gen = torch.Generator().manual_seed(5)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        return float(intensity_episode(net, x0, y, _rl_cfg(t_max=2), 3, gen, loss_fn).loss.detach())
+
+    assert run() == run()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_label_episode_refines_the_soft_target(stage: int) -> None:
+    torch.manual_seed(0)
+    net = build_network(TINY, aux_channels=1)
+    decoder_passes: list[int] = []
+    for decoder in net.decoders.values():
+        decoder.register_forward_hook(lambda *_: decoder_passes.append(1))
+    y = cube().repeat(2, 1, 1, 1, 1)
+    teacher_p = torch.rand_like(y)
+    result = label_episode(
+        net,
+        torch.rand(2, 1, 16, 16, 16),
+        y.clone(),
+        y,
+        teacher_p,
+        _rl_cfg(t_max=3, action_space="label"),
+        stage,
+        torch.Generator().manual_seed(0),
+        _soft_target_loss,
+        RunningStd(),
+        RewardConv(3),
+    )
+    assert torch.isfinite(result.loss)
+    assert decoder_passes == [1] * 3  # the image's decoders ran once; the steps ran only the aux tails
+    assert LOG_KEYS | {"charts/reward_terms/teacher", "charts/reward_terms/prior"} <= result.logs.keys()
+    q = result.q_final
+    assert q.shape == y.shape and 0 <= q.min() and q.max() <= 1 and not torch.equal(q, y)
+    result.loss.backward()
+    assert any(p.grad is not None for p in net.fuse["value"].parameters())
+    assert any(p.grad is not None for p in net.decoders["seg"].parameters())
+    assert any(p.grad is not None for p in net.fuse["policy"].parameters()) == (stage == 3)
+    with pytest.raises(ValueError, match="aux_channels"):
+        label_episode(build_network(TINY), y, y, y, y, _rl_cfg(), stage, None, _soft_target_loss)
+
+
+def test_episodes_refuse_stage_1() -> None:
+    with pytest.raises(ValueError, match="stage"):
+        intensity_episode(build_network(TINY), cube(), cube(), _rl_cfg(), 1, None, DiceLoss(softmax=True))
+
+
+def test_greedy_refine_follows_the_argmax_policy() -> None:
+    net = build_network(TINY).eval()
+    with torch.no_grad():  # a policy head that always says "enhance"
+        net.out["policy"].conv.conv.weight.zero_()
+        net.out["policy"].conv.conv.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    x = torch.full((1, 1, 16, 16, 16), 0.5)
+    same, keep = greedy_refine(net, x, steps=0)
+    assert torch.equal(same, x) and (keep == KEEP).all()
+    refined, last = greedy_refine(net, x, steps=2, action_scale=0.3)
+    assert (last == ENHANCE).all()
+    assert torch.allclose(refined, torch.full_like(x, 0.5 * 1.15**2))  # eps = E[eps] = 0.5 without generator

@@ -1,0 +1,124 @@
+"""SVL-DRL end to end on 32^3 phantoms: stages, resume, async workers, label actions, refined inference."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from svldrl import config as C
+from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.engine.predict import predict_folder
+from svldrl.engine.train import train
+from tests.conftest import TINY
+
+RL = [*TINY, "method=svldrl", "train.iterations=10", "train.steps_per_epoch=2", "rl.t_max=2"]
+
+
+def _rows(run: Path) -> list[dict]:
+    return list(csv.DictReader(open(run / "metrics.csv")))
+
+
+def test_three_stages_run_and_log_rl_charts(dataset: Path, tmp_path: Path) -> None:
+    run = train(dataset, "clean", tmp_path / "run", C.load_config(overrides=RL))
+    rows = _rows(run)
+    # 10 steps: warmup 0.3 -> steps 0-2, transition 0.2 -> 3-4, full RL 5-9; epochs of 2 steps,
+    # each logged with the stage of its last step
+    assert [int(r["stage"]) for r in rows] == [1, 2, 3, 3, 3]
+    last = rows[-1]
+    for key in ("losses/value", "losses/policy", "losses/dice", "charts/reward", "charts/entropy",
+                "charts/action_frac/keep", "charts/action_frac/enhance", "charts/action_frac/weaken"):
+        assert last[key] != "", key
+    fracs = sum(float(last[f"charts/action_frac/{a}"]) for a in ("keep", "enhance", "weaken"))
+    assert fracs == pytest.approx(1.0, abs=1e-5)
+    assert 0 < float(last["charts/entropy"]) <= np.log(3) + 1e-4
+    assert load_checkpoint(run / "checkpoint_final.pt", method="svldrl")["extra"]["stage"] == 3
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_in_the_right_stage(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = RL + ["train.deterministic=true"]
+    full = train(dataset, "clean", tmp_path / "full", C.load_config(overrides=cfg))
+    from svldrl.methods.svldrl import SVLDRLTrainer
+
+    original = SVLDRLTrainer.on_epoch_end
+    calls = {"n": 0}
+
+    def crash_in_stage_2(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed during epoch 2 (stage 2), after epoch 1's checkpoint
+            raise _Crash
+        return original(self, epoch)
+
+    monkeypatch.setattr(SVLDRLTrainer, "on_epoch_end", crash_in_stage_2)
+    with pytest.raises(_Crash):
+        train(dataset, "clean", tmp_path / "killed", C.load_config(overrides=cfg))
+    monkeypatch.setattr(SVLDRLTrainer, "on_epoch_end", original)
+    ckpt = load_checkpoint(tmp_path / "killed" / "checkpoint_latest.pt")
+    assert ckpt["iteration"] == 4 and ckpt["extra"]["stage"] == 2
+    resumed = train(dataset, "clean", tmp_path / "killed", C.load_config(overrides=cfg), resume=True)
+    assert [r["stage"] for r in _rows(resumed)] == [r["stage"] for r in _rows(full)]
+    assert [int(r["epoch"]) for r in _rows(resumed)] == [0, 1, 2, 3, 4]
+    a = load_checkpoint(full / "checkpoint_final.pt")["model"]
+    b = load_checkpoint(resumed / "checkpoint_final.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_async_workers_update_the_shared_model(dataset: Path, tmp_path: Path) -> None:
+    cfg = C.load_config(overrides=[*RL, "rl.async_workers=2", "rl.warmup=0.0", "rl.transition=0.0",
+                                   "train.iterations=4", "train.steps_per_epoch=4"])
+    from svldrl.methods.svldrl import SVLDRLTrainer
+    from svldrl.data.dataset import load_dataset
+
+    trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    trainer.fit()
+    after = trainer.network.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("decoders.policy") for k in changed)
+    assert any(k.startswith("encoder") for k in changed)
+    row = _rows(tmp_path / "run")[-1]
+    assert float(row["charts/async_workers"]) == 2.0
+    assert float(row["charts/stage"]) == 3.0
+    assert trainer.iteration == 4
+
+
+def test_label_actions_keep_refined_targets_across_resume(dataset: Path, tmp_path: Path) -> None:
+    cfg = C.load_config(overrides=[*RL, "rl.action_space=label", "rl.warmup=0.2", "rl.transition=0.0"])
+    run = train(dataset, "clean", tmp_path / "run", cfg)
+    ckpt = load_checkpoint(run / "checkpoint_latest.pt")
+    targets = ckpt["extra"]["targets"]
+    assert len(targets) > 0 and "teacher" in ckpt["extra"]
+    # stage-3 episodes wrote soft targets back: some voxel moved off {0, 1}
+    assert any(((t > 0) & (t < 1)).any() for t in targets)
+    from svldrl.methods.svldrl import SVLDRLTrainer
+    from svldrl.data.dataset import load_dataset
+
+    cfg2 = C.load_config([run / "config.yaml"])
+    resumed = SVLDRLTrainer(cfg2, load_dataset(dataset), run, resume=True)
+    for a, b in zip(targets, resumed.targets):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_refined_inference_and_save_refined(dataset: Path, tmp_path: Path) -> None:
+    cfg = C.load_config(overrides=[*RL, "infer.refine_steps=2"])
+    run = train(dataset, "clean", tmp_path / "run", cfg)
+    out = tmp_path / "pred"
+    files = predict_folder(run, dataset / "imagesTs", out, save_refined=True)
+    cid = files[0].name.replace(".nii.gz", "")
+    refined = nib.load(out / "inspect" / f"{cid}_refined.nii.gz")
+    actions = np.asarray(nib.load(out / "inspect" / f"{cid}_actions.nii.gz").dataobj)
+    src = nib.load(dataset / "imagesTs" / f"{cid}_0000.nii.gz")
+    assert refined.shape == src.shape
+    np.testing.assert_allclose(refined.affine, src.affine)
+    r = np.asarray(refined.dataobj)
+    assert r.min() >= 0 and r.max() <= 1
+    assert set(np.unique(actions)) <= {0, 1, 2}
