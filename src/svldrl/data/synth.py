@@ -140,8 +140,9 @@ def make_phantom(size: int, seed: int, index: int, split: int = 0) -> tuple[np.n
     # Intensities (MR T1-like): the organ sits in the middle of the soft-tissue range, the touching
     # distractor within a few percent of it.
     organ_mean = rng.uniform(550.0, 850.0)
-    # Tissues differ from the organ by 15-45 % (darker or brighter), so its border is visible but faint.
-    tissue_means = organ_mean * rng.uniform(1.15, 1.45, n_tissue) ** rng.choice([-1.0, 1.0], n_tissue)
+    # Tissues differ from the organ by 30-70 % (darker or brighter): its border is visible where it meets
+    # them, and only shape and texture tell it from the touching distractor.
+    tissue_means = organ_mean * rng.uniform(1.3, 1.7, n_tissue) ** rng.choice([-1.0, 1.0], n_tissue)
     fine = _texture(rng, n, 0.8)
     coarse = _texture(rng, n, 2.0)
     img = np.empty((n, n, n), dtype=np.float32)
@@ -151,10 +152,10 @@ def make_phantom(size: int, seed: int, index: int, split: int = 0) -> tuple[np.n
     img[vessels] = rng.uniform(1.3, 1.6) * organ_mean
     organ_tex = 1.0 + rng.uniform(0.03, 0.08) * fine + rng.uniform(0.02, 0.06) * coarse
     img[organ] = organ_mean * organ_tex[organ]
-    d_mean = organ_mean * rng.uniform(0.93, 1.07)
+    d_mean = organ_mean * rng.uniform(1.05, 1.12) ** rng.choice([-1.0, 1.0])
     img[distractor] = d_mean * (1.0 + rng.uniform(0.05, 0.10) * fine[distractor])
     # A fat plane separates organ and distractor along part of their interface only, as in real anatomy.
-    contact = distractor & ndimage.binary_dilation(organ, iterations=1) & (field(4) > 0.0)
+    contact = distractor & ndimage.binary_dilation(organ, iterations=1) & (field(4) > -0.3)
     img[contact] *= rng.uniform(0.75, 0.9)
     img[~body] = 0.02 * organ_mean
 

@@ -10,6 +10,10 @@ from svldrl.errors import UserError
 METHODS: dict[str, str] = {
     "supervised": "svldrl.methods.supervised:SupervisedTrainer",
     "svldrl": "svldrl.methods.svldrl:SVLDRLTrainer",
+    "coteaching": "svldrl.methods.coteaching:CoTeachingTrainer",
+    "adele": "svldrl.methods.adele:ADELETrainer",
+    "mtcl": "svldrl.methods.mtcl:MTCLTrainer",
+    "tloss": "svldrl.methods.tloss:TLossTrainer",
 }
 
 

@@ -1,0 +1,227 @@
+"""``mtcl``: mean-teacher-assisted confident learning (Xu et al., "Noisy Labels are Treasure: Mean-Teacher-
+Assisted Confident Learning for Hepatic Vessel Segmentation", MICCAI 2021; extended in IEEE TMI 2022).
+
+An exponential-moving-average (EMA) teacher of the network gives stable probabilities, which feed
+confident learning (Northcutt et al., JAIR 2021; cleanlab's ``find_label_issues``) to find the voxels whose
+given label is probably wrong; those are corrected in the training targets of the noisy cases. A
+mean-teacher consistency loss (MSE between the student's and the teacher's softmax on a noise-perturbed
+input) regularises the student throughout.
+
+Rules (each a pure function below):
+
+- thresholds (:func:`class_thresholds`): ``t_j`` = the mean self-confidence ``p_j`` over the voxels whose
+  given label is ``j``.
+- flagging (:func:`confident_learning_flags`, the off-diagonal of cleanlab's confident joint): a voxel with
+  given label ``y`` is a label error when ``p_y < t_y`` while some other class ``k`` has ``p_k >= t_k``.
+- correction (:func:`mtcl_correct`): flagged voxels take the other class (hard), or move ``SOFT_STEP`` (0.8)
+  towards it (soft: MTCL's ``smooth`` correction, ``label + flag * (-1)^label * 0.8``). The correction is
+  redone from the given masks at every epoch end with the current teacher, so it never drifts.
+
+Schedule: the first ``WARMUP`` (30%) of the iterations train on the given masks; corrections start after.
+Config keys: ``method_args.clean_cases`` = K: the first K training cases (sorted ids) are the clean subset
+of the original method. They are never corrected and, when K > 0, the thresholds come from them (else from
+all cases). When the run trains on noisy masks, those K cases use their clean masks (the original's small
+high-quality set). ``method_args.mtcl_soft``: soft instead of hard correction (default false).
+Memory stays bounded: the teacher segments one case at a time, thresholds are accumulated as per-class sums
+and counts, and the flags are computed per case (never one (voxels x classes) table of all cases, which is
+what makes cleanlab on whole datasets run out of memory). Between the threshold pass and the flagging pass
+the teacher's foreground probability of each case is kept in float16 (2 bytes a voxel, less than the
+float32 targets already held) rather than segmenting every case twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from svldrl.data.dataset import load_case, load_dataset
+from svldrl.engine.trainer import Batch, Trainer, seg_target
+from svldrl.errors import UserError
+
+EMA = 0.99  # teacher decay (mean teacher / MTCL default)
+CONSISTENCY = 0.1  # weight of the student-teacher MSE after its sigmoid ramp-up
+WARMUP = 0.3  # share of the iterations before the first correction (the ramp-up of the consistency weight)
+NOISE = 0.1  # std of the Gaussian noise on the teacher's input (clipped at 2 std), as in MTCL / UA-MT
+SOFT_STEP = 0.8  # how far a soft correction moves a flagged voxel towards the other class
+
+
+def class_confidence_sums(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class ``j``: the sum of ``p_j`` over voxels whose given label is ``j``, and their count.
+
+    Args:
+        probs: (C, ...) class probabilities.
+        given: (...) integer given labels.
+    """
+    c = probs.shape[0]
+    flat_p, flat_y = probs.reshape(c, -1), given.reshape(-1)
+    counts = np.bincount(flat_y, minlength=c)[:c].astype(np.float64)
+    sums = np.array([flat_p[j, flat_y == j].sum(dtype=np.float64) for j in range(c)])
+    return sums, counts
+
+
+def class_thresholds(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Confident learning's per-class thresholds ``t_j = mean{p_j(x) : y(x) = j}``.
+
+    Args:
+        probs: (C, ...) class probabilities.
+        given: (...) integer given labels.
+
+    Returns:
+        (C,) float64; ``inf`` for a class without voxels (it can then never be confident).
+    """
+    sums, counts = class_confidence_sums(probs, given)
+    return _thresholds(sums, counts)
+
+
+def _thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+
+
+def confident_learning_flags(
+    probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | None = None
+) -> np.ndarray:
+    """Voxels flagged as label errors (the off-diagonal of the confident joint).
+
+    A voxel with given label ``y`` is flagged when ``p_y < t_y`` (not confident in its own label) while some
+    class ``k != y`` has ``p_k >= t_k`` (confidently another class). Unlike cleanlab, a voxel confident in
+    both its given class and another one is not flagged: the given label gets the benefit of the doubt.
+
+    Args:
+        probs: (C, N) or (C, ...) class probabilities.
+        given: (N,) or (...) integer given labels.
+        thresholds: (C,) per-class thresholds; None: :func:`class_thresholds` of these very voxels.
+
+    Returns:
+        A bool mask of ``given``'s shape.
+    """
+    t = class_thresholds(probs, given) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    confident = probs >= t.reshape((-1,) + (1,) * given.ndim)
+    own_confident = np.take_along_axis(confident, given[None].astype(np.int64), axis=0)[0]
+    # When the own class is not confident, any confident class is another one.
+    return ~own_confident & confident.any(axis=0)
+
+
+def mtcl_correct(given: np.ndarray, flags: np.ndarray, soft: bool = False) -> np.ndarray:
+    """A binary training target from the given mask with flagged voxels corrected.
+
+    Args:
+        given: (...) {0, 1} given mask.
+        flags: (...) bool, from :func:`confident_learning_flags`.
+        soft: move flagged voxels by ``SOFT_STEP`` towards the other class (``y + flag * (-1)^y * 0.8``)
+            instead of flipping them.
+    """
+    y = given.astype(np.float32)
+    step = SOFT_STEP if soft else 1.0
+    return y + flags.astype(np.float32) * (1.0 - 2.0 * y) * step
+
+
+def sigmoid_rampup(current: float, length: float) -> float:
+    """Laine and Aila's ramp ``exp(-5 (1 - t)^2)``, ``t = current / length`` clipped to [0, 1]."""
+    if length <= 0:
+        return 1.0
+    t = min(max(current / length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+class MTCLTrainer(Trainer):
+    """Student trained on confident-learning-corrected targets, plus a mean-teacher consistency loss."""
+
+    name = "mtcl"
+
+    def num_clean(self) -> int:
+        return min(int(self.cfg["method_args"]["clean_cases"]), len(self.train_ids))
+
+    def _load_data(self) -> None:
+        # The clean subset trains on clean masks. The base trainer has no hook for per-case masks, so the
+        # loader is extended here (a ``load_training_masks`` hook would be cleaner).
+        super()._load_data()
+        k = self.num_clean()
+        if not k or self.dataset.label_set == "clean":
+            return
+        try:
+            clean = {c.case_id: c for c in load_dataset(self.dataset.root, "clean").train}
+        except UserError as exc:
+            raise UserError(
+                f"mtcl: method_args.clean_cases={k} needs the clean masks, but the dataset could "
+                f"not be re-read from {self.dataset.root} ({exc})"
+            ) from None
+        for i in range(k):
+            _, lab, _ = load_case(clean[self.train_ids[i]], self.cfg["data"])
+            lab = self._pad(lab)
+            self.given[i], self.targets[i], self.fg_idx[i] = lab, lab.astype(np.float32), np.flatnonzero(lab)
+
+    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        # Built here because __init__ resumes right after this hook and the resume restores the teacher.
+        self.teacher = copy.deepcopy(self.network)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        return super().build_optimizer(params)
+
+    def train_step(self, batch: Batch) -> dict[str, Any]:
+        x = batch["image"]
+        logits = self.network(x, heads=("seg",))["seg"]
+        seg = self.seg_loss(logits, seg_target(batch["target"]))
+        with torch.no_grad():
+            noise = (torch.randn(x.shape, generator=self.generator) * NOISE).clamp(-2 * NOISE, 2 * NOISE)
+            teacher_p = torch.softmax(self.teacher(x + noise.to(x.device), heads=("seg",))["seg"], 1)
+        cons = torch.mean((torch.softmax(logits, 1) - teacher_p) ** 2)
+        weight = CONSISTENCY * sigmoid_rampup(self.iteration, WARMUP * self.iterations)
+        loss = seg + weight * cons
+        self.optimise(loss)
+        self._update_teacher()
+        return {"train_loss": loss.detach(), "losses/seg": seg.detach(), "losses/consistency": cons.detach()}
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        # The early ramp 1 - 1/(step + 1) keeps the teacher from averaging in its random initialisation.
+        ema = min(1.0 - 1.0 / (self.iteration + 1), EMA)
+        for t, s in zip(self.teacher.state_dict().values(), self.network.state_dict().values(), strict=True):
+            if t.dtype.is_floating_point:
+                t.mul_(ema).add_(s.detach(), alpha=1.0 - ema)
+            else:
+                t.copy_(s)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        if self.iteration < WARMUP * self.iterations:
+            return {"charts/target_changed": 0.0}
+        k, n = self.num_clean(), len(self.images)
+        # Thresholds from the clean subset if there is one, else from all cases (cleanlab's default).
+        stats_cases = range(k) if k else range(n)
+        sums, counts, cache = np.zeros(2), np.zeros(2), {}
+        for i in stats_cases:
+            p = self.predict_probs(self.images[i], self.teacher)
+            s, c = class_confidence_sums(np.stack([1.0 - p, p]), self.given[i])
+            sums, counts = sums + s, counts + c
+            if i >= k:  # half precision: the flagging pass below need not segment this case again
+                cache[i] = p.astype(np.float16)
+        t = _thresholds(sums, counts)
+        flagged = total = 0
+        for i in range(k, n):  # the clean subset is never corrected
+            p = (
+                cache.pop(i).astype(np.float32)
+                if i in cache
+                else self.predict_probs(self.images[i], self.teacher)
+            )
+            flags = confident_learning_flags(np.stack([1.0 - p, p]), self.given[i].astype(np.int64), t)
+            self.targets[i] = mtcl_correct(self.given[i], flags, bool(self.cfg["method_args"]["mtcl_soft"]))
+            flagged += int(flags.sum())
+            total += flags.size
+        return {
+            "charts/target_changed": flagged / max(total, 1),
+            "charts/threshold_bg": float(t[0]),
+            "charts/threshold_fg": float(t[1]),
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "teacher": self.teacher.state_dict(),
+            "targets": [torch.from_numpy(t.copy()) for t in self.targets],
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.targets = [t.numpy().astype(np.float32) for t in state["targets"]]

@@ -1,0 +1,277 @@
+"""The baseline methods: each distinctive rule against a hand computation, and a short training per method."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from svldrl import config as C
+from svldrl.data.dataset import load_dataset
+from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.engine.train import train
+from svldrl.methods import get_method
+from svldrl.methods.adele import adele_correct, iou_curve_flattened
+from svldrl.methods.coteaching import coteaching_losses, forget_rate_at, small_loss_mask
+from svldrl.methods.mtcl import class_thresholds, confident_learning_flags, mtcl_correct
+from svldrl.methods.tloss import t_loss
+from tests.conftest import TINY
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads spin against other jobs and a training
+    step gets ~20x slower. The previous setting is restored for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ coteaching
+
+
+def test_small_loss_mask_keeps_exactly_the_lowest_losses() -> None:
+    loss = torch.tensor([[[0.9, 0.1, 0.5], [0.3, 0.7, 0.2]], [[0.8, 0.05, 0.6], [0.4, 1.0, 0.35]]])
+    mask = small_loss_mask(loss, keep_fraction=0.5)  # 12 voxels -> the 6 smallest
+    assert mask.shape == loss.shape and mask.dtype == torch.bool
+    assert sorted(loss[mask].tolist()) == pytest.approx([0.05, 0.1, 0.2, 0.3, 0.35, 0.4])
+    assert small_loss_mask(loss, 1.0).all() and not small_loss_mask(loss, 0.0).any()
+    assert int(small_loss_mask(loss, 0.25).sum()) == 3
+
+
+def test_forget_rate_ramps_linearly_then_stays() -> None:
+    # final 0.2 over the first 30% of 1000 steps
+    assert forget_rate_at(0, 1000, 0.2, 0.3) == 0.0
+    assert forget_rate_at(150, 1000, 0.2, 0.3) == pytest.approx(0.1)
+    assert forget_rate_at(300, 1000, 0.2, 0.3) == pytest.approx(0.2)
+    assert forget_rate_at(900, 1000, 0.2, 0.3) == pytest.approx(0.2)
+    assert forget_rate_at(0, 1000, 0.2, 0.0) == pytest.approx(0.2)  # no ramp: the final rate at once
+
+
+def test_coteaching_trains_each_network_on_its_peers_selection() -> None:
+    target = torch.tensor([[1.0, 1.0, 1.0, 1.0]]).reshape(1, 1, 4)
+    target = torch.cat([1 - target, target], 1)  # all foreground
+    # network 1 is right on voxels 0, 1 and wrong on 2, 3; network 2 the other way round
+    logits1 = torch.tensor([[-3.0, -3.0, 3.0, 3.0], [3.0, 3.0, -3.0, -3.0]])[None].requires_grad_()
+    logits2 = torch.tensor([[3.0, 3.0, -3.0, -3.0], [-3.0, -3.0, 3.0, 3.0]])[None].requires_grad_()
+    loss1, loss2, keep1, keep2 = coteaching_losses(logits1, logits2, target, 0.5, dice_w=0.0, ce_w=1.0)
+    assert keep1.reshape(-1).tolist() == [True, True, False, False]
+    assert keep2.reshape(-1).tolist() == [False, False, True, True]
+    # network 1 learns from the voxels network 2 kept, where network 1 itself is wrong: a large loss
+    ce_wrong = float(torch.nn.functional.softplus(torch.tensor(6.0)))  # -log sigmoid(-6)
+    assert float(loss1.detach()) == pytest.approx(ce_wrong, rel=1e-5)
+    assert float(loss2.detach()) == pytest.approx(ce_wrong, rel=1e-5)
+    loss1.backward()
+    assert logits1.grad[..., :2].abs().sum() == 0 and logits1.grad[..., 2:].abs().sum() > 0
+
+
+# ------------------------------------------------------------------ adele
+
+
+def test_adele_flags_a_flattened_iou_curve_not_a_rising_one() -> None:
+    t = np.arange(1, 11)
+    saturating = 0.9 * (1 - np.exp(-t / 2.0))  # fitted slope ratio exp(-(n-1)/2) < 0.1 from epoch 6
+    assert [iou_curve_flattened(saturating[:n]) for n in range(3, 11)] == [False] * 3 + [True] * 5
+    assert not iou_curve_flattened([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])  # still rising linearly
+    assert not iou_curve_flattened([0.5, 0.5])  # too few epochs to fit
+    assert not iou_curve_flattened([0.0, 0.0, 0.0, 0.0])  # a class not learned yet is not "flat"
+    assert iou_curve_flattened([0.95, 0.95, 0.95])  # learned from the first epoch on
+    assert iou_curve_flattened([*saturating[:3], np.nan, *saturating[4:7]])  # an epoch without IoU is skipped
+
+
+def test_adele_correct_replaces_only_confident_voxels() -> None:
+    target = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=np.float32)
+    probs = np.array([0.9, 0.6, 0.1, 0.5, 0.2, 0.95], dtype=np.float32)
+    assert adele_correct(target, probs, 0.7).tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    # only the foreground curve has flattened: confident background voxels keep their label
+    assert adele_correct(target, probs, 0.7, classes=(False, True)).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert adele_correct(target, probs, 0.7, classes=(False, False)).tolist() == target.tolist()
+
+
+def test_adele_trainer_corrects_the_flattened_class_at_epoch_end(dataset: Path, tmp_path: Path) -> None:
+    trainer = get_method("adele")(_cfg("adele"), load_dataset(dataset), tmp_path / "run")
+    before = [t.copy() for t in trainer.targets]
+
+    def fake_probs(image: np.ndarray) -> np.ndarray:  # confident foreground in the first half along x,
+        p = np.full(image.shape, 0.5, dtype=np.float32)  # confident background in the last quarter
+        n = image.shape[0]
+        p[: n // 2], p[3 * n // 4 :] = 0.95, 0.05
+        return p
+
+    trainer.predict_probs = fake_probs
+    # IoU still rising in both classes: nothing is corrected
+    trainer.iou_history = [[0.1, 0.1], [0.2, 0.2]]
+    trainer._inter, trainer._union = np.array([3.0, 3.0]), np.array([10.0, 10.0])
+    logs = trainer.on_epoch_end(2)
+    assert trainer.correcting == [False, False] and logs["charts/target_changed"] == 0.0
+    assert all(np.array_equal(a, b) for a, b in zip(before, trainer.targets, strict=True))
+    # the foreground curve has flattened, the background one still rises
+    trainer.iou_history = [[0.1, 0.8], [0.2, 0.85], [0.3, 0.86], [0.4, 0.86]]
+    trainer._inter, trainer._union = np.array([5.0, 8.6]), np.array([10.0, 10.0])
+    trainer.on_epoch_end(4)
+    assert trainer.correcting == [False, True]
+    for old, new in zip(before, trainer.targets, strict=True):
+        n = old.shape[0]
+        assert (new[: n // 2] == 1).all()  # confident foreground took the model's label
+        np.testing.assert_array_equal(new[n // 2 :], old[n // 2 :])  # the rest, background included, kept
+
+
+# ------------------------------------------------------------------ mtcl
+
+
+def test_confident_learning_flags_hand_computed() -> None:
+    p1 = np.array([0.1, 0.3, 0.6, 0.9, 0.8, 0.4, 0.2, 0.05])  # foreground probability
+    given = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.stack([1 - p1, p1])
+    # t_0 = mean(0.9, 0.7, 0.4, 0.1) = 0.525; t_1 = mean(0.8, 0.4, 0.2, 0.05) = 0.3625
+    np.testing.assert_allclose(class_thresholds(probs, given), [0.525, 0.3625])
+    # label 0 with p0 < 0.525 and p1 >= 0.3625: voxels 2, 3; label 1 with p1 < 0.3625 and p0 >= 0.525: 6, 7
+    flags = confident_learning_flags(probs, given)
+    assert np.flatnonzero(flags).tolist() == [2, 3, 6, 7]
+    # thresholds from elsewhere (a clean subset) change the verdict; 3-D maps keep their shape.
+    # t = (0.5, 0.85): voxel 2 (p1 = 0.6) is no longer confidently foreground, voxel 5 (p0 = 0.6) now is
+    # confidently background; voxel 4 (p1 = 0.8 < 0.85, p0 = 0.2 < 0.5) is confident in nothing
+    flags = confident_learning_flags(probs.reshape(2, 2, 2, 2), given.reshape(2, 2, 2), np.array([0.5, 0.85]))
+    assert flags.shape == (2, 2, 2) and np.flatnonzero(flags).tolist() == [3, 5, 6, 7]
+    flat = flags.reshape(-1)
+    assert mtcl_correct(given, flat).tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    np.testing.assert_allclose(mtcl_correct(given, flat, soft=True), [0, 0, 0, 0.8, 1, 0.2, 0.2, 0.2])
+
+
+def test_mtcl_clean_subset_uses_clean_masks_of_the_first_cases(dataset: Path, tmp_path: Path) -> None:
+    noisy = dataset / "labelsTr_noisy" / "dot"  # a noisy label set that shrank every mask to one voxel
+    noisy.mkdir(parents=True)
+    for f in (dataset / "labelsTr").glob("*.nii.gz"):
+        img = nib.load(f)
+        dot = np.zeros(img.shape, np.uint8)
+        dot[0, 0, 0] = 1
+        nib.save(nib.Nifti1Image(dot, img.affine), noisy / f.name)
+    trainer = get_method("mtcl")(
+        _cfg("mtcl", "method_args.clean_cases=2"), load_dataset(dataset, "noisy/dot"), tmp_path / "run"
+    )
+    assert trainer.num_clean() == 2
+    assert all(g.sum() > 1 for g in trainer.given[:2])  # the clean subset: clean masks
+    assert all(g.sum() == 1 for g in trainer.given[2:])  # the others: the noisy masks
+    assert all(np.array_equal(t, g) for t, g in zip(trainer.targets, trainer.given, strict=True))
+
+
+# ------------------------------------------------------------------ tloss
+
+
+def _t_loss_by_hand(pred: list[float], target: list[float], nu: float) -> float:
+    d = len(pred)
+    nt = math.exp(nu) + 1e-8
+    lam = 1 + 1e-8
+    s = sum((p - y) ** 2 for p, y in zip(pred, target, strict=True)) * math.exp(lam)
+    nll = (
+        -math.lgamma((nt + d) / 2)
+        + math.lgamma(nt / 2)
+        - 0.5 * d * lam
+        + d / 2 * math.log(math.pi)
+        + d / 2 * (nu + 1e-8)
+        + (nt + d) / 2 * math.log(1 + s / nt)
+    )
+    return nll / d
+
+
+@pytest.mark.parametrize("nu", [-1.0, 0.0, 1.0, 2.5])
+def test_t_loss_matches_hand_computation(nu: float) -> None:
+    pred = [[0.9, 0.2, 0.6, 0.0], [0.5, 0.5, 0.1, 1.0]]
+    target = [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
+    got = t_loss(
+        torch.tensor(pred, dtype=torch.float64),
+        torch.tensor(target, dtype=torch.float64),
+        torch.tensor(nu, dtype=torch.float64),
+    )
+    want = (_t_loss_by_hand(pred[0], target[0], nu) + _t_loss_by_hand(pred[1], target[1], nu)) / 2
+    assert float(got) == pytest.approx(want, rel=1e-9)
+
+
+def test_t_loss_grows_with_the_residual_and_trains_nu() -> None:
+    target = torch.zeros(1, 8)
+    nu = torch.tensor(1.0, requires_grad=True)
+    small, large = t_loss(torch.full((1, 8), 0.1), target, nu), t_loss(torch.full((1, 8), 0.9), target, nu)
+    assert float(small.detach()) < float(large.detach())
+    large.backward()
+    assert nu.grad is not None and float(nu.grad) != 0.0
+
+
+# ------------------------------------------------------------------ training
+
+
+def _cfg(method: str, *extra: str) -> dict:
+    return C.load_config(overrides=[*TINY, f"method={method}", "train.iterations=4", *extra])
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "state_keys"),
+    [
+        ("coteaching", [], {"peer", "peer_optimizer", "peer_scheduler"}),
+        ("adele", [], {"iou_history", "correcting", "targets"}),
+        ("mtcl", ["method_args.clean_cases=2", "method_args.mtcl_soft=true"], {"teacher", "targets"}),
+        ("tloss", ["method_args.tloss_init=0.5"], {"nu"}),
+    ],
+)
+def test_method_trains_and_checkpoints(
+    dataset: Path, tmp_path: Path, method: str, extra: list[str], state_keys: set[str]
+) -> None:
+    run = train(dataset, "clean", tmp_path / method, _cfg(method, *extra))
+    ckpt = load_checkpoint(run / "checkpoint_final.pt", method=method)
+    assert state_keys <= set(ckpt["extra"])
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    if method == "tloss":  # nu is trained: it left its initial value
+        assert float(ckpt["extra"]["nu"]) != 0.5
+    if method == "coteaching":  # the peer is a second, differently initialised network
+        key = next(iter(ckpt["model"]))
+        assert not torch.equal(ckpt["model"][key], ckpt["extra"]["peer"][key])
+    if method == "mtcl":  # soft corrections ran after the warmup, never on the two clean cases
+        soft = [bool(set(np.unique(t.numpy())) - {0.0, 1.0}) for t in ckpt["extra"]["targets"]]
+        assert float(rows[-1]["charts/target_changed"]) > 0 and any(soft[2:]) and not any(soft[:2])
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_mtcl_resume_matches_uninterrupted_run(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """Teacher, corrected targets and generator come back, so a killed and resumed run ends where an
+    uninterrupted one does."""
+    cfg = _cfg("mtcl", "train.deterministic=true", "train.iterations=6")
+    full = train(dataset, "clean", tmp_path / "full", C.load_config(overrides=[], base=cfg))
+    trainer_cls = get_method("mtcl")
+    original, calls = trainer_cls.validate, {"n": 0}
+
+    def crash_on_second_validation(self):  # killed in epoch 1, after epoch 0's checkpoint
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Crash
+        return original(self)
+
+    monkeypatch.setattr(trainer_cls, "validate", crash_on_second_validation)
+    with pytest.raises(_Crash):
+        train(dataset, "clean", tmp_path / "killed", C.load_config(overrides=[], base=cfg))
+    monkeypatch.setattr(trainer_cls, "validate", original)
+    # epoch 0 ended after the warmup (2 of 6 steps > 30%), so the checkpoint holds corrected targets
+    assert float(next(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))["charts/target_changed"]) > 0
+    resumed = train(
+        dataset,
+        "clean",
+        tmp_path / "killed",
+        C.load_config([tmp_path / "killed" / "config.yaml"]),
+        resume=True,
+    )
+    a, b = load_checkpoint(full / "checkpoint_final.pt"), load_checkpoint(resumed / "checkpoint_final.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], msg=k)
+    for k in a["extra"]["teacher"]:
+        torch.testing.assert_close(a["extra"]["teacher"][k], b["extra"]["teacher"][k], msg=k)
+    for ta, tb in zip(a["extra"]["targets"], b["extra"]["targets"], strict=True):
+        torch.testing.assert_close(ta, tb)
