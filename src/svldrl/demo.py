@@ -85,16 +85,61 @@ def run_demo(out: Path, quick: bool = False, reporter: Reporter = QUIET, methods
     text = (
         f"# svldrl demo ({'quick' if quick else 'full'})\n\n"
         f"Phantoms: {s['cases']} training / {s['test_cases']} test cases, {s['size']}^3; MT-Noise ratio 0.5 "
-        f"(mean label Dice of the noisy training masks {noise_report['mean']['dice']:.3f}); "
+        f"(mean label Dice of the noisy training masks {noise_report['mean_dice']:.3f}); "
         f"{s['iterations']} iterations per run, patch {s['patch']}^3, seed {seed}. "
         f"Metrics on the clean test masks (mean over cases). Wall time {fmt_seconds(wall)}.\n\n{table}\n"
     )
     write_text(report / "results.md", text)
     write_text(report / "results.json", json.dumps(rows, indent=2))
     _overlays(ds, out, [r[0] for r in runs], report)
+    if (out / "runs" / "svldrl_noisy" / "checkpoint_final.pt").exists():
+        _action_map(ds, out / "runs" / "svldrl_noisy", report)
     print(table)
     reporter.info(f"report: {report}  (wall time {fmt_seconds(wall)})")
     return {"rows": rows, "wall_s": wall}
+
+
+def _action_map(ds: Path, run: Path, report: Path) -> None:
+    """The greedy policy's actions (keep / enhance / weaken) on one test slice of the SVL-DRL run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from svldrl.data.io import atomic_write
+    from svldrl.data.normalize import normalize_intensity
+    from svldrl.engine.predict import load_run
+
+    method, net, cfg = load_run(run)
+    ref = sorted((ds / "labelsTs").glob("*.nii.gz"))[0]
+    cid = ref.name[: -len(".nii.gz")]
+    img = read_volume(ds / "imagesTs" / f"{cid}_0000.nii.gz").array.astype(np.float32)
+    lab = read_volume(ref).array
+    x = normalize_intensity(img, cfg["data"]["modality"], cfg["data"]["clip_percentiles"], cfg["data"]["ct_window"])
+    extras = method.inspect_volume(net, cfg, x)
+    if not extras:
+        return
+    z = _slice_of(lab)
+    acts = extras["actions"][:, :, z].T
+    fracs = [float((extras["actions"] == k).mean()) for k in range(3)]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=90)
+    axes[0].imshow(x[:, :, z].T, cmap="gray", origin="lower")
+    axes[0].contour(lab[:, :, z].T, levels=[0.5], colors="lime", linewidths=1)
+    axes[0].set_title("image (clean mask in green)", fontsize=9)
+    im = axes[1].imshow(acts, cmap=ListedColormap(["#d9d9d9", "#d62728", "#1f77b4"]), vmin=-0.5, vmax=2.5,
+                        origin="lower", interpolation="nearest")
+    axes[1].set_title("greedy action: keep / enhance / weaken", fontsize=9)
+    cb = fig.colorbar(im, ax=axes[1], ticks=[0, 1, 2], fraction=0.046)
+    cb.ax.set_yticklabels([f"keep {fracs[0]:.0%}", f"enhance {fracs[1]:.0%}", f"weaken {fracs[2]:.0%}"], fontsize=8)
+    axes[2].imshow(extras["refined"][:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
+    axes[2].set_title(f"refined volume ({max(int(cfg['infer']['refine_steps']), 1)} greedy steps)", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"SVL-DRL policy on {cid}, slice {z}", fontsize=9)
+    fig.tight_layout()
+    atomic_write(report / "svldrl_action_map.png", lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
 
 
 def _slice_of(mask: np.ndarray) -> int:
