@@ -189,6 +189,10 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--foreground", default=None, help="reference label values mapped to foreground")
     e.set_defaults(func=cmd_evaluate)
 
+    from svldrl.audit.cli import add_parser as add_audit
+
+    add_audit(sub)
+
     d = add("demo", "phantoms -> MT-Noise 0.5 -> train on clean / noisy -> evaluate -> report")
     d.add_argument("--out", default="svldrl_demo")
     d.add_argument("--quick", action="store_true", help="small and short (about 3 minutes on 2 CPU cores)")
