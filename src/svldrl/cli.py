@@ -145,7 +145,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     n = add("noise", "corrupt training masks reproducibly into labelsTr_noisy/NAME")
     n.add_argument("dataset")
-    n.add_argument("--protocol", required=True, choices=["mt", "markov", "spg"])
+    n.add_argument("--protocol", required=True, choices=["mt", "markov", "spg", "sfda"],
+                   help="mt (MT-Noise), markov (boundary noise), spg (SP-guided), sfda (a shifted-domain model's masks)")
     n.add_argument("--ratio", type=float, default=0.5, help="fraction of training cases corrupted")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--name", default=None)

@@ -24,6 +24,7 @@ from svldrl.errors import UserError
 from svldrl.noise.markov import check_markov_params, markov_noise
 from svldrl.noise.mt import check_mt_params, mt_noise
 from svldrl.noise.report import build_report, mask_dice, voxel_error_rate
+from svldrl.noise.sfda import SOURCE_SUFFIX, check_sfda_params, prepare_sfda, sfda_noise
 from svldrl.noise.spg import check_spg_params, spg_noise
 
 PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
@@ -31,11 +32,18 @@ PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
     "markov": markov_noise,
     "spg": spg_noise,
 }
+# Protocols that need the images, not just a mask (their registry function only carries the parameters
+# and defaults): ``prepare(ds, cases, params, seed, noisy_dir, foreground, info)`` is called once, lazily,
+# before the first corrupted case still to do, and returns ``per_case(index, case, clean) -> (noisy, op)``.
+IMAGE_PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {"sfda": sfda_noise}
+ALL_PROTOCOLS = {**PROTOCOLS, **IMAGE_PROTOCOLS}
 _CHECKS: dict[str, Callable[..., None]] = {
     "mt": check_mt_params,
     "markov": check_markov_params,
     "spg": check_spg_params,
+    "sfda": check_sfda_params,
 }
+_PREPARE: dict[str, Callable[..., Callable[..., tuple[np.ndarray, dict[str, Any]]]]] = {"sfda": prepare_sfda}
 
 REPORT_NAME = "noise_report.json"
 SETTINGS_NAME = ".settings.json"
@@ -46,7 +54,7 @@ FORMAT_VERSION = 1
 
 def protocol_defaults(protocol: str) -> dict[str, Any]:
     """The keyword parameters of a protocol function and their defaults."""
-    sig = inspect.signature(PROTOCOLS[protocol])
+    sig = inspect.signature(ALL_PROTOCOLS[protocol])
     return {k: p.default for k, p in list(sig.parameters.items())[2:]}
 
 
@@ -56,8 +64,8 @@ def resolve_params(protocol: str, params: dict[str, Any] | None) -> dict[str, An
     Raises:
         UserError: unknown protocol, unknown parameter name or invalid value.
     """
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown noise protocol {protocol!r} (choose one of {', '.join(PROTOCOLS)})")
+    if protocol not in ALL_PROTOCOLS:
+        raise UserError(f"unknown noise protocol {protocol!r} (choose one of {', '.join(ALL_PROTOCOLS)})")
     params = dict(params or {})
     defaults = protocol_defaults(protocol)
     unknown = sorted(set(params) - set(defaults))
@@ -107,10 +115,11 @@ def _check_name(name: str) -> None:
         or "/" in name
         or "\\" in name
         or name.endswith(PARTIAL_SUFFIX)
+        or name.endswith(SOURCE_SUFFIX)
     ):
         raise UserError(
             f"invalid noisy-set name {name!r}: use a plain folder name "
-            f"(no '/', not starting with '.', not ending in '{PARTIAL_SUFFIX}')"
+            f"(no '/', not starting with '.', not ending in '{PARTIAL_SUFFIX}' or '{SOURCE_SUFFIX}')"
         )
 
 
@@ -191,7 +200,8 @@ def run_noise(
 
     Args:
         dataset_path: dataset root (nnU-Net layout or any layout ``load_dataset`` reads).
-        protocol: ``"mt"``, ``"markov"`` or ``"spg"`` (see :data:`PROTOCOLS`).
+        protocol: ``"mt"``, ``"markov"``, ``"spg"`` or ``"sfda"`` (see :data:`ALL_PROTOCOLS`; ``"sfda"``
+            trains a source model on shifted images, cached in ``labelsTr_noisy/<name>.source/``).
         ratio: fraction of training cases to corrupt, in [0, 1] (SP-guided alpha); the other
             cases get their clean mask, binarised, unchanged.
         seed: non-negative integer; the same seed gives byte-identical files.
@@ -285,7 +295,8 @@ def run_noise(
     (partial / CASES_DIR).mkdir(parents=True, exist_ok=True)
     write_text(partial / SETTINGS_NAME, _dump(settings))
 
-    fn = PROTOCOLS[protocol]
+    fn = ALL_PROTOCOLS[protocol]
+    prepared: Callable[..., tuple[np.ndarray, dict[str, Any]]] | None = None
     per_case: dict[str, dict[str, Any]] = {}
     n = len(cases)
     for index, case in enumerate(cases):
@@ -303,7 +314,12 @@ def run_noise(
             kwargs = dict(resolved)
             if kwargs.get("spacing") == "auto":
                 kwargs["spacing"] = list(vol.spacing)
-            noisy, op = fn(clean, np.random.default_rng(case_seed(int(seed), index)), **kwargs)
+            if protocol in _PREPARE:
+                if prepared is None:
+                    prepared = _PREPARE[protocol](ds, cases, resolved, int(seed), final, foreground, info)
+                noisy, op = prepared(index, case, clean)
+            else:
+                noisy, op = fn(clean, np.random.default_rng(case_seed(int(seed), index)), **kwargs)
             op = {k: v for k, v in op.items() if k not in ("dice", "protocol")}
         else:
             noisy, op = clean, {"operation": "none"}
