@@ -191,8 +191,10 @@ def make_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     from svldrl.audit.cli import add_parser as add_audit
+    from svldrl.bench.cli import add_parser as add_benchmark
 
     add_audit(sub)
+    add_benchmark(sub)
 
     d = add("demo", "phantoms -> MT-Noise 0.5 -> train on clean / noisy -> evaluate -> report")
     d.add_argument("--out", default="svldrl_demo")

@@ -1,0 +1,262 @@
+"""``svldrl benchmark``: the tiny config end to end, skipping and resuming runs, and config errors."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from svldrl.bench import cli as bench_cli
+from svldrl.bench import runner
+from svldrl.bench.runner import CSV_COLUMNS, RESULT_NAME, expand_env, load_benchmark, run_benchmark
+from svldrl.errors import UserError
+
+TINY = Path(__file__).resolve().parents[1] / "benchmarks" / "tiny_test.yaml"
+REQUIRED = (
+    "method",
+    "noise",
+    "seed",
+    "dice",
+    "iou",
+    "hd95",
+    "asd",
+    "label_dice",
+    "dice_val_selected",
+    "iou_val_selected",
+    "train_seconds",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads spin against other jobs on a 2-core machine; restore the session's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny benchmark run once for the module (5 runs of 4 iterations on 32^3 phantoms)."""
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    run_benchmark(TINY, out)
+    return out
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("train() must not be called")
+
+    monkeypatch.setattr("svldrl.engine.train.train", fail)
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_results_report_and_plots(bench_out: Path) -> None:
+    rows = _rows(bench_out)
+    assert set(REQUIRED) <= set(rows[0]) and list(rows[0]) == list(CSV_COLUMNS)
+    # 2 methods x 2 settings x 1 seed + the clean oracle, one row per run
+    got = sorted((r["noise"], r["method"], r["seed"]) for r in rows)
+    assert got == sorted(
+        [
+            ("clean", "supervised", "0"),
+            ("mt0.5", "supervised", "0"),
+            ("mt0.5", "tloss_t2", "0"),
+            ("mt1.0", "supervised", "0"),
+            ("mt1.0", "tloss_t2", "0"),
+        ]
+    )
+    for r in rows:
+        assert 0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["dice_val_selected"]) <= 1.0
+        assert float(r["train_seconds"]) > 0
+        assert (float(r["label_dice"]) == 1.0) == (r["noise"] == "clean")
+        run = bench_out / "runs" / r["noise"] / r["method"] / "seed0"
+        assert (run / RESULT_NAME).is_file() and (run / "pred_final" / "summary.json").is_file()
+        assert (run / "pred_val" / "summary.json").is_file()
+    noisy = {r["noise"]: float(r["label_dice"]) for r in rows}
+    assert noisy["mt1.0"] < noisy["mt0.5"] < 1.0
+    md = (bench_out / "results.md").read_text()
+    assert "clean (oracle)" in md and "gap (clean − noisy)" in md and "val-selected" in md
+    assert "torch" in md and "Date:" in md and "Command:" in md
+    gap_line = next(
+        line for line in md.splitlines() if line.startswith("| mt0.5 |") and "supervised" not in line
+    )
+    assert "n/a" not in gap_line.split("|")[5]  # the gap column holds a number
+    assert (bench_out / "plots" / "dice_bars.png").stat().st_size > 0
+    assert (bench_out / "plots" / "dice_vs_ratio_mt.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_rerun_skips_done_runs_and_resumes_a_killed_one(
+    bench_out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {(r["noise"], r["method"]): r["dice"] for r in _rows(bench_out)}
+    _forbid_training(monkeypatch)
+    run_benchmark(TINY, bench_out)  # everything done: no training at all
+    assert {(r["noise"], r["method"]): r["dice"] for r in _rows(bench_out)} == before
+
+    # A run killed midway: it has its latest checkpoint but neither a final checkpoint nor a result.
+    run = bench_out / "runs" / "mt0.5" / "tloss_t2" / "seed0"
+    (run / RESULT_NAME).unlink()
+    (run / "checkpoint_final.pt").unlink()
+    shutil.rmtree(run / "pred_val")
+    monkeypatch.undo()
+    real = importlib.import_module("svldrl.engine.train").train
+    calls = []
+
+    def spy(dataset, labels, out, cfg, resume=False, reporter=None):
+        calls.append((Path(out), labels, resume))
+        return real(
+            dataset, labels, out, cfg, resume=resume, **({} if reporter is None else {"reporter": reporter})
+        )
+
+    monkeypatch.setattr("svldrl.engine.train.train", spy)
+    run_benchmark(TINY, bench_out)
+    assert calls == [(run, "noisy/mt0.5", True)]
+    assert (run / RESULT_NAME).is_file() and (run / "checkpoint_final.pt").is_file()
+    assert len(_rows(bench_out)) == 5
+
+
+@pytest.mark.slow
+def test_a_crashing_run_is_recorded_and_the_others_still_run(bench_out: Path, monkeypatch) -> None:
+    run = bench_out / "runs" / "mt1.0" / "tloss_t2" / "seed0"
+    for name in (RESULT_NAME, "checkpoint_final.pt", "checkpoint_latest.pt"):
+        (run / name).unlink()
+
+    def crash(*args, **kwargs):
+        raise FloatingPointError("loss is NaN")
+
+    monkeypatch.setattr("svldrl.engine.train.train", crash)
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: mt1.0/tloss_t2/seed0"):
+        run_benchmark(TINY, bench_out)
+    assert "loss is NaN" in (run / "error.txt").read_text()
+    md = (bench_out / "results.md").read_text()
+    assert "## Failed runs" in md and "## Missing runs" in md
+    assert len(_rows(bench_out)) == 4  # the other runs are still reported
+
+
+def _write(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(TINY.read_text())
+    edit(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("methods"), "missing key 'methods'"),
+        (lambda d: d["methods"].append({"name": "magic", "method": "magic"}), "unknown method 'magic'"),
+        (
+            lambda d: d["noise"].append({"name": "x", "protocol": "nope", "ratio": 0.5}),
+            "unknown noise protocol 'nope'",
+        ),
+        (lambda d: d["base"]["train"].update(itrations=3), "unknown config key 'train.itrations'"),
+        (lambda d: d["methods"][1].update(set=["rl.t_maxx=2"]), "unknown config key 'rl.t_maxx'"),
+        (lambda d: d["noise"][0].update(params={"mode": "sideways"}), "mode must be one of"),
+        (lambda d: d.update(seeds=[]), "seeds must be a non-empty list"),
+        (lambda d: d.update(methods_on_clean=["ghost"]), "methods_on_clean names 'ghost'"),
+        (lambda d: d.update(extra=1), "unknown key(s) extra"),
+        (lambda d: d["dataset"].update(path="/x"), "exactly one of 'synth'"),
+    ],
+)
+def test_bad_config_is_a_user_error_before_training(tmp_path: Path, monkeypatch, edit, message: str) -> None:
+    _forbid_training(monkeypatch)
+    with pytest.raises(UserError, match=None) as info:
+        run_benchmark(_write(tmp_path, edit), tmp_path / "out")
+    assert message in str(info.value)
+    # Nothing written, not even the phantoms; an unknown protocol is left to run_noise, which raises
+    # once the phantoms exist but before any training.
+    assert not (tmp_path / "out" / "runs").exists()
+    if "protocol" not in message:
+        assert not (tmp_path / "out").exists()
+
+
+def test_only_unknown_method_and_changed_settings_are_refused(
+    bench_out: Path, tmp_path: Path, monkeypatch
+) -> None:
+    _forbid_training(monkeypatch)
+    with pytest.raises(UserError, match="--only names unknown method"):
+        run_benchmark(TINY, tmp_path / "out", only=["svldrl"])
+    # the finished runs were made with 4 iterations: asking for 6 must not silently reuse them
+    changed = _write(tmp_path, lambda d: d["base"]["train"].update(iterations=6))
+    with pytest.raises(UserError, match=r"train.iterations: 4 there, 6 asked"):
+        run_benchmark(changed, bench_out)
+
+
+def test_dataset_path_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVLDRL_TEST_DATA", str(tmp_path))
+    assert expand_env("${SVLDRL_TEST_DATA}/Dataset001") == f"{tmp_path}/Dataset001"
+    monkeypatch.delenv("SVLDRL_TEST_DATA")
+    with pytest.raises(UserError, match="environment variable SVLDRL_TEST_DATA is not set"):
+        expand_env("${SVLDRL_TEST_DATA}/Dataset001")
+    # a path dataset without a test part is refused before anything runs
+    _forbid_training(monkeypatch)
+    monkeypatch.setenv("SVLDRL_TEST_DATA", str(tmp_path / "nothing"))
+    cfg = _write(tmp_path, lambda d: d.update(dataset={"path": "${SVLDRL_TEST_DATA}"}))
+    with pytest.raises(UserError, match="dataset not found"):
+        run_benchmark(cfg, tmp_path / "out")
+
+
+def test_shipped_configs_are_valid(tmp_path: Path) -> None:
+    """Every benchmarks/*.yaml parses and every run config validates (no training, no data)."""
+    for path in sorted(TINY.parent.glob("*.yaml")):
+        bench = load_benchmark(path)
+        runs = runner.plan_runs(bench, tmp_path)
+        n_clean = len(bench.methods_on_clean) * len(bench.seeds) * max(bench.cv, 1)
+        assert (
+            len(runs)
+            == (len(bench.noise) * len(bench.methods) * len(bench.seeds) * max(bench.cv, 1)) + n_clean
+        )
+
+
+def test_cli_parser_defaults() -> None:
+    parser = argparse.ArgumentParser(prog="svldrl")
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    a = parser.parse_args(["benchmark", "benchmarks/phantom_cpu.yaml", "--only", "supervised,svldrl"])
+    assert a.func is bench_cli.cmd_benchmark and a.out is None
+    assert bench_cli.default_out(a.config) == Path("benchmarks/results/phantom_cpu")
+    assert bench_cli.parse_only(a.only) == ["supervised", "svldrl"]
+
+
+def test_cv_folds_hold_out_each_case_once_with_the_shared_noisy_masks(tmp_path: Path) -> None:
+    from svldrl.data.dataset import load_dataset
+    from svldrl.data.synth import synthesize
+    from svldrl.noise import run_noise
+    from svldrl.reporter import QUIET
+
+    src = synthesize(tmp_path / "src", cases=6, size=16, seed=1)
+    noisy = Path(run_noise(src, "mt", 1.0, 0, name="mt1.0"))
+    folds = runner._make_folds(load_dataset(src), 3, {"mt1.0": noisy}, tmp_path / "cv", QUIET)
+    held_out = []
+    for root in folds.values():
+        ds = load_dataset(root, labels="noisy/mt1.0")
+        assert len(ds.train) == 4 and len(ds.test) == 2 and all(c.label is not None for c in ds.test)
+        held_out += [c.case_id for c in ds.test]
+        case = ds.train[0]
+        assert Path(case.label).read_bytes() == (noisy / f"{case.case_id}.nii.gz").read_bytes()
+    assert sorted(held_out) == sorted(load_dataset(src).case_ids)
+
+
+def test_aggregate_averages_folds_within_a_seed_then_seeds() -> None:
+    rows = [
+        {"noise": "mt0.5", "method": "a", "seed": 0, "fold": 0, "dice": 0.6},
+        {"noise": "mt0.5", "method": "a", "seed": 0, "fold": 1, "dice": 0.8},
+        {"noise": "mt0.5", "method": "a", "seed": 1, "fold": 0, "dice": 0.9},
+        {"noise": "mt0.5", "method": "a", "seed": 1, "fold": 1, "dice": 0.9},
+    ]
+    stats = runner.aggregate(rows)[("mt0.5", "a")]
+    assert stats["n"] == 2
+    assert stats["dice"][0] == pytest.approx(0.8) and stats["dice"][1] == pytest.approx(0.1414, abs=1e-3)
