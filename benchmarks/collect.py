@@ -12,14 +12,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 SECTIONS = [
-    ("demo", "Demo (`svldrl demo`)", "The main job on phantoms: supervised on clean / noisy masks and SVL-DRL."),
-    ("rl_cost", "SVL-DRL iteration cost", "One full-RL iteration against one supervised iteration, same backbone, "
-     "patch and batch, with the floor (t_max + 1) x fb3 / fb1 measured in the same run."),
+    (
+        "demo",
+        "Demo (`svldrl demo`)",
+        "The main job on phantoms: supervised on clean / noisy masks and SVL-DRL.",
+    ),
+    (
+        "rl_cost",
+        "SVL-DRL iteration cost",
+        "One full-RL iteration against one supervised iteration, same backbone, "
+        "patch and batch, with the floor (t_max + 1) x fb3 / fb1 measured in the same run.",
+    ),
     ("phantom_cpu", "Phantom benchmark (`benchmarks/phantom_cpu.yaml`)", "Methods x noise settings x seeds."),
     ("ablations_cpu", "SVL-DRL ablations (`benchmarks/ablations_cpu.yaml`)", ""),
     ("noise_sweep_cpu", "MT-Noise ratio sweep (`benchmarks/noise_sweep_cpu.yaml`)", ""),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
-    ("memory", "Memory (`benchmarks/memory_bench.py`)", "Bounded prediction memory and training RSS over epochs."),
+    (
+        "memory",
+        "Memory (`benchmarks/memory_bench.py`)",
+        "Bounded prediction memory and training RSS over epochs.",
+    ),
     ("reliability", "Resume overhead", ""),
 ]
 
@@ -45,7 +57,7 @@ def main() -> None:
             for png in pngs:
                 parts.append(f"\n![{png.stem}](benchmarks/results/{name}/{png.name})\n")
         else:
-            parts.append("\nNot measured yet: no `benchmarks/results/%s/results.md`.\n" % name)
+            parts.append(f"\nNot measured yet: no `benchmarks/results/{name}/results.md`.\n")
     (ROOT.parent / "BENCHMARKS.md").write_text("".join(parts))
 
 

@@ -91,13 +91,14 @@ def peak_rss_mb(kind: str, heads: str, patch: int, batch: int, t_max: int, threa
     """Growth of the max RSS of a fresh process over 3 iterations of ``kind`` (MB): the training
     step's own memory, without the imports and the model that every variant shares."""
     # Linux: writing 5 to clear_refs resets the high-water mark (VmHWM), so import-time peaks do not count.
+    here = str(Path(__file__).parent)
     code = (
-        "import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(%d);"
-        "import rl_cost as b; s = b.make(%r, %r, %d, %d, %d)[0]; s();"
+        f"import sys, torch; sys.path.insert(0, {here!r}); torch.set_num_threads({threads});"
+        f"import rl_cost as b; s = b.make({kind!r}, {heads!r}, {patch}, {batch}, {t_max})[0]; s();"
         "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]);"
         "open('/proc/self/clear_refs', 'w').write('5'); r0 = kb('VmRSS'); [s() for _ in range(3)];"
         "print((kb('VmHWM') - r0) / 1024)"
-    ) % (str(Path(__file__).parent), threads, kind, heads, patch, batch, t_max)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -144,20 +145,43 @@ def main() -> None:
         mem = {k: peak_rss_mb(k, heads, a.patch, a.batch, a.t_max, a.threads) for k in ("sup", "rl")}
         ratio = t["rl"] / t["sup"]
         floor = (a.t_max + 1) * t["fb3"] / t["fb1"]
-        rows.append({
-            "heads": heads, "t_sup_s": t["sup"], "t_rl_s": t["rl"], "t_fb1_s": t["fb1"], "t_fb3_s": t["fb3"],
-            "ratio": ratio, "floor": floor, "ratio_over_floor": ratio / floor, "target_met": ratio / floor <= 1.15,
-            "peak_rss_sup_mb": mem["sup"], "peak_rss_rl_mb": mem["rl"], "peak_rss_ratio": mem["rl"] / mem["sup"],
-        })
+        rows.append(
+            {
+                "heads": heads,
+                "t_sup_s": t["sup"],
+                "t_rl_s": t["rl"],
+                "t_fb1_s": t["fb1"],
+                "t_fb3_s": t["fb3"],
+                "ratio": ratio,
+                "floor": floor,
+                "ratio_over_floor": ratio / floor,
+                "target_met": ratio / floor <= 1.15,
+                "peak_rss_sup_mb": mem["sup"],
+                "peak_rss_rl_mb": mem["rl"],
+                "peak_rss_ratio": mem["rl"] / mem["sup"],
+            }
+        )
     inf = inference_times(a.patch, a.t_max, a.infer_size, max(2, a.rounds // 2))
     cmd = "python benchmarks/rl_cost.py " + " ".join(sys.argv[1:])
     meta = {
-        "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__, "python": platform.python_version(),
-        "backbone": "unet", "patch": a.patch, "batch": a.batch, "t_max": a.t_max, "rounds": a.rounds, "seed": 0,
-        "command": cmd, "wall_s": time.monotonic() - t_start,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
+        "threads": a.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "backbone": "unet",
+        "patch": a.patch,
+        "batch": a.batch,
+        "t_max": a.t_max,
+        "rounds": a.rounds,
+        "seed": 0,
+        "command": cmd,
+        "wall_s": time.monotonic() - t_start,
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "training": rows, "inference": inf}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "training": rows, "inference": inf}, indent=2)
+    )
     lines = [
         f"unet backbone, patch {a.patch}^3, batch {a.batch}, t_max {a.t_max}, {a.threads} thread(s), CPU "
         f"({meta['cpus']} cores), torch {meta['torch']}, {meta['date']}, medians of {a.rounds} interleaved rounds. "

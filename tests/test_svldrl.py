@@ -30,8 +30,16 @@ def test_three_stages_run_and_log_rl_charts(dataset: Path, tmp_path: Path) -> No
     # each logged with the stage of its last step
     assert [int(r["stage"]) for r in rows] == [1, 2, 3, 3, 3]
     last = rows[-1]
-    for key in ("losses/value", "losses/policy", "losses/dice", "charts/reward", "charts/entropy",
-                "charts/action_frac/keep", "charts/action_frac/enhance", "charts/action_frac/weaken"):
+    for key in (
+        "losses/value",
+        "losses/policy",
+        "losses/dice",
+        "charts/reward",
+        "charts/entropy",
+        "charts/action_frac/keep",
+        "charts/action_frac/enhance",
+        "charts/action_frac/weaken",
+    ):
         assert last[key] != "", key
     fracs = sum(float(last[f"charts/action_frac/{a}"]) for a in ("keep", "enhance", "weaken"))
     assert fracs == pytest.approx(1.0, abs=1e-5)
@@ -73,10 +81,18 @@ def test_resume_continues_in_the_right_stage(dataset: Path, tmp_path: Path, monk
 
 
 def test_async_workers_update_the_shared_model(dataset: Path, tmp_path: Path) -> None:
-    cfg = C.load_config(overrides=[*RL, "rl.async_workers=2", "rl.warmup=0.0", "rl.transition=0.0",
-                                   "train.iterations=4", "train.steps_per_epoch=4"])
-    from svldrl.methods.svldrl import SVLDRLTrainer
+    cfg = C.load_config(
+        overrides=[
+            *RL,
+            "rl.async_workers=2",
+            "rl.warmup=0.0",
+            "rl.transition=0.0",
+            "train.iterations=4",
+            "train.steps_per_epoch=4",
+        ]
+    )
     from svldrl.data.dataset import load_dataset
+    from svldrl.methods.svldrl import SVLDRLTrainer
 
     trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
     before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
@@ -99,8 +115,8 @@ def test_label_actions_keep_refined_targets_across_resume(dataset: Path, tmp_pat
     assert len(targets) > 0 and "teacher" in ckpt["extra"]
     # stage-3 episodes wrote soft targets back: some voxel moved off {0, 1}
     assert any(((t > 0) & (t < 1)).any() for t in targets)
-    from svldrl.methods.svldrl import SVLDRLTrainer
     from svldrl.data.dataset import load_dataset
+    from svldrl.methods.svldrl import SVLDRLTrainer
 
     cfg2 = C.load_config([run / "config.yaml"])
     resumed = SVLDRLTrainer(cfg2, load_dataset(dataset), run, resume=True)

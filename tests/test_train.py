@@ -25,9 +25,18 @@ def _cfg(*extra: str) -> dict:
 
 def test_train_writes_run_folder_and_predict_keeps_affine(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert main(["train", str(dataset), "--out", str(run), "--quiet", *sum((["--set", s] for s in TINY), [])]) == 0
-    for name in ("config.yaml", "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt",
-                 "metrics.csv", "progress.png"):
+    assert (
+        main(["train", str(dataset), "--out", str(run), "--quiet", *sum((["--set", s] for s in TINY), [])])
+        == 0
+    )
+    for name in (
+        "config.yaml",
+        "checkpoint_latest.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "metrics.csv",
+        "progress.png",
+    ):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -54,7 +63,9 @@ def test_predict_larger_than_patch(dataset: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     affine = np.diag([0.8, 0.8, 2.0, 1.0])
     affine[:3, 3] = [-10, 5, 3]
-    nib.save(nib.Nifti1Image(rng.uniform(0, 900, (70, 45, 37)).astype(np.float32), affine), big / "big_0000.nii.gz")
+    nib.save(
+        nib.Nifti1Image(rng.uniform(0, 900, (70, 45, 37)).astype(np.float32), affine), big / "big_0000.nii.gz"
+    )
     from svldrl.engine.predict import predict_folder
 
     (out,) = predict_folder(run, big, tmp_path / "bigpred", batch=2)
@@ -69,7 +80,9 @@ class _Crash(Exception):
 
 def test_resume_continues_log_and_matches_uninterrupted(dataset: Path, tmp_path: Path, monkeypatch) -> None:
     cfg = _cfg("train.deterministic=true")
-    full = train(dataset, "clean", tmp_path / "full", C.load_config(overrides=[*TINY, "train.deterministic=true"]))
+    full = train(
+        dataset, "clean", tmp_path / "full", C.load_config(overrides=[*TINY, "train.deterministic=true"])
+    )
 
     from svldrl.engine.trainer import Trainer
 
@@ -87,8 +100,13 @@ def test_resume_continues_log_and_matches_uninterrupted(dataset: Path, tmp_path:
         train(dataset, "clean", tmp_path / "killed", cfg)
     monkeypatch.setattr(Trainer, "validate", original)
     assert not (tmp_path / "killed" / "checkpoint_final.pt").exists()
-    resumed = train(dataset, "clean", tmp_path / "killed", C.load_config([tmp_path / "killed" / "config.yaml"]),
-                    resume=True)
+    resumed = train(
+        dataset,
+        "clean",
+        tmp_path / "killed",
+        C.load_config([tmp_path / "killed" / "config.yaml"]),
+        resume=True,
+    )
     rows = list(csv.DictReader(open(resumed / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     a = load_checkpoint(full / "checkpoint_final.pt")["model"]
@@ -120,7 +138,9 @@ def _err(capsys) -> str:
         (["--method", "magic"], "unknown method"),
     ],
 )
-def test_train_bad_options_exit_2(dataset: Path, tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+def test_train_bad_options_exit_2(
+    dataset: Path, tmp_path: Path, capsys, flags: list[str], needle: str
+) -> None:
     code = main(["train", str(dataset), "--out", str(tmp_path / "r"), *flags])
     assert code == 2
     assert needle in _err(capsys)

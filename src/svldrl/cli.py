@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def _foreground(text: str | None) -> list[int] | None:
 def cmd_synth(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.data.synth import synthesize
 
-    out = synthesize(Path(a.out), cases=a.cases, size=a.size, seed=a.seed, test_cases=a.test_cases, reporter=rep)
+    out = synthesize(
+        Path(a.out), cases=a.cases, size=a.size, seed=a.seed, test_cases=a.test_cases, reporter=rep
+    )
     rep.info(f"wrote {a.cases} training and {a.test_cases} test phantoms to {out}")
     return 0
 
@@ -37,13 +40,23 @@ def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
     params = dict(_parse_params(a.param))
     if a.mode:
         params["mode"] = a.mode
-    out = run_noise(a.dataset, a.protocol, a.ratio, a.seed, name=a.name, params=params,
-                    foreground=_foreground(a.foreground), reporter=rep)
+    out = run_noise(
+        a.dataset,
+        a.protocol,
+        a.ratio,
+        a.seed,
+        name=a.name,
+        params=params,
+        foreground=_foreground(a.foreground),
+        reporter=rep,
+    )
     import json
 
     report = json.loads((Path(out) / "noise_report.json").read_text())
-    rep.info(f"wrote {out}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, mean label Dice "
-             f"{report['mean_dice']:.4f}, mean voxel error rate {report['mean_voxel_error_rate']:.4f}")
+    rep.info(
+        f"wrote {out}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, mean label Dice "
+        f"{report['mean_dice']:.4f}, mean voxel error rate {report['mean_voxel_error_rate']:.4f}"
+    )
     print(out)
     return 0
 
@@ -64,9 +77,16 @@ def build_train_config(a: argparse.Namespace) -> dict:
     from svldrl import config as C
 
     overrides = list(a.set or [])
-    for flag, key in (("method", "method"), ("labels", "labels"), ("iterations", "train.iterations"), ("patch", "train.patch"),
-                      ("backbone", "nets.backbone"), ("seed", "seed"), ("fold", "data.fold"),
-                      ("device", "train.device")):
+    for flag, key in (
+        ("method", "method"),
+        ("labels", "labels"),
+        ("iterations", "train.iterations"),
+        ("patch", "train.patch"),
+        ("backbone", "nets.backbone"),
+        ("seed", "seed"),
+        ("fold", "data.fold"),
+        ("device", "train.device"),
+    ):
         value = getattr(a, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -92,7 +112,10 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
     D.init_from_env()
     if D.rank() != 0:
         rep = Reporter(quiet=True)
-    run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
+    try:
+        run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
+    finally:
+        D.destroy()
     rep.info(f"run folder: {run}")
     return 0
 
@@ -100,8 +123,16 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
 def cmd_predict(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.engine.predict import predict_folder
 
-    files = predict_folder(a.run, a.input, a.output, device=a.device, batch=a.batch, checkpoint=a.checkpoint,
-                           save_refined=a.save_refined, reporter=rep)
+    files = predict_folder(
+        a.run,
+        a.input,
+        a.output,
+        device=a.device,
+        batch=a.batch,
+        checkpoint=a.checkpoint,
+        save_refined=a.save_refined,
+        reporter=rep,
+    )
     rep.info(f"wrote {len(files)} predictions to {a.output}")
     return 0
 
@@ -145,13 +176,19 @@ def make_parser() -> argparse.ArgumentParser:
 
     n = add("noise", "corrupt training masks reproducibly into labelsTr_noisy/NAME")
     n.add_argument("dataset")
-    n.add_argument("--protocol", required=True, choices=["mt", "markov", "spg", "sfda"],
-                   help="mt (MT-Noise), markov (boundary noise), spg (SP-guided), sfda (a shifted-domain model's masks)")
+    n.add_argument(
+        "--protocol",
+        required=True,
+        choices=["mt", "markov", "spg", "sfda"],
+        help="mt (MT-Noise), markov (boundary noise), spg (SP-guided), sfda (a shifted-domain model's masks)",
+    )
     n.add_argument("--ratio", type=float, default=0.5, help="fraction of training cases corrupted")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--name", default=None)
     n.add_argument("--mode", choices=["both", "dilate", "erode"], default=None, help="mt: one-sided noise")
-    n.add_argument("--param", action="append", metavar="KEY=VALUE", help="protocol parameter, e.g. theta1=0.7")
+    n.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="protocol parameter, e.g. theta1=0.7"
+    )
     n.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     n.set_defaults(func=cmd_noise)
 
@@ -180,7 +217,9 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch", type=int, default=None, help="sliding-window batch size")
     pr.add_argument("--checkpoint", default="auto", choices=["auto", "final", "best", "latest"])
-    pr.add_argument("--save-refined", action="store_true", help="svldrl: also write the refined volume and action map")
+    pr.add_argument(
+        "--save-refined", action="store_true", help="svldrl: also write the refined volume and action map"
+    )
     pr.set_defaults(func=cmd_predict)
 
     e = add("evaluate", "compare predictions with reference masks (summary.json, per-case CSV)")
@@ -211,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, rep) or 0)
     except UserError as exc:
-        print(f"svldrl: error: {exc}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank stops; one prints
+            print(f"svldrl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("svldrl: interrupted", file=sys.stderr)

@@ -26,8 +26,8 @@ DEFAULTS: dict[str, Any] = {
         "foreground": None,  # list of label values mapped to foreground; None: any label > 0
         "fold": 0,
         "num_folds": 5,
-        "cache": "memory",  # memory (in-RAM arrays) | none (read per access)
-        "workers": 0,  # DataLoader worker processes for patch sampling
+        "cache": "memory",  # memory: training images in RAM | none: read at each access (bounded RAM, slower)
+        "workers": 0,  # DataLoader processes cropping patches (<= cores - 1); same patches with any number
         "pos_fraction": 0.67,  # share of patches centred on foreground (RandCropByPosNegLabel's pos/(pos+neg))
     },
     "nets": {
@@ -41,16 +41,16 @@ DEFAULTS: dict[str, Any] = {
         "iterations": 1000,  # total optimiser steps (the budget)
         "steps_per_epoch": 50,
         "patch": 64,  # cubic patch side
-        "batch": 2,
+        "batch": 2,  # patches per step and rank; under torchrun the effective batch is batch x world size
         "lr": 3e-3,
         "weight_decay": 3e-5,
         "optimizer": "adamw",  # adamw | sgd
         "scheduler": "poly",  # poly (nnU-Net) | cosine | constant
         "val_every": 1,  # epochs between validations
         "checkpoint_select": "final",  # final | val (report/predict with the best-on-validation checkpoint)
-        "amp": False,  # bf16 autocast (GPU)
-        "compile": False,  # torch.compile the network
-        "deterministic": False,
+        "amp": False,  # bf16 autocast of the training forward (GPU; runs on CPU too, slowly)
+        "compile": False,  # torch.compile the network; the first epoch pays the compile
+        "deterministic": False,  # deterministic algorithms: one seed gives identical weights on CPU
         "threads": 0,  # torch intra-op threads; 0 = leave torch's default
         "device": "auto",  # auto | cpu | cuda | cuda:N
     },
@@ -205,7 +205,9 @@ def validate(cfg: dict) -> dict:
                     raise UserError(f"config key '{key}' expects an integer, got {value!r}")
                 _set(cfg, key, int(value), "validation")
         if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(f"config key '{key}' must be one of {', '.join(map(str, CHOICES[key]))}, got {value!r}")
+            raise UserError(
+                f"config key '{key}' must be one of {', '.join(map(str, CHOICES[key]))}, got {value!r}"
+            )
         if key in RANGES:
             lo, hi = RANGES[key]
             if not (lo <= value <= hi):
@@ -216,6 +218,17 @@ def validate(cfg: dict) -> dict:
         raise UserError("config keys rl.alpha + rl.beta must not exceed 1")
     if get(cfg, "nets.backbone") == "swinunetr" and get(cfg, "nets.feature_size") % 12:
         raise UserError("config key 'nets.feature_size' must be a multiple of 12 for swinunetr")
+    if get(cfg, "nets.backbone") == "swinunetr" and (
+        get(cfg, "train.patch") % 32 or get(cfg, "train.patch") < 64
+    ):
+        # Swin UNETR's 1/32 bottleneck must hold more than one voxel for instance norm
+        raise UserError("config key 'train.patch' must be a multiple of 32 and at least 64 for swinunetr")
+    features = get(cfg, "nets.features")
+    if get(cfg, "nets.backbone") == "unet" and get(cfg, "train.patch") % 2 ** (len(features) - 1):
+        raise UserError(
+            f"config key 'train.patch' = {get(cfg, 'train.patch')} must be a multiple of {2 ** (len(features) - 1)} "
+            f"for a unet with {len(features)} levels"
+        )
     return cfg
 
 

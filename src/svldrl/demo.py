@@ -18,10 +18,24 @@ from svldrl.reporter import QUIET, Reporter, fmt_seconds
 
 #: Sizes chosen so the default demo runs in <= 15 min and --quick in <= 3 min on 2 CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "quick": {"cases": 12, "test_cases": 4, "size": 40, "patch": 32, "iterations": 150, "steps_per_epoch": 25,
-              "features": [8, 16, 32, 64]},
-    "full": {"cases": 24, "test_cases": 8, "size": 64, "patch": 48, "iterations": 600, "steps_per_epoch": 50,
-             "features": [16, 32, 64, 128]},
+    "quick": {
+        "cases": 12,
+        "test_cases": 4,
+        "size": 40,
+        "patch": 32,
+        "iterations": 150,
+        "steps_per_epoch": 25,
+        "features": [8, 16, 32, 64],
+    },
+    "full": {
+        "cases": 24,
+        "test_cases": 8,
+        "size": 64,
+        "patch": 48,
+        "iterations": 600,
+        "steps_per_epoch": 50,
+        "features": [16, 32, 64, 128],
+    },
 }
 
 #: (run name, method, labels, extra config overrides)
@@ -32,8 +46,9 @@ RUNS: list[tuple[str, str, str, list[str]]] = [
 ]
 
 
-def run_demo(out: Path, quick: bool = False, reporter: Reporter = QUIET, methods: str | None = None,
-             seed: int = 0) -> dict[str, Any]:
+def run_demo(
+    out: Path, quick: bool = False, reporter: Reporter = QUIET, methods: str | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Run the demo into ``out``; returns the table rows."""
     from svldrl.data.synth import synthesize
     from svldrl.engine.predict import predict_folder
@@ -46,7 +61,9 @@ def run_demo(out: Path, quick: bool = False, reporter: Reporter = QUIET, methods
     out = Path(out)
     ds = out / "dataset"
     if not (ds / "dataset.json").exists():
-        reporter.info(f"[1/4] phantoms: {s['cases']} training + {s['test_cases']} test cases of {s['size']}^3")
+        reporter.info(
+            f"[1/4] phantoms: {s['cases']} training + {s['test_cases']} test cases of {s['size']}^3"
+        )
         synthesize(ds, cases=s["cases"], size=s["size"], seed=seed, test_cases=s["test_cases"])
     reporter.info("[2/4] MT-Noise, ratio 0.5 -> labelsTr_noisy/mt0.5")
     noisy = run_noise(ds, "mt", 0.5, seed, name="mt0.5")
@@ -56,27 +73,46 @@ def run_demo(out: Path, quick: bool = False, reporter: Reporter = QUIET, methods
     for k, (name, method, labels, extra) in enumerate(runs, 1):
         run = out / "runs" / name
         overrides = [
-            f"method={method}", f"labels={labels}", f"seed={seed}", f"train.patch={s['patch']}",
-            f"train.iterations={s['iterations']}", f"train.steps_per_epoch={s['steps_per_epoch']}",
-            f"nets.features={s['features']}", "train.val_every=2", *extra,
+            f"method={method}",
+            f"labels={labels}",
+            f"seed={seed}",
+            f"train.patch={s['patch']}",
+            f"train.iterations={s['iterations']}",
+            f"train.steps_per_epoch={s['steps_per_epoch']}",
+            f"nets.features={s['features']}",
+            "train.val_every=2",
+            *extra,
         ]
         cfg = C.load_config(overrides=overrides)
         if not (run / "checkpoint_final.pt").exists():
             reporter.info(f"[3/4] training {k}/{len(runs)}: {name} ({method} on {labels} masks)")
             resume = (run / "checkpoint_latest.pt").exists()
-            train(ds, labels=labels, out=run, cfg=C.load_config([run / "config.yaml"]) if resume else cfg,
-                  resume=resume, reporter=reporter)
+            train(
+                ds,
+                labels=labels,
+                out=run,
+                cfg=C.load_config([run / "config.yaml"]) if resume else cfg,
+                resume=resume,
+                reporter=reporter,
+            )
         pred = out / "predictions" / name
         if not (pred / "summary.json").exists():
             predict_folder(run, ds / "imagesTs", pred)
             evaluate_folders(pred, ds / "labelsTs", out=pred / "summary.json")
         summary = json.loads((pred / "summary.json").read_text())
         m = summary["mean"]["1"]
-        rows.append({
-            "run": name, "method": method, "training masks": labels,
-            "label Dice": 1.0 if labels == "clean" else noise_report["mean_dice"],
-            "Dice": m["Dice"], "IoU": m["IoU"], "HD95 (mm)": m["HD95"], "ASD (mm)": m["ASD"],
-        })
+        rows.append(
+            {
+                "run": name,
+                "method": method,
+                "training masks": labels,
+                "label Dice": 1.0 if labels == "clean" else noise_report["mean_dice"],
+                "Dice": m["Dice"],
+                "IoU": m["IoU"],
+                "HD95 (mm)": m["HD95"],
+                "ASD (mm)": m["ASD"],
+            }
+        )
     reporter.info("[4/4] report")
     report = out / "report"
     cols = ["run", "method", "training masks", "label Dice", "Dice", "IoU", "HD95 (mm)", "ASD (mm)"]
@@ -116,7 +152,9 @@ def _action_map(ds: Path, run: Path, report: Path) -> None:
     cid = ref.name[: -len(".nii.gz")]
     img = read_volume(ds / "imagesTs" / f"{cid}_0000.nii.gz").array.astype(np.float32)
     lab = read_volume(ref).array
-    x = normalize_intensity(img, cfg["data"]["modality"], cfg["data"]["clip_percentiles"], cfg["data"]["ct_window"])
+    x = normalize_intensity(
+        img, cfg["data"]["modality"], cfg["data"]["clip_percentiles"], cfg["data"]["ct_window"]
+    )
     extras = method.inspect_volume(net, cfg, x)
     if not extras:
         return
@@ -127,13 +165,23 @@ def _action_map(ds: Path, run: Path, report: Path) -> None:
     axes[0].imshow(x[:, :, z].T, cmap="gray", origin="lower")
     axes[0].contour(lab[:, :, z].T, levels=[0.5], colors="lime", linewidths=1)
     axes[0].set_title("image (clean mask in green)", fontsize=9)
-    im = axes[1].imshow(acts, cmap=ListedColormap(["#d9d9d9", "#d62728", "#1f77b4"]), vmin=-0.5, vmax=2.5,
-                        origin="lower", interpolation="nearest")
+    im = axes[1].imshow(
+        acts,
+        cmap=ListedColormap(["#d9d9d9", "#d62728", "#1f77b4"]),
+        vmin=-0.5,
+        vmax=2.5,
+        origin="lower",
+        interpolation="nearest",
+    )
     axes[1].set_title("greedy action: keep / enhance / weaken", fontsize=9)
     cb = fig.colorbar(im, ax=axes[1], ticks=[0, 1, 2], fraction=0.046)
-    cb.ax.set_yticklabels([f"keep {fracs[0]:.0%}", f"enhance {fracs[1]:.0%}", f"weaken {fracs[2]:.0%}"], fontsize=8)
+    cb.ax.set_yticklabels(
+        [f"keep {fracs[0]:.0%}", f"enhance {fracs[1]:.0%}", f"weaken {fracs[2]:.0%}"], fontsize=8
+    )
     axes[2].imshow(extras["refined"][:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
-    axes[2].set_title(f"refined volume ({max(int(cfg['infer']['refine_steps']), 1)} greedy steps)", fontsize=9)
+    axes[2].set_title(
+        f"refined volume ({max(int(cfg['infer']['refine_steps']), 1)} greedy steps)", fontsize=9
+    )
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"SVL-DRL policy on {cid}, slice {z}", fontsize=9)
@@ -171,7 +219,12 @@ def _overlays(ds: Path, out: Path, runs: list[str], report: Path, n_cases: int =
         for ax, (title, m) in zip(axes, panels):
             ax.imshow(img[:, :, z].T, cmap="gray", origin="lower")
             if m is not None:
-                ax.contour(m[:, :, z].T, levels=[0.5], colors="lime" if title == "clean mask" else "red", linewidths=1)
+                ax.contour(
+                    m[:, :, z].T,
+                    levels=[0.5],
+                    colors="lime" if title == "clean mask" else "red",
+                    linewidths=1,
+                )
                 if title != "clean mask":
                     ax.contour(lab[:, :, z].T, levels=[0.5], colors="lime", linewidths=0.6, alpha=0.6)
             ax.set_title(title, fontsize=9)
@@ -185,7 +238,9 @@ def _overlays(ds: Path, out: Path, runs: list[str], report: Path, n_cases: int =
     rep = json.loads((noisy_dir / "noise_report.json").read_text())
     corrupted = [c for c, v in rep.get("cases", {}).items() if v.get("corrupted")][:n_cases]
     if corrupted:
-        fig, axes = plt.subplots(1, len(corrupted), figsize=(3.2 * len(corrupted), 3.4), dpi=90, squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(corrupted), figsize=(3.2 * len(corrupted), 3.4), dpi=90, squeeze=False
+        )
         for ax, cid in zip(axes[0], corrupted):
             img = read_volume(ds / "imagesTr" / f"{cid}_0000.nii.gz").array
             lab = read_volume(ds / "labelsTr" / f"{cid}.nii.gz").array

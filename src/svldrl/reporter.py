@@ -24,7 +24,11 @@ class Reporter:
             return
         elapsed = time.monotonic() - started
         eta = elapsed / max(done, 1) * max(total - done, 0)
-        print(f"{label} {done}/{total} {extra} ETA {fmt_seconds(eta)}".replace("  ", " "), file=self.stream, flush=True)
+        print(
+            f"{label} {done}/{total} {extra} ETA {fmt_seconds(eta)}".replace("  ", " "),
+            file=self.stream,
+            flush=True,
+        )
 
 
 def fmt_seconds(seconds: float) -> str:

@@ -9,6 +9,8 @@ the input in any viewer.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -77,22 +79,55 @@ def read_volume(path: str | Path, key: str = "image") -> Volume:
                 vol = _read_h5(path, key)
             else:
                 raise UserError(
-                    f"unsupported file ending '{ending}' (expected one of {', '.join(READABLE_ENDINGS)})", path
+                    f"unsupported file ending '{ending}' (expected one of {', '.join(READABLE_ENDINGS)})",
+                    path,
                 )
         except UserError:
             raise
         except Exception as exc:  # nibabel / SimpleITK / h5py raise many types for broken files
             raise UserError(f"cannot read volume ({type(exc).__name__}: {_short(exc)})", path) from None
     arr = vol.array
-    if arr.ndim == 4 and arr.shape[-1] == 1:
+    _check_3d(arr.shape, path)
+    if arr.ndim == 4:
         arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise UserError(f"expected a 3D volume, got {arr.ndim}D with shape {tuple(arr.shape)}", path)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise UserError("contains NaN or Inf values", path)
     vol.array = arr
     vol.meta.setdefault("path", str(path))
     return vol
+
+
+def _check_3d(shape: tuple[int, ...], path: Path) -> None:
+    """3D, or 4D with one trailing component (a NIfTI time axis of length 1)."""
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 1)):
+        raise UserError(f"expected a 3D volume, got {len(shape)}D with shape {tuple(shape)}", path)
+
+
+def check_volume_header(path: str | Path) -> None:
+    """Cheap checks of a volume before a long job reads it: present, not empty, a readable ending and, for
+    NIfTI, a 3D header. Problems only the data shows (truncated data, NaN) are found by :func:`read_volume`.
+
+    Raises:
+        UserError: as :func:`read_volume` would for the same problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    if not path.exists():
+        raise UserError("file not found", path)
+    if path.stat().st_size == 0:
+        raise UserError("file is empty (0 bytes)", path)
+    ending = file_ending(path)
+    if ending not in READABLE_ENDINGS:
+        raise UserError(
+            f"unsupported file ending '{ending}' (expected one of {', '.join(READABLE_ENDINGS)})", path
+        )
+    if ending in NIFTI_ENDINGS:
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as exc:
+            raise UserError(f"cannot read volume ({type(exc).__name__}: {_short(exc)})", path) from None
+        _check_3d(shape, path)
 
 
 def _short(exc: Exception) -> str:
@@ -150,24 +185,43 @@ def _read_h5(path: Path, key: str) -> Volume:
     return Volume(arr, np.diag([*spacing[:3], 1.0]), None)
 
 
+class DiskFullError(UserError, OSError):
+    """No space (or quota) left while writing: a :class:`UserError` for the CLI (one line, exit 2) and
+    still an ``OSError`` for callers that fall back when a folder cannot be written."""
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call ``write(tmp_path)`` then fsync and rename onto ``path``, so readers never see half a file.
 
-    A failure (disk full, kill) leaves the previous file, if any, untouched and removes the temporary.
+    A failure (disk full, kill) leaves the previous file, if any, untouched and removes the temporary and
+    any folder this call created.
+
+    Raises:
+        DiskFullError: the disk or quota is full ("disk full while writing <path>").
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes) or ".tmp"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        for d in created:  # deepest first; only folders still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL and not isinstance(exc, DiskFullError):
+            raise DiskFullError(f"disk full while writing {path}") from None
         raise
     return path
 

@@ -38,9 +38,13 @@ def normalize_intensity(
     if not hi > lo:
         # Constant image (or a degenerate window): nothing to scale, and no division by zero.
         return np.zeros(a.shape, dtype=np.float32)
-    out = (np.clip(a, lo, hi) - lo) / np.float32(hi - lo)
+    # In place on one float32 copy: a 512x512x300 CT would otherwise hold three full-size temporaries.
+    out = np.array(a, dtype=np.float32, copy=True)
+    np.clip(out, lo, hi, out=out)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
     # float32 rounding can land a hair outside [0, 1]; downstream code relies on the bounds.
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def map_foreground(label: np.ndarray, foreground: Sequence[int] | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "svldrl_version": __version__, **state}
 
     def _write(tmp: str) -> None:
-        torch.save(payload, tmp)
+        # A file object (not a path) makes a full disk surface as OSError(ENOSPC), which atomic_write
+        # turns into a one-line error; torch.save(path) raises an opaque RuntimeError instead.
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
 
     return atomic_write(path, _write)
 
@@ -38,17 +42,24 @@ def load_checkpoint(
     if not path.is_file():
         raise UserError("checkpoint not found", path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0][:160]
-        raise UserError(f"refused: not a plain-data checkpoint, it carries code or foreign objects ({first})", path) from None
+        raise UserError(
+            f"refused: not a plain-data checkpoint, it carries code or foreign objects ({first})", path
+        ) from None
     except Exception as exc:  # truncated zip, random bytes, ...
-        raise UserError(f"cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", path) from None
+        raise UserError(
+            f"cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", path
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError("not an svldrl checkpoint", path)
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise UserError(
-            f"checkpoint format version {ckpt.get('format_version')} is not supported (expected {FORMAT_VERSION})", path
+            f"checkpoint format version {ckpt.get('format_version')} is not supported (expected {FORMAT_VERSION})",
+            path,
         )
     for key, want in (("method", method), ("backbone", backbone), ("heads", heads)):
         if want is not None and ckpt.get(key) != want:

@@ -50,7 +50,7 @@ def plot_progress(path: Path, history: list[dict[str, Any]], title: str) -> None
     ax2.set_ylabel("validation Dice")
     ax2.set_ylim(0, 1)
     stages = [(r["epoch"], r["stage"]) for r in history if "stage" in r]
-    for (e0, s0), (e1, s1) in zip(stages, stages[1:]):
+    for (e0, s0), (_, s1) in zip(stages, stages[1:]):
         if s1 != s0:
             ax.axvline(e0 + 0.5, color="grey", ls="--", lw=0.8)
             ax.text(e0 + 0.6, ax.get_ylim()[1], f"stage {s1}", va="top", fontsize=8, color="grey")

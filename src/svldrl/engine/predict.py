@@ -8,12 +8,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
 
 from svldrl import config as C
-from svldrl.data.io import NIFTI_ENDINGS, READABLE_ENDINGS, file_ending, read_volume, write_nifti
+from svldrl.data.io import (
+    NIFTI_ENDINGS,
+    READABLE_ENDINGS,
+    check_volume_header,
+    file_ending,
+    read_volume,
+    write_nifti,
+)
 from svldrl.data.normalize import normalize_intensity
 from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.engine.distributed import unwrap
 from svldrl.engine.trainer import resolve_device
 from svldrl.errors import UserError
 from svldrl.methods import get_method
@@ -29,7 +38,9 @@ def case_id_of(path: Path) -> str:
     return name[:-5] if name.endswith("_0000") else name
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "auto", device: str = "auto") -> tuple[type, torch.nn.Module, dict]:
+def load_run(
+    run_dir: str | Path, checkpoint: str = "auto", device: str = "auto"
+) -> tuple[type, torch.nn.Module, dict]:
     """The method class, the network with the chosen checkpoint's weights (eval mode) and the run's config."""
     run = Path(run_dir)
     cfg_path = run / "config.yaml"
@@ -41,11 +52,31 @@ def load_run(run_dir: str | Path, checkpoint: str = "auto", device: str = "auto"
         checkpoint = "final" if cfg["train"]["checkpoint_select"] == "final" else "best"
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of auto, {', '.join(CHECKPOINTS)}")
-    ckpt = load_checkpoint(run / CHECKPOINTS[checkpoint], method.name, cfg["nets"]["backbone"], cfg["nets"]["heads"])
+    path = run / CHECKPOINTS[checkpoint]
+    ckpt = load_checkpoint(path, method.name, cfg["nets"]["backbone"], cfg["nets"]["heads"])
     net = build_network(cfg["nets"], **method.network_kwargs(cfg))
+    mismatch = _weights_mismatch(net, ckpt, cfg["nets"])
+    if mismatch:  # e.g. a checkpoint copied from a run with other nets.features; torch's own message is long
+        raise UserError(f"checkpoint weights do not fit the network of {cfg_path.name} ({mismatch})", path)
     net.load_state_dict(ckpt["model"])
     net.to(resolve_device(device)).eval()
     return method, net, cfg
+
+
+def _weights_mismatch(net: torch.nn.Module, ckpt: dict, nets_cfg: dict) -> str:
+    """'' when the checkpoint's tensors fit ``net``; else what differs, in one line."""
+    own, theirs = net.state_dict(), ckpt.get("model", {})
+    bad = [k for k in own if k not in theirs or tuple(theirs[k].shape) != tuple(own[k].shape)]
+    bad += [k for k in theirs if k not in own]
+    if not bad:
+        return ""
+    k = bad[0]
+    there = tuple(theirs[k].shape) if k in theirs else "absent"
+    here = tuple(own[k].shape) if k in own else "absent"
+    text = f"{len(bad)} tensors differ, e.g. {k}: {there} in the checkpoint, {here} here"
+    trained = (ckpt.get("config") or {}).get("nets", {})
+    changed = [f"nets.{key}={trained[key]}" for key in sorted(trained) if trained[key] != nets_cfg.get(key)]
+    return text + (f"; the checkpoint was trained with {', '.join(changed)}" if changed else "")
 
 
 def list_inputs(input_dir: Path) -> list[Path]:
@@ -59,6 +90,66 @@ def list_inputs(input_dir: Path) -> list[Path]:
 
 
 @torch.no_grad()
+def sliding_window_labels(
+    image: np.ndarray,
+    roi: tuple[int, int, int],
+    sw_batch: int,
+    predictor: Any,
+    overlap: float,
+    mode: str,
+    sw_device: torch.device,
+) -> np.ndarray:
+    """Label map (uint8) of a 3D image by MONAI's sliding-window inference, stitched in slabs along axis 0.
+
+    Windows, batches, blending weights and the order of the sums are those of
+    ``monai.inferers.sliding_window_inference`` (so the labels are the same), but the float32 logits and
+    weight sums exist only for one window depth along the first axis: a slab is turned into labels as soon as
+    no later window touches it. Memory beyond the image is about ``(classes + 1) * 4`` bytes times
+    ``roi[0] x Y x Z`` voxels plus the uint8 labels, whatever the volume's length along axis 0.
+    """
+    shape0 = image.shape
+    pad = [(max(r - s, 0) // 2, max(r - s, 0) - max(r - s, 0) // 2) for s, r in zip(shape0, roi, strict=True)]
+    if any(a or b for a, b in pad):
+        image = np.pad(image, pad)  # zeros on both sides, as MONAI pads a volume smaller than the window
+    size = image.shape
+    windows = dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3))
+    weight = compute_importance_map(roi, mode=mode, sigma_scale=0.125, device=sw_device, dtype=torch.float32)
+    weight, weight_cpu = weight[None, None], weight.cpu()[None]
+    labels = np.empty(size, dtype=np.uint8)
+    depth = roi[0]
+    acc: torch.Tensor | None = None  # (classes, depth, Y, Z): weighted logit sums of [lo, lo + depth)
+    cnt = torch.zeros((1, depth, *size[1:]), dtype=torch.float32)
+    lo = 0
+
+    def finish(upto: int) -> None:  # slices [lo, upto) see no further window: labels out, buffers slide on
+        nonlocal lo
+        if acc is None or upto <= lo:
+            return
+        n = upto - lo
+        labels[lo:upto] = (acc[:, :n] / cnt[:, :n]).argmax(0).numpy().astype(np.uint8)
+        for buf in (acc, cnt):
+            kept = buf[:, n:].clone()
+            buf.zero_()
+            buf[:, : depth - n] = kept
+        lo = upto
+
+    for first in range(0, len(windows), sw_batch):
+        group = windows[first : first + sw_batch]
+        batch = torch.stack([torch.from_numpy(np.ascontiguousarray(image[w])) for w in group])[:, None]
+        out = predictor(batch.to(sw_device))
+        out = (out * weight).to(torch.device("cpu"), torch.float32)
+        for w, o in zip(group, out, strict=True):
+            finish(w[0].start)
+            if acc is None:
+                acc = torch.zeros((o.shape[0], depth, *size[1:]), dtype=torch.float32)
+            at = (slice(None), slice(w[0].start - lo, w[0].stop - lo), w[1], w[2])
+            cnt[at] += weight_cpu
+            acc[at] += o
+    finish(size[0])
+    return labels[tuple(slice(a, a + s) for (a, _), s in zip(pad, shape0, strict=True))]
+
+
+@torch.no_grad()
 def segment_volume(
     method: type, net: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -66,14 +157,17 @@ def segment_volume(
     device = next(net.parameters()).device
     ic = cfg["infer"]
     roi = (int(cfg["train"]["patch"]),) * 3
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    # Windows run on the model's device; the full-size output is stitched on the CPU so memory on
-    # the device stays bounded by the window batch, whatever the volume size.
-    logits = sliding_window_inference(
-        x, roi, batch or int(ic["sw_batch"]), method.make_predictor(net, cfg), overlap=ic["overlap"],
-        mode=ic["mode"], sw_device=device, device=torch.device("cpu"),
+    # Windows run on the model's device; stitching happens on the CPU slab by slab, so memory stays bounded
+    # on the device by the window batch and on the host by one slab, whatever the volume size.
+    label = sliding_window_labels(
+        np.asarray(image, dtype=np.float32),
+        roi,
+        batch or int(ic["sw_batch"]),
+        method.make_predictor(unwrap(net), cfg),
+        float(ic["overlap"]),
+        ic["mode"],
+        device,
     )
-    label = logits.argmax(1)[0].numpy().astype(np.uint8)
     return label, {}
 
 
@@ -91,14 +185,21 @@ def predict_folder(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     files = list_inputs(input_dir)
     if out_dir.resolve() == input_dir.resolve():
-        raise UserError("output folder is the input folder; predictions would sit among (or over) the inputs", out_dir)
+        raise UserError(
+            "output folder is the input folder; predictions would sit among (or over) the inputs", out_dir
+        )
+    for path in files:  # header problems stop the run before the first prediction is written
+        check_volume_header(path)
     method, net, cfg = load_run(run_dir, checkpoint, device)
     dcfg = cfg["data"]
     written = []
     t0 = time.monotonic()
     for n, path in enumerate(files, 1):
         vol = read_volume(path)
-        image = normalize_intensity(vol.array.astype(np.float32), dcfg["modality"], dcfg["clip_percentiles"], dcfg["ct_window"])
+        # The raw array goes as soon as it is normalised: one full-size copy less at the peak.
+        raw, vol.array = vol.array, None
+        image = normalize_intensity(raw, dcfg["modality"], dcfg["clip_percentiles"], dcfg["ct_window"])
+        del raw
         label, extras = segment_volume(method, net, cfg, image, batch)
         if save_refined and hasattr(method, "inspect_volume"):
             extras = method.inspect_volume(net, cfg, image, batch)
@@ -114,4 +215,8 @@ def predict_folder(
 def describe(run_dir: Path) -> dict[str, Any]:
     """Small summary of a run for reports."""
     cfg = C.load_config([Path(run_dir) / "config.yaml"])
-    return {"method": cfg["method"], "backbone": cfg["nets"]["backbone"], "iterations": cfg["train"]["iterations"]}
+    return {
+        "method": cfg["method"],
+        "backbone": cfg["nets"]["backbone"],
+        "iterations": cfg["train"]["iterations"],
+    }

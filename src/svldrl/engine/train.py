@@ -10,7 +10,12 @@ from svldrl.reporter import QUIET, Reporter
 
 
 def train(
-    dataset: str | Path, labels: str, out: str | Path, cfg: dict, resume: bool = False, reporter: Reporter = QUIET
+    dataset: str | Path,
+    labels: str,
+    out: str | Path,
+    cfg: dict,
+    resume: bool = False,
+    reporter: Reporter = QUIET,
 ) -> Path:
     """Train ``cfg["method"]`` on ``dataset`` with the ``labels`` masks ("clean" or "noisy/NAME")."""
     ds = load_dataset(dataset, labels=labels)

@@ -11,15 +11,24 @@ one or two hooks:
 
 The training target of every case lives in ``self.targets`` (float32 foreground probability,
 initially the given mask), so label-correcting methods change it in one place and resume keeps it.
+
+Patches come from a data stream (``self.rng``) that is the same on every rank: each step draws one
+global batch of ``train.batch x world size`` patches (a case and a seed per patch; cases are dealt
+out from a shuffled pass over the training cases, as ``DistributedSampler`` does) and each rank
+crops its own share. A run on N ranks therefore sees the patches of a one-process run with an N
+times larger ``train.batch``, and the crops do not depend on which process (or DataLoader worker)
+makes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,9 +37,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+from torch.utils.data import DataLoader
 
 from svldrl import config as C
-from svldrl.data.dataset import Dataset, load_case
+from svldrl.data.dataset import Case, Dataset, load_case
 from svldrl.data.io import write_text
 from svldrl.data.splits import load_or_create_splits
 from svldrl.engine import distributed as D
@@ -60,25 +70,130 @@ def seg_target(q: torch.Tensor) -> torch.Tensor:
     return torch.cat([1.0 - q, q], dim=1)
 
 
+def pad_to_patch(arr: np.ndarray, patch: int) -> np.ndarray:
+    """Zero-pad at the far end of each axis shorter than ``patch``."""
+    pad = [(0, max(0, patch - s)) for s in arr.shape]
+    return np.pad(arr, pad) if any(p[1] for p in pad) else arr
+
+
+class LazyImages(Sequence):
+    """Normalised images read from disk at each access (``data.cache: none``): RAM holds one at a time.
+
+    Args:
+        cases: the cases, in order.
+        data_cfg: the ``data`` config section (normalisation).
+        patch: pad each image to at least this side (0: no padding).
+    """
+
+    def __init__(self, cases: list[Case], data_cfg: dict, patch: int = 0) -> None:
+        self.cases, self.data_cfg, self.patch = list(cases), dict(data_cfg), patch
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        image, _, _ = load_case(self.cases[i], self.data_cfg, need_label=False)
+        return pad_to_patch(image, self.patch) if self.patch else image
+
+
+@dataclass
+class Crop:
+    """One training patch before its targets are attached: the augmented image and where it came from."""
+
+    case: int
+    box: tuple[slice, ...]
+    flip: tuple[int, ...]
+    image: torch.Tensor  # (1, p, p, p) float32
+
+
+def crop_patch(
+    image: np.ndarray,
+    fg_idx: np.ndarray,
+    patch: int,
+    pos_fraction: float,
+    aug: Sequence[Any],
+    case: int,
+    seed: int,
+) -> Crop:
+    """A foreground-aware random crop (RandCropByPosNegLabel's rule), random flips and intensity jitter,
+    all drawn from ``seed`` alone, so the same (case, seed) gives the same patch in any process."""
+    rng = np.random.default_rng(seed)
+    shape = np.array(image.shape)
+    if rng.random() < pos_fraction and fg_idx.size:
+        center = np.array(np.unravel_index(fg_idx[rng.integers(fg_idx.size)], shape))
+    else:
+        center = rng.integers(0, shape)
+    start = np.clip(center - patch // 2, 0, shape - patch)
+    box = tuple(slice(int(s), int(s) + patch) for s in start)
+    flip = tuple(int(a) for a, r in enumerate(rng.random(3)) if r < 0.5)
+    img = image[box]
+    if flip:
+        img = np.flip(img, flip)
+    img_t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
+    for t, s in zip(aug, rng.integers(2**31, size=len(aug)), strict=True):
+        t.set_random_state(seed=int(s))
+        img_t = t(img_t)
+        # MONAI may hand back a MetaTensor; the network gets plain tensors
+        img_t = img_t.as_tensor() if hasattr(img_t, "as_tensor") else torch.as_tensor(img_t)
+    return Crop(case, box, flip, img_t.clamp(0, 1))
+
+
+class _StepCrops(torch.utils.data.Dataset):
+    """Item k = the crops of step k, for DataLoader workers (``data.workers``); specs drawn beforehand."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        fg_idx: list[np.ndarray],
+        specs: list[list[tuple[int, int]]],
+        patch: int,
+        pos_fraction: float,
+        aug: Sequence[Any],
+    ) -> None:
+        self.images, self.fg_idx, self.specs = images, fg_idx, specs
+        self.patch, self.pos_fraction, self.aug = patch, pos_fraction, aug
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, k: int) -> list[Crop]:
+        return [
+            crop_patch(self.images[c], self.fg_idx[c], self.patch, self.pos_fraction, self.aug, c, seed)
+            for c, seed in self.specs[k]
+        ]
+
+
+def _as_is(x: Any) -> Any:
+    return x
+
+
 class Trainer:
     """Plain supervised training (Dice + CE on the given masks); the base of every method."""
 
     name: ClassVar[str] = "supervised"
+    #: How gradients are averaged across ranks: ``auto`` (DistributedDataParallel for networks without the RL
+    #: heads, else an explicit all-reduce), ``ddp`` or ``allreduce``; see :mod:`svldrl.engine.distributed`.
+    distributed_mode: ClassVar[str] = "auto"
 
     def __init__(
-        self, cfg: dict, dataset: Dataset, out_dir: str | Path, reporter: Reporter = QUIET, resume: bool = False
+        self,
+        cfg: dict,
+        dataset: Dataset,
+        out_dir: str | Path,
+        reporter: Reporter = QUIET,
+        resume: bool = False,
     ) -> None:
         self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir)
-        self.reporter = reporter
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
+        self.reporter = reporter if self.is_main else QUIET
         tc = cfg["train"]
         if tc["threads"]:
             torch.set_num_threads(int(tc["threads"]))
         self.device = resolve_device(tc["device"])
-        self._seed(int(cfg["seed"]) + 1000 * self.rank)
+        self._seed(int(cfg["seed"]))
         if tc["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if cfg["data"]["modality"] == "auto":
@@ -87,6 +202,10 @@ class Trainer:
         self.iterations = int(tc["iterations"])
         self.steps_per_epoch = int(tc["steps_per_epoch"])
         self.num_epochs = math.ceil(self.iterations / self.steps_per_epoch)
+        if self.world > 1 and int(cfg["rl"]["async_workers"]) > 0:
+            # Hogwild workers are forked processes sharing one model; they cannot join the ranks' collectives.
+            raise UserError("rl.async_workers > 0 runs in one process; set it to 0 to train with torchrun")
+        self._check_run_folder(resume)
         self._load_data()
         self.network = self.build_network().to(self.device)
         D.broadcast_parameters(self.network)
@@ -104,10 +223,12 @@ class Trainer:
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
+        self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
+        self._rank_rngs: list[dict[str, Any]] | None = None
         if resume:
             self._resume()
-        elif self.is_main and (self.out / "checkpoint_latest.pt").exists():
-            raise UserError("run folder already holds a training; pass --resume to continue it or choose another --out", self.out)
+        self._ddp_params: frozenset[int] = frozenset()
+        self._wrap_network()
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -122,13 +243,17 @@ class Trainer:
     def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
         tc = self.cfg["train"]
         if tc["optimizer"] == "sgd":
-            return torch.optim.SGD(params, lr=tc["lr"], momentum=0.99, nesterov=True, weight_decay=tc["weight_decay"])
+            return torch.optim.SGD(
+                params, lr=tc["lr"], momentum=0.99, nesterov=True, weight_decay=tc["weight_decay"]
+            )
         return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         kind, total = self.cfg["train"]["scheduler"], self.iterations
         if kind == "poly":  # nnU-Net's PolyLR
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: (1 - min(it, total - 1) / total) ** 0.9)
+            return torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda it: (1 - min(it, total - 1) / total) ** 0.9
+            )
         if kind == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
@@ -156,35 +281,58 @@ class Trainer:
         """Window -> segmentation logits, used by sliding-window validation and ``svldrl predict``."""
         return lambda x: network(x, heads=("seg",))["seg"]
 
+    def use_ddp(self) -> bool:
+        """Whether the network is wrapped in DistributedDataParallel when several ranks train.
+
+        ``auto``: yes for networks without the RL heads (every parameter used in every step), no for
+        SVL-DRL's three-head network (heads change with the stage; gradients are all-reduced explicitly).
+        """
+        if self.distributed_mode == "auto":
+            return not self.network_kwargs(self.cfg).get("rl_heads", False)
+        return self.distributed_mode == "ddp"
+
     # ------------------------------------------------------------------ helpers for methods
-    def optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
-                 network: torch.nn.Module | None = None) -> None:
+    def optimise(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer | None = None,
+        network: torch.nn.Module | None = None,
+    ) -> None:
         """zero_grad, backward, gradient averaging across ranks, clip, step."""
         optimizer = optimizer or self.optimizer
         network = network or self.network
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        D.average_gradients(network)
+        # Backward outside autocast (``train.amp``): its ops follow the forward's dtypes anyway.
+        with torch.autocast(self.device.type, enabled=False):
+            loss.backward()
+        # DDP has averaged its network's gradients during backward; the rest (a peer network, extra
+        # parameters, or everything when the network is not wrapped) is averaged here.
+        D.average_gradients(network, skip=self._ddp_params)
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
         optimizer.step()
 
     @torch.no_grad()
     def predict_probs(self, image: np.ndarray, network: torch.nn.Module | None = None) -> np.ndarray:
         """Foreground probability of a whole (padded) training volume by sliding window."""
-        network = network or self.network
+        network = D.unwrap(network or self.network)  # no DDP collectives for a forward on one rank
         was_training = network.training
         network.eval()
         ic = self.cfg["infer"]
         x = torch.from_numpy(image)[None, None].to(self.device)
         seg = lambda w: network(w, heads=("seg",))["seg"]  # noqa: E731 - plain head, no refinement
-        logits = sliding_window_inference(x, (self.patch,) * 3, int(ic["sw_batch"]), seg, overlap=ic["overlap"],
-                                          mode=ic["mode"])
+        logits = sliding_window_inference(
+            x, (self.patch,) * 3, int(ic["sw_batch"]), seg, overlap=ic["overlap"], mode=ic["mode"]
+        )
         network.train(was_training)
         return torch.softmax(logits, 1)[0, 1].cpu().numpy()
 
     def confident_target_update(self, tau: float) -> dict[str, float]:
         """Voxels where the model is confident (p > tau or p < 1 - tau) and disagrees with the target take
-        the model's label (method.md section 6, ``rl.target_update = confident``). Returns the changed share."""
+        the model's label (method.md section 6, ``rl.target_update = confident``).
+
+        Returns:
+            The share of voxels changed, as ``charts/target_changed``.
+        """
         changed = total = 0
         for i, img in enumerate(self.images):
             p = self.predict_probs(img)
@@ -198,13 +346,24 @@ class Trainer:
     def write_targets(self, batch: Batch, q: torch.Tensor) -> None:
         """Write patch targets ``q`` (B,1,p,p,p, in the batch's flipped frame) back into ``self.targets``."""
         q_np = q.detach().float().cpu().numpy()
-        for b, (case, box, flips) in enumerate(zip(batch["case"], batch["box"], batch["flip"])):
+        for b, (case, box, flips) in enumerate(zip(batch["case"], batch["box"], batch["flip"], strict=True)):
             patch = q_np[b, 0]
             if flips:
                 patch = np.flip(patch, axis=flips)
             self.targets[case][box] = patch
 
     # ------------------------------------------------------------------ data
+    def _check_run_folder(self, resume: bool) -> None:
+        # Decided on rank 0 and shared, so that every rank stops with the same message.
+        has_run = D.on_rank0(lambda: (self.out / "checkpoint_latest.pt").exists())
+        if resume and not has_run:
+            raise UserError("nothing to resume: no checkpoint_latest.pt in the run folder", self.out)
+        if not resume and has_run:
+            raise UserError(
+                "run folder already holds a training; pass --resume to continue it or choose another --out",
+                self.out,
+            )
+
     def _load_data(self) -> None:
         dcfg = self.cfg["data"]
         cases = {c.case_id: c for c in self.dataset.train}
@@ -214,85 +373,159 @@ class Trainer:
             raise UserError(f"--fold {fold} does not exist: the splits have {len(splits)} folds")
         self.train_ids = sorted(splits[fold]["train"])
         self.val_ids = sorted(splits[fold]["val"])
-        self.images: list[np.ndarray] = []
+        in_ram = dcfg["cache"] == "memory"
+        images: list[np.ndarray] = []
         self.given: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
         for cid in self.train_ids:
+            # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
             img, lab, _ = load_case(cases[cid], dcfg)
-            img, lab = self._pad(img), self._pad(lab)
-            self.images.append(img)
+            if in_ram:
+                images.append(self._pad(img))
+            lab = self._pad(lab)
             self.given.append(lab)
             self.targets.append(lab.astype(np.float32))
         self.fg_idx = [np.flatnonzero(g) for g in self.given]
-        self.val_data = []
+        val_images: list[np.ndarray] = []
+        self.val_labels: list[np.ndarray] = []
         for cid in self.val_ids:
             img, lab, _ = load_case(cases[cid], dcfg)
-            self.val_data.append((img, lab))
+            if in_ram:
+                val_images.append(img)
+            self.val_labels.append(lab)
+        # data.cache none: masks stay (small, and targets are training state); images are read per access.
+        self.images: Sequence[np.ndarray] = (
+            images if in_ram else LazyImages([cases[c] for c in self.train_ids], dcfg, self.patch)
+        )
+        self.val_images: Sequence[np.ndarray] = (
+            val_images if in_ram else LazyImages([cases[c] for c in self.val_ids], dcfg)
+        )
         self.reporter.info(
-            f"{self.name}: fold {fold}, {len(self.train_ids)} training / {len(self.val_ids)} validation cases "
-            f"({self.dataset.labels_name if hasattr(self.dataset, 'labels_name') else 'given'} masks)"
+            f"{self.name}: fold {fold}, {len(self.train_ids)} training / {len(self.val_ids)} validation "
+            f"cases ({self.dataset.labels_name if hasattr(self.dataset, 'labels_name') else 'given'} masks)"
+            + (f", {self.world} ranks x batch {self.cfg['train']['batch']}" if self.world > 1 else "")
         )
 
     def _pad(self, arr: np.ndarray) -> np.ndarray:
-        pad = [(0, max(0, self.patch - s)) for s in arr.shape]
-        return np.pad(arr, pad) if any(p[1] for p in pad) else arr
+        return pad_to_patch(arr, self.patch)
 
-    def sample_batch(self) -> Batch:
-        """Foreground-aware random crops (RandCropByPosNegLabel's rule), flips and intensity jitter."""
-        p, rng = self.patch, self.rng
-        imgs, tgts, givens, cases, boxes, flips = [], [], [], [], [], []
-        for _ in range(int(self.cfg["train"]["batch"])):
-            i = int(rng.integers(len(self.images)))
-            shape = np.array(self.images[i].shape)
-            if rng.random() < self.cfg["data"]["pos_fraction"] and self.fg_idx[i].size:
-                center = np.array(np.unravel_index(self.fg_idx[i][rng.integers(self.fg_idx[i].size)], shape))
-            else:
-                center = np.array([rng.integers(s) for s in shape])
-            start = np.clip(center - p // 2, 0, shape - p)
-            box = tuple(slice(int(s), int(s) + p) for s in start)
-            axes = tuple(int(a) for a in range(3) if rng.random() < 0.5)
-            img, tgt, giv = self.images[i][box], self.targets[i][box], self.given[i][box]
-            if axes:
-                img, tgt, giv = np.flip(img, axes), np.flip(tgt, axes), np.flip(giv, axes)
-            img_t = torch.from_numpy(np.ascontiguousarray(img))[None]
-            for t in self.aug:
-                img_t = torch.as_tensor(t(img_t))
-            imgs.append(img_t.clamp(0, 1))
-            tgts.append(torch.from_numpy(np.ascontiguousarray(tgt))[None])
+    def _next_specs(self) -> list[tuple[int, int]]:
+        """(case, seed) of this rank's patches in the next global batch; all ranks advance ``self.rng`` alike.
+
+        Cases come from shuffled passes over the training cases (``DistributedSampler``'s rule over an
+        endless sequence of passes); global slot ``j`` goes to rank ``j % world``, so each case of a pass is
+        cropped by exactly one rank and the ranks' patches together are the one-process batch.
+        """
+        g = int(self.cfg["train"]["batch"]) * self.world
+        while len(self._case_queue) < g:
+            self._case_queue.extend(int(i) for i in self.rng.permutation(len(self.images)))
+        cases, self._case_queue = self._case_queue[:g], self._case_queue[g:]
+        seeds = self.rng.integers(2**62, size=g)
+        return [(cases[j], int(seeds[j])) for j in range(self.rank, g, self.world)]
+
+    def _crop(self, case: int, seed: int) -> Crop:
+        return crop_patch(
+            self.images[case],
+            self.fg_idx[case],
+            self.patch,
+            float(self.cfg["data"]["pos_fraction"]),
+            self.aug,
+            case,
+            seed,
+        )
+
+    def _collate(self, crops: list[Crop]) -> Batch:
+        """Stack crops and attach their current targets and given masks (read here, in the training process,
+        so that targets a method changed during the epoch are seen at once)."""
+        tgts, givens = [], []
+        for c in crops:
+            tgt, giv = self.targets[c.case][c.box], self.given[c.case][c.box]
+            if c.flip:
+                tgt, giv = np.flip(tgt, c.flip), np.flip(giv, c.flip)
+            tgts.append(torch.from_numpy(np.ascontiguousarray(tgt, dtype=np.float32))[None])
             givens.append(torch.from_numpy(np.ascontiguousarray(giv).astype(np.float32))[None])
-            cases.append(i)
-            boxes.append(box)
-            flips.append(axes)
         dev = self.device
         return {
-            "image": torch.stack(imgs).float().to(dev),
-            "target": torch.stack(tgts).float().to(dev),
+            "image": torch.stack([c.image for c in crops]).float().to(dev),
+            "target": torch.stack(tgts).to(dev),
             "given": torch.stack(givens).to(dev),
-            "case": cases,
-            "box": boxes,
-            "flip": flips,
+            "case": [c.case for c in crops],
+            "box": [c.box for c in crops],
+            "flip": [c.flip for c in crops],
         }
+
+    def sample_batch(self) -> Batch:
+        """This rank's ``train.batch`` patches of the next global batch: foreground-aware random crops
+        (RandCropByPosNegLabel's rule), flips and intensity jitter."""
+        return self._collate([self._crop(case, seed) for case, seed in self._next_specs()])
+
+    def _batches(self, steps: int) -> Iterator[Batch]:
+        """The batches of ``steps`` steps: made here one by one, or by ``data.workers`` DataLoader workers."""
+        workers = int(self.cfg["data"]["workers"])
+        if workers <= 0 or steps <= 1 or type(self).sample_batch is not Trainer.sample_batch:
+            for _ in range(steps):
+                yield self.sample_batch()
+            return
+        # The epoch's (case, seed) specs are drawn up front from self.rng, so the stream (and the checkpointed
+        # RNG state) is the same with and without workers, and the workers' own seeds do not matter.
+        specs = [self._next_specs() for _ in range(steps)]
+        data = _StepCrops(
+            self.images, self.fg_idx, specs, self.patch, float(self.cfg["data"]["pos_fraction"]), self.aug
+        )
+        import torch.multiprocessing as mp
+
+        ctx = "fork" if "fork" in mp.get_all_start_methods() else None  # fork: workers share the cases in RAM
+        loader = DataLoader(
+            data,
+            batch_size=None,
+            shuffle=False,
+            num_workers=min(workers, steps),
+            collate_fn=_as_is,
+            multiprocessing_context=ctx,
+            generator=torch.Generator().manual_seed(0),
+        )  # leave the global torch RNG alone
+        for crops in loader:
+            yield self._collate(crops)
 
     # ------------------------------------------------------------------ loop
     def _seed(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        """``self.rng`` (the data stream) from ``seed`` on every rank; this rank's own streams (torch, Python,
+        NumPy, ``self.generator``, e.g. for SVL-DRL's action sampling) from ``seed + 1000 * rank``."""
+        own = seed + 1000 * self.rank
+        random.seed(own)
+        np.random.seed(own % 2**32)
+        torch.manual_seed(own)
         self.rng = np.random.default_rng(seed)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(own)
 
     def _reseed_augmentation(self) -> None:
-        # MONAI transforms keep their own RandomState; re-seeding from self.rng each epoch means the
-        # checkpointed self.rng state alone restores augmentation on resume.
-        for t in self.aug:
-            t.set_random_state(seed=int(self.rng.integers(2**31)))
+        """Kept for subclasses: augmentation is seeded per patch from its spec (see :func:`crop_patch`)."""
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the training forward when ``train.amp`` is on."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg["train"]["amp"]))
+
+    def _wrap_network(self) -> None:
+        """DistributedDataParallel (several ranks, :meth:`use_ddp`) and ``torch.compile`` (``train.compile``).
+
+        Done after the optimiser and any method state (teachers, peers) are built from the plain network, so
+        that copies and checkpoints see plain parameter names; :func:`D.unwrap` gets back to it.
+        """
+        net = self.network
+        if self.world > 1 and self.use_ddp():
+            net = D.wrap_ddp(net, self.device)
+            self._ddp_params = frozenset(id(p) for p in net.parameters())
+        if self.cfg["train"]["compile"]:
+            net = torch.compile(net)
+        self.network = net
 
     def run_steps(self, steps: int) -> dict[str, float]:
         """``steps`` optimiser steps; returns the mean of each log over the steps that logged it."""
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        for _ in range(steps):
-            logs = self.train_step(self.sample_batch())
+        for batch in self._batches(steps):
+            with self._autocast():
+                logs = self.train_step(batch)
             self.scheduler.step()
             self.iteration += 1
             for k, v in logs.items():
@@ -302,28 +535,39 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean Dice of sliding-window predictions against the validation cases' given masks."""
-        if not self.val_data:
+        """Mean Dice of sliding-window predictions against the validation cases' given masks.
+
+        Each rank segments its share of the cases (every ``world``-th); the sums are reduced, so every rank
+        returns the mean over all cases.
+        """
+        if not self.val_labels:
             return math.nan
-        self.network.eval()
-        predictor = self.make_predictor(self.network, self.cfg)
+        net = D.unwrap(self.network)
+        net.eval()
+        predictor = self.make_predictor(net, self.cfg)
         ic = self.cfg["infer"]
-        dices = []
-        for img, lab in self.val_data:
-            x = torch.from_numpy(img)[None, None].to(self.device)
+        total = count = 0.0
+        for k in range(self.rank, len(self.val_labels), self.world):
+            x = torch.from_numpy(self.val_images[k])[None, None].to(self.device)
             logits = sliding_window_inference(
                 x, (self.patch,) * 3, int(ic["sw_batch"]), predictor, overlap=ic["overlap"], mode=ic["mode"]
             )
             pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-            dices.append(dice_iou(pred, lab)[0])
-        self.network.train()
-        return float(np.nanmean(dices))
+            d = dice_iou(pred, self.val_labels[k])[0]
+            if not math.isnan(d):
+                total, count = total + d, count + 1
+        net.train()
+        total, count = D.sum_over_ranks([total, count])
+        return total / count if count else math.nan
 
     def fit(self) -> Path:
         """Train to ``train.iterations`` steps; returns the run folder."""
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_text(self.out / "config.yaml", C.dump_config(self.cfg))
+            write_text(self.out / "config.yaml", C.dump_config(self.cfg))  # creates the run folder
+            if (
+                self.history
+            ):  # resumed: a kill between the checkpoint and the log leaves the log one epoch short
+                write_history_csv(self.out / "metrics.csv", self.history)
         tb = TensorBoard(self.out / "tensorboard", purge_step=self.iteration or None, enabled=self.is_main)
         started, start_iter = time.monotonic(), self.iteration
         self.network.train()
@@ -346,10 +590,13 @@ class Trainer:
             improved = due and not math.isnan(row["val_dice"]) and row["val_dice"] > self.best_val
             if improved:
                 self.best_val = row["val_dice"]
+            self._rank_rngs = D.all_gather_object(self._local_rng_state()) if self.world > 1 else None
             if self.is_main:
-                self._save("checkpoint_latest.pt")
+                # best before latest: a kill between the two redoes this epoch from the previous latest, which
+                # rewrites best; the other order could leave best_val pointing at a model never saved.
                 if improved:
                     self._save("checkpoint_best.pt")
+                self._save("checkpoint_latest.pt")
                 write_history_csv(self.out / "metrics.csv", self.history)
                 plot_progress(self.out / "progress.png", self.history, f"{self.name} ({self.out.name})")
                 tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "iteration")}, self.iteration)
@@ -358,7 +605,8 @@ class Trainer:
             vd = row["val_dice"]
             self.reporter.info(
                 f"epoch {epoch + 1}/{self.num_epochs}  it {self.iteration}/{self.iterations}  "
-                f"loss {row.get('train_loss', math.nan):.4f}  val Dice {'-' if math.isnan(vd) else f'{vd:.4f}'}"
+                f"loss {row.get('train_loss', math.nan):.4f}  "
+                f"val Dice {'-' if math.isnan(vd) else f'{vd:.4f}'}"
                 + (f"  stage {row['stage']}" if "stage" in row else "")
                 + f"  ETA {fmt_seconds(eta)}"
             )
@@ -371,6 +619,17 @@ class Trainer:
         return self.out
 
     # ------------------------------------------------------------------ checkpoints
+    def _local_rng_state(self) -> dict[str, Any]:
+        """This rank's own random streams (the shared data stream is saved once)."""
+        state = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
     def _state(self) -> dict[str, Any]:
         net = D.unwrap(self.network)
         return {
@@ -386,10 +645,10 @@ class Trainer:
             "history": self.history,
             "best_val": self.best_val,
             "rng": {
-                "python": random.getstate(),
+                **self._local_rng_state(),
                 "numpy": self.rng.bit_generator.state,
-                "torch": torch.get_rng_state(),
-                "generator": self.generator.get_state(),
+                "case_queue": list(self._case_queue),
+                **({"ranks": self._rank_rngs} if self._rank_rngs else {}),
             },
             "extra": self.extra_state(),
         }
@@ -399,21 +658,44 @@ class Trainer:
 
     def _resume(self) -> None:
         path = self.out / "checkpoint_latest.pt"
-        if not path.exists():
-            raise UserError("nothing to resume: no checkpoint_latest.pt in the run folder", self.out)
-        ckpt = load_checkpoint(path, self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
+        meta = (self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
+
+        def check() -> None:
+            load_checkpoint(path, *meta)  # refused on rank 0 -> the same message on every rank
+            for tmp in self.out.glob(".*.part*"):  # temporaries of a write that was killed
+                tmp.unlink(missing_ok=True)
+
+        D.on_rank0(check)
+        ckpt = load_checkpoint(path, *meta)
         D.unwrap(self.network).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
         self.history, self.best_val = list(ckpt["history"]), float(ckpt["best_val"])
         rng = ckpt["rng"]
-        random.setstate(_as_tuple(rng["python"]))
         self.rng.bit_generator.state = rng["numpy"]
-        torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["generator"])
+        self._case_queue = [int(i) for i in rng.get("case_queue", [])]
+        ranks = rng.get("ranks")
+        if ranks is not None and len(ranks) == self.world:
+            own: dict[str, Any] | None = ranks[self.rank]
+        elif self.rank == 0:
+            own = rng
+        else:  # another world size than the run that saved: fresh, still reproducible, streams for this rank
+            own = None
+            self._seed_own(int(self.cfg["seed"]) + 1000 * self.rank + 7919 * self.iteration)
+        if own is not None:
+            random.setstate(_as_tuple(own["python"]))
+            torch.set_rng_state(own["torch"])
+            self.generator.set_state(own["generator"])
+            if "cuda" in own and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], self.device)
         self.load_extra_state(ckpt["extra"])
         self.reporter.info(f"resumed {self.out} at epoch {self.epoch}, iteration {self.iteration}")
+
+    def _seed_own(self, seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        self.generator.manual_seed(seed)
 
 
 def _as_tuple(x: Any) -> Any:

@@ -46,7 +46,9 @@ class SVLDRLTrainer(Trainer):
 
     def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
         rl = self.cfg["rl"]
-        self.reward_conv = RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
+        self.reward_conv = (
+            RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
+        )
         self.reward_norm = RunningStd() if rl["reward_norm"] else None
         self.teacher = None
         if rl["action_space"] == "label":
@@ -71,8 +73,15 @@ class SVLDRLTrainer(Trainer):
             logs = super().train_step(batch)
         elif rl["action_space"] == "intensity":
             res = intensity_episode(
-                self.network, batch["image"], batch["target"], rl, stage, self.generator,
-                self._seg_loss, self.reward_norm, self.reward_conv,
+                self.network,
+                batch["image"],
+                batch["target"],
+                rl,
+                stage,
+                self.generator,
+                self._seg_loss,
+                self.reward_norm,
+                self.reward_conv,
             )
             self.optimise(res.loss)
             logs = {"train_loss": res.loss.detach(), **res.logs}
@@ -80,8 +89,17 @@ class SVLDRLTrainer(Trainer):
             with torch.no_grad():
                 teacher_p = torch.softmax(self.teacher(batch["image"], heads=("seg",))["seg"], 1)[:, 1:2]
             res = label_episode(
-                self.network, batch["image"], batch["target"], batch["given"], teacher_p, rl, stage,
-                self.generator, self._seg_loss, self.reward_norm, self.reward_conv,
+                self.network,
+                batch["image"],
+                batch["target"],
+                batch["given"],
+                teacher_p,
+                rl,
+                stage,
+                self.generator,
+                self._seg_loss,
+                self.reward_norm,
+                self.reward_conv,
             )
             self.optimise(res.loss)
             if stage == 3:  # the refined targets persist per case across epochs: the dynamic iterative update
@@ -106,8 +124,11 @@ class SVLDRLTrainer(Trainer):
         share = [steps // n + (k < steps % n) for k in range(n)]
         seeds = [int(v) for v in self.rng.integers(2**31, size=n)]
         threads = max(1, torch.get_num_threads() // n)
-        procs = [ctx.Process(target=self._worker, args=(k, share[k], seeds[k], threads, queue), daemon=True)
-                 for k in range(n) if share[k]]
+        procs = [
+            ctx.Process(target=self._worker, args=(k, share[k], seeds[k], threads, queue), daemon=True)
+            for k in range(n)
+            if share[k]
+        ]
         for p in procs:
             p.start()
         results = [queue.get() for _ in procs]
@@ -156,7 +177,9 @@ class SVLDRLTrainer(Trainer):
             self.rng = np.random.default_rng(seed)
             self.generator = torch.Generator(device="cpu").manual_seed(seed)
             self._reseed_augmentation()
-            lr_lambda = self.scheduler.lr_lambdas[0] if hasattr(self.scheduler, "lr_lambdas") else (lambda it: 1.0)
+            lr_lambda = (
+                self.scheduler.lr_lambdas[0] if hasattr(self.scheduler, "lr_lambdas") else (lambda it: 1.0)
+            )
             base = self.iteration
             sums: dict[str, float] = defaultdict(float)
             counts: dict[str, int] = defaultdict(int)
@@ -225,8 +248,9 @@ class SVLDRLTrainer(Trainer):
 
     @classmethod
     @torch.no_grad()
-    def inspect_volume(cls, network: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
-                       ) -> dict[str, np.ndarray]:
+    def inspect_volume(
+        cls, network: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The refined volume and the action map of the last greedy step (``predict --save-refined``)."""
         if cfg["rl"]["action_space"] != "intensity":
             return {}
@@ -239,7 +263,16 @@ class SVLDRLTrainer(Trainer):
 
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
         out = sliding_window_inference(
-            x, (int(cfg["train"]["patch"]),) * 3, batch or int(cfg["infer"]["sw_batch"]), both,
-            overlap=0.0, mode="constant", sw_device=device, device=torch.device("cpu"),
+            x,
+            (int(cfg["train"]["patch"]),) * 3,
+            batch or int(cfg["infer"]["sw_batch"]),
+            both,
+            overlap=0.0,
+            mode="constant",
+            sw_device=device,
+            device=torch.device("cpu"),
         )[0]
-        return {"refined": out[0].numpy().astype(np.float32), "actions": out[1].round().numpy().astype(np.uint8)}
+        return {
+            "refined": out[0].numpy().astype(np.float32),
+            "actions": out[1].round().numpy().astype(np.uint8),
+        }

@@ -131,7 +131,9 @@ class SegRLNet(nn.Module):
         return self.forward(x, heads=("seg",))["seg"]
 
 
-def build_network(nets_cfg: dict, in_channels: int = 1, aux_channels: int = 0, rl_heads: bool = True) -> SegRLNet:
+def build_network(
+    nets_cfg: dict, in_channels: int = 1, aux_channels: int = 0, rl_heads: bool = True
+) -> SegRLNet:
     """Build the network named by the ``nets`` config section.
 
     Args:
