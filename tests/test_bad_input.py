@@ -235,6 +235,7 @@ def _edit_run_config(run: Path, section: str, key: str, value) -> None:
 
 def checkpoint_of_other_backbone(ds, run, tmp):
     _edit_run_config(run, "nets", "backbone", "swinunetr")  # the checkpoint says unet
+    _edit_run_config(run, "train", "patch", 64)  # a patch swinunetr accepts, so the backbone check is reached
     return _predict(run, ds / "imagesTs"), str(run / "checkpoint_final.pt")
 
 
@@ -341,6 +342,7 @@ def test_foreign_checkpoint_through_the_real_command(
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     _edit_run_config(run, "nets", "backbone", "swinunetr")
+    _edit_run_config(run, "train", "patch", 64)
     proc = subprocess.run(
         [
             sys.executable,

@@ -49,10 +49,16 @@ elif point == "checkpoint":  # half of checkpoint_latest for epoch `arg` is in i
     import torch
     save = torch.save
     def half_save(obj, f, *a, **k):
-        if isinstance(obj, dict) and obj.get("epoch") == arg and "checkpoint_latest" in str(f):
+        name = getattr(f, "name", f)  # save_checkpoint hands torch.save an open file
+        if isinstance(obj, dict) and obj.get("epoch") == arg and "checkpoint_latest" in str(name):
             buf = io.BytesIO()
             save(obj, buf, *a, **k)
-            Path(f).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+            data = buf.getvalue()[: len(buf.getvalue()) // 2]
+            if hasattr(f, "write"):
+                f.write(data)
+                f.flush()
+            else:
+                Path(f).write_bytes(data)
             hold()
         return save(obj, f, *a, **k)
     torch.save = half_save
