@@ -18,25 +18,12 @@ from svldrl.reporter import QUIET, Reporter, fmt_seconds
 
 #: Sizes chosen so the default demo runs in <= 15 min and --quick in <= 3 min on 2 CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "cases": 12,
-        "test_cases": 4,
-        "size": 40,
-        "patch": 32,
-        "iterations": 150,
-        "steps_per_epoch": 25,
-        "features": [8, 16, 32, 64],
-    },
-    "full": {
-        "cases": 24,
-        "test_cases": 8,
-        "size": 64,
-        "patch": 48,
-        "iterations": 600,
-        "steps_per_epoch": 50,
-        "features": [16, 32, 64, 128],
-    },
+    "quick": {"cases": 10, "test_cases": 4, "size": 32, "patch": 32, "iterations": 120, "steps_per_epoch": 20,
+              "features": [8, 16, 32, 64]},
+    "full": {"cases": 24, "test_cases": 8, "size": 48, "patch": 32, "iterations": 600, "steps_per_epoch": 50,
+             "features": [8, 16, 32, 64]},
 }
+
 
 #: (run name, method, labels, extra config overrides)
 RUNS: list[tuple[str, str, str, list[str]]] = [
