@@ -313,3 +313,17 @@ def test_benchmark_auroc_is_mann_whitney() -> None:
     # 3 positives, 2 negatives: 5 of the 6 pairs ordered correctly.
     assert bench.auroc([0.9, 0.6, 0.3, 0.4, 0.1], [True, True, True, False, False]) == pytest.approx(5 / 6)
     assert np.isnan(bench.auroc([0.1, 0.2], [True, True]))
+
+
+def test_band_keeps_boundary_errors_and_drops_remote_model_mistakes() -> None:
+    from svldrl.audit.audit import restrict_to_band, suspect_errors
+
+    given = np.zeros((24, 24, 24), np.uint8)
+    given[6:14, 6:14, 6:14] = 1
+    probs = np.zeros(given.shape, np.float32)
+    probs[6:15, 6:15, 6:15] = 0.95  # the true organ is one voxel wider: a boundary error
+    probs[20:23, 20:23, 20:23] = 0.95  # a look-alike far away: the model's mistake, not a label error
+    errors = suspect_errors(given, probs, 0.8)
+    kept = restrict_to_band(errors, given, 3)
+    assert kept[14, 10, 10] == 2 and kept[21, 21, 21] == 0
+    assert (restrict_to_band(errors, given, 0) == errors).all()

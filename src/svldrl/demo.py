@@ -18,10 +18,24 @@ from svldrl.reporter import QUIET, Reporter, fmt_seconds
 
 #: Sizes chosen so the default demo runs in <= 15 min and --quick in <= 3 min on 2 CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "quick": {"cases": 10, "test_cases": 4, "size": 32, "patch": 32, "iterations": 120, "steps_per_epoch": 20,
-              "features": [8, 16, 32, 64]},
-    "full": {"cases": 24, "test_cases": 8, "size": 48, "patch": 32, "iterations": 600, "steps_per_epoch": 50,
-             "features": [8, 16, 32, 64]},
+    "quick": {
+        "cases": 10,
+        "test_cases": 4,
+        "size": 32,
+        "patch": 32,
+        "iterations": 120,
+        "steps_per_epoch": 20,
+        "features": [8, 16, 32, 64],
+    },
+    "full": {
+        "cases": 24,
+        "test_cases": 8,
+        "size": 48,
+        "patch": 32,
+        "iterations": 600,
+        "steps_per_epoch": 50,
+        "features": [8, 16, 32, 64],
+    },
 }
 
 

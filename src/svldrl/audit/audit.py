@@ -110,6 +110,25 @@ def cl_suspect_errors(
     return errors
 
 
+def restrict_to_band(errors: np.ndarray, given: np.ndarray, band: float) -> np.ndarray:
+    """Keep suspected errors within ``band`` voxels of the given mask's boundary (``band`` <= 0: keep all).
+
+    Annotation errors are boundary errors (a contour drawn too wide or too tight, shifted, or a model's
+    over- or under-segmentation); a judging model's own mistakes far from the given mask (a look-alike
+    structure elsewhere) are not, and flipping them would make the corrected mask worse.
+    """
+    if band <= 0:
+        return errors
+    g = np.asarray(given) != 0
+    if not g.any():
+        return errors
+    # distance of every voxel to the given boundary: inside, to the nearest background; outside, to the mask
+    dist = np.where(g, ndimage.distance_transform_edt(g), ndimage.distance_transform_edt(~g))
+    out = np.array(errors, copy=True)
+    out[dist > band] = 0
+    return out
+
+
 def correct_mask(given: np.ndarray, errors: np.ndarray) -> np.ndarray:
     """The binary given mask with every suspected error flipped (uint8 {0, 1})."""
     return ((np.asarray(given) != 0) ^ (np.asarray(errors) != 0)).astype(np.uint8)
@@ -367,6 +386,7 @@ def audit(
     top: int = 10,
     threshold: float = 0.8,
     detector: str = "threshold",
+    band: float = 3.0,
     device: str = "auto",
     checkpoint: str = "auto",
     batch: int | None = None,
@@ -382,6 +402,8 @@ def audit(
         runs: more run folders (other folds).
         top: number of worst cases shown with figures in the reports.
         threshold: confidence ``T`` of the ``threshold`` detector.
+        band: suspected errors are kept within this many voxels of the given mask's boundary (default 3;
+            0 keeps all): see :func:`restrict_to_band`.
         detector: ``"threshold"`` or ``"cl"`` (confident learning).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         checkpoint: ``auto``, ``final``, ``best`` or ``latest``.
@@ -427,7 +449,8 @@ def audit(
                 out / "confidence" / f"{case.case_id}.nii.gz", p, mask_vol.affine, _nifti_header(mask_vol)
             )
             if detector == "threshold":
-                rows.append(_judge_case(out, case, given, mask_vol, suspect_errors(given, p, threshold)))
+                errors = restrict_to_band(suspect_errors(given, p, threshold), given, band)
+                rows.append(_judge_case(out, case, given, mask_vol, errors))
             else:
                 s, c = class_confidence_sums(np.stack([1.0 - p, p]), given.astype(np.int64))
                 sums, counts = sums + s, counts + c
@@ -444,7 +467,8 @@ def audit(
         for n, case in enumerate(cases, 1):
             given, mask_vol = read_given(case, judges[plan[case.case_id][0]].cfg["data"])
             p = np.asarray(read_volume(out / "confidence" / f"{case.case_id}.nii.gz").array, dtype=np.float32)
-            rows.append(_judge_case(out, case, given, mask_vol, cl_suspect_errors(given, p, t_cl)))
+            errors = restrict_to_band(cl_suspect_errors(given, p, t_cl), given, band)
+            rows.append(_judge_case(out, case, given, mask_vol, errors))
             reporter.progress("audit: confident learning", n, len(cases), t0, extra=case.case_id)
 
     for row in rows:

@@ -25,6 +25,7 @@ def cmd_audit(a: argparse.Namespace, rep: Reporter) -> int:
         top=a.top,
         threshold=a.threshold,
         detector=a.detector,
+        band=a.band,
         device=a.device,
         checkpoint=a.checkpoint,
         batch=a.batch,
@@ -57,6 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         default=0.8,
         help="confidence T: flip to foreground where p > T, to background where p < 1 - T (0.8)",
+    )
+    p.add_argument(
+        "--band",
+        type=float,
+        default=3.0,
+        help="keep suspected errors within this many voxels of the given boundary (3; 0 = anywhere)",
     )
     p.add_argument("--runs", default=None, metavar="RUN2,RUN3", help="more run folders (other folds)")
     p.add_argument(
