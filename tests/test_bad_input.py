@@ -355,7 +355,7 @@ def test_foreign_checkpoint_through_the_real_command(
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -88,7 +88,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(dataset: Path, t
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd = [*torchrun, str(tmp_path / "driver.py"), json.dumps(list(runs.values())), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     for name in ("sup", "rl", "tloss"):

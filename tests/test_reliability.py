@@ -117,7 +117,7 @@ def _kill_at(tmp_path: Path, point: str, arg: int, argv: list[str]) -> None:
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while not marker.exists():
             if proc.poll() is not None:
                 pytest.fail(

@@ -4,13 +4,17 @@ an interrupted demo resumes."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from svldrl import config as C
 from svldrl.data.io import read_volume, write_text
@@ -124,7 +128,10 @@ def run_demo(
         f"Phantoms: {s['cases']} training / {s['test_cases']} test cases, {s['size']}^3; MT-Noise ratio 0.5 "
         f"(mean label Dice of the noisy training masks {noise_report['mean_dice']:.3f}); "
         f"{s['iterations']} iterations per run, patch {s['patch']}^3, seed {seed}. "
-        f"Metrics on the clean test masks (mean over cases). Wall time {fmt_seconds(wall)}.\n\n{table}\n"
+        f"Metrics on the clean test masks (mean over cases). Wall time {fmt_seconds(wall)}.\n\n"
+        f"Command: `svldrl demo{' --quick' if quick else ''}`; {platform.platform()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); {datetime.date.today().isoformat()}.\n\n"
+        f"{table}\n"
     )
     write_text(report / "results.md", text)
     write_text(report / "results.json", json.dumps(rows, indent=2))
