@@ -112,10 +112,7 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
     D.init_from_env()
     if D.rank() != 0:
         rep = Reporter(quiet=True)
-    try:
-        run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
-    finally:
-        D.destroy()
+    run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
     rep.info(f"run folder: {run}")
     return 0
 

@@ -27,6 +27,7 @@ waiting in a collective for ranks that have already failed.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import math
 import os
@@ -48,6 +49,9 @@ def init_from_env() -> bool:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
+    # Left at process exit, not after each command: re-joining torchrun's rendezvous in the same process
+    # (several commands in one Python session) would wait forever.
+    atexit.register(destroy)
     return True
 
 
