@@ -15,7 +15,10 @@ SECTIONS = [
     (
         "demo",
         "Demo (`svldrl demo`)",
-        "The main job on phantoms: supervised on clean / noisy masks and SVL-DRL.",
+        "The main job on phantoms: supervised on clean / noisy masks and SVL-DRL, one seed. This copy of the "
+        "demo's report folder comes from `OMP_NUM_THREADS=1 svldrl demo --out DIR` on the 2-core development "
+        "machine while two other benchmarks ran, which inflates its wall time (11:53 in an earlier run with the "
+        "same sizes and 2 threads; `svldrl demo --quick` took 2:44 from a fresh clone).",
     ),
     (
         "rl_cost",
