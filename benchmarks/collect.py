@@ -8,6 +8,7 @@ command, seed); this script stitches them in a fixed order with a short heading 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +56,10 @@ def main() -> None:
             text = md.read_text().strip()
             # demote the results file's own headings below this section's
             text = "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())
+            # images linked relative to the results folder (e.g. plots/...) are relative to the repo here
+            text = re.sub(
+                r"!\[([^\]]*)\]\((?!https?:|/|benchmarks/)", rf"![\1](benchmarks/results/{name}/", text
+            )
             parts.append("\n" + text + "\n")
             pngs = sorted((ROOT / "results" / name).glob("*.png"))
             for png in pngs:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import string
 import subprocess
@@ -335,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iterations,
         "train_seconds": round(train_s, 1),
         "predict_seconds": round(pred_s, 1),
-        "peer": f"PyMIC {PYMIC_PIN.split('==')[1]} CoTeaching, net_type [UNet, UNet] 3D, patch {args.patch}",
+        "peer": f"PyMIC {PYMIC_PIN.split('==')[1]} CoTeaching, net_type [UNet, UNet] 3D, patch {args.patch}, "
+        f"features {args.features}",
+        "command": shlex.join(["python", "scripts/pymic_peer.py", *(sys.argv[1:] if argv is None else argv)]),
         "split": split,
     }
     (out / "pymic_row.json").write_text(json.dumps(row, indent=2) + "\n")

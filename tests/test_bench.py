@@ -196,6 +196,34 @@ def test_only_unknown_method_and_changed_settings_are_refused(
         run_benchmark(changed, bench_out)
 
 
+@pytest.mark.slow
+def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monkeypatch) -> None:
+    """--reuse copies a finished run only when masks, method and settings are the same; the rest train."""
+    import svldrl.engine.train as engine_train
+
+    def edit(d: dict) -> None:
+        d["methods"][1]["set"] = ["method_args.tloss_init=3.0"]  # other settings: must train
+        d["noise"][1]["params"] = {"mode": "dilate"}  # same name, other noisy masks: must train
+
+    cfg, new = _write(tmp_path, edit), tmp_path / "new"
+    trained: list[str] = []
+    real = engine_train.train
+
+    def spy(root, labels, out, *args, **kwargs):
+        trained.append(Path(out).relative_to(new / "runs").as_posix())
+        return real(root, labels, out, *args, **kwargs)
+
+    monkeypatch.setattr(engine_train, "train", spy)
+    with pytest.raises(UserError, match="not a benchmark folder"):
+        run_benchmark(cfg, new, reuse=tmp_path / "nothing")
+    run_benchmark(cfg, new, reuse=bench_out)
+    assert sorted(trained) == ["mt0.5/tloss_t2/seed0", "mt1.0/supervised/seed0", "mt1.0/tloss_t2/seed0"]
+    for rel in ("clean/supervised/seed0", "mt0.5/supervised/seed0"):
+        a, b = (runner._read_json(o / "runs" / rel / RESULT_NAME) for o in (bench_out, new))
+        assert b["reused_from"] == str(bench_out / "runs" / rel) and b["dice"] == a["dice"]
+    assert len(_rows(new)) == 5
+
+
 def test_dataset_path_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SVLDRL_TEST_DATA", str(tmp_path))
     assert expand_env("${SVLDRL_TEST_DATA}/Dataset001") == f"{tmp_path}/Dataset001"
@@ -260,3 +288,30 @@ def test_aggregate_averages_folds_within_a_seed_then_seeds() -> None:
     stats = runner.aggregate(rows)[("mt0.5", "a")]
     assert stats["n"] == 2
     assert stats["dice"][0] == pytest.approx(0.8) and stats["dice"][1] == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_peer_rows_are_reported_beside_our_method(tmp_path: Path) -> None:
+    """Rows written by scripts/pymic_peer.py under OUT/peers/ appear as an external reference table."""
+    import json
+
+    for seed, dice in ((0, 0.5), (1, 0.7)):
+        d = tmp_path / "peers" / "pymic_coteaching" / "mt0.5" / f"seed{seed}"
+        d.mkdir(parents=True)
+        row = {
+            "method": "pymic_coteaching",
+            "noise": "mt0.5",
+            "seed": seed,
+            "dice": dice,
+            "iou": 0.4,
+            "hd95": 3.0,
+            "asd": 1.0,
+            "dice_val_selected": 0.55,
+            "command": "python scripts/pymic_peer.py x",
+        }
+        (d / "pymic_row.json").write_text(json.dumps(row))
+    agg = {("mt0.5", "coteaching"): {"dice": (0.61, 0.01), "n": 3}}
+    text = "\n".join(runner._peer_section(tmp_path, agg))
+    assert "External reference" in text and "python scripts/pymic_peer.py x" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("| mt0.5 | pymic_coteaching"))
+    assert "60.00 ± 14.14" in line and "61.00 ± 1.00" in line and "| 2 |" in line
+    assert runner._peer_section(tmp_path / "none", agg) == []

@@ -216,6 +216,8 @@ def _cfg(method: str, *extra: str) -> dict:
         ("adele", [], {"iou_history", "correcting", "targets"}),
         ("mtcl", ["method_args.clean_cases=2", "method_args.mtcl_soft=true"], {"teacher", "targets"}),
         ("tloss", ["method_args.tloss_init=0.5"], {"nu"}),
+        ("supervised", [], set()),
+        ("supervised", ["rl.target_update=confident", "rl.tau=0.51"], {"targets"}),
     ],
 )
 def test_method_trains_and_checkpoints(
@@ -232,6 +234,11 @@ def test_method_trains_and_checkpoints(
     if method == "coteaching":  # the peer is a second, differently initialised network
         key = next(iter(ckpt["model"]))
         assert not torch.equal(ckpt["model"][key], ckpt["extra"]["peer"][key])
+    if method == "supervised":  # the confident update (an ablation) runs only when asked, after the warmup
+        if state_keys:
+            assert float(rows[-1]["charts/target_changed"]) > 0
+        else:
+            assert "targets" not in ckpt["extra"] and "charts/target_changed" not in rows[-1]
     if method == "mtcl":  # soft corrections ran after the warmup, never on the two clean cases
         soft = [bool(set(np.unique(t.numpy())) - {0.0, 1.0}) for t in ckpt["extra"]["targets"]]
         assert float(rows[-1]["charts/target_changed"]) > 0 and any(soft[2:]) and not any(soft[:2])

@@ -36,8 +36,16 @@ def cmd_benchmark(a: argparse.Namespace, rep: Reporter) -> int:
     parts = ["svldrl", "benchmark", str(a.config), "--out", str(out)]
     if a.only:
         parts += ["--only", a.only]
+    if a.reuse:
+        parts += ["--reuse", a.reuse]
     md = run_benchmark(
-        a.config, out, reporter=rep, only=parse_only(a.only), verbose=a.verbose, command=shlex.join(parts)
+        a.config,
+        out,
+        reporter=rep,
+        only=parse_only(a.only),
+        verbose=a.verbose,
+        command=shlex.join(parts),
+        reuse=a.reuse,
     )
     print(md)
     return 0
@@ -62,6 +70,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="METHOD,...",
         help="run only these methods (names from the config); the report lists every completed run",
+    )
+    p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="DIR",
+        help="another benchmark folder on the same data (e.g. benchmarks/results/phantom_cpu): copy its "
+        "completed runs that match a run here exactly (same noisy masks, method, seed and settings)",
     )
     p.add_argument("--verbose", action="store_true", help="also print each training's per-epoch lines")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -724,6 +724,7 @@ def run_benchmark(
     only: list[str] | None = None,
     verbose: bool = False,
     command: str | None = None,
+    reuse: str | Path | None = None,
 ) -> Path:
     """Run a benchmark file into ``out_dir`` and write its results; returns the path of ``results.md``.
 
@@ -738,6 +739,8 @@ def run_benchmark(
         only: method names (rows of the config) to run now; the results still list every completed run.
         verbose: pass the reporter to each training (one line per epoch).
         command: the command line to record in results.md (default: a Python call).
+        reuse: another benchmark folder on the same dataset and noise seed; its completed runs with the
+            same setting name, noisy masks, method name, seed and config are copied instead of trained.
 
     Raises:
         UserError: a bad config (missing key, unknown method, unknown noise protocol, unknown config key),
@@ -783,6 +786,8 @@ def run_benchmark(
     write_text(out / SPEC_NAME, json.dumps(spec, indent=2) + "\n")
 
     data = prepare_data(bench, out, reporter)
+    if reuse is not None:
+        reuse_runs(todo, Path(reuse).absolute(), out, spec, bench, reporter)
     train_reporter = reporter if verbose else QUIET
     total = len(todo)
     reporter.info(f"benchmark {bench.name}: {total} runs ({len(runs)} in the matrix) -> {out}")
@@ -825,6 +830,54 @@ def run_benchmark(
             "lists the completed runs; rerunning the benchmark retries the failed ones)"
         )
     return md
+
+
+def reuse_runs(
+    todo: list[Run], other: Path, out: Path, spec: dict, bench: Benchmark, reporter: Reporter
+) -> int:
+    """Copy the completed runs of benchmark folder ``other`` that are exactly runs of ``todo``.
+
+    A run is taken only when both folders hold the same dataset and noise seed, the other run has the
+    same setting / method / seed path, its noisy masks have the same noise report (protocol, parameters
+    and per-case corruption) and its saved config has no difference that matters. The copy's
+    ``result.json`` names where it came from. Returns the number of runs copied.
+    """
+    if other == out:
+        raise UserError("--reuse names the benchmark folder itself", other)
+    theirs = _read_json(other / SPEC_NAME)
+    if theirs is None:
+        raise UserError(f"--reuse: not a benchmark folder (no {SPEC_NAME})", other)
+    if theirs != spec:
+        raise UserError("--reuse: that benchmark was made on another dataset or noise seed", other)
+    same_noise = {CLEAN}
+    for n in bench.noise:
+        mine = _read_json(_dataset_root(bench, out) / "labelsTr_noisy" / n.name / "noise_report.json")
+        other_root = other / "dataset" if "synth" in bench.dataset else _dataset_root(bench, out)
+        if mine is not None and mine == _read_json(
+            other_root / "labelsTr_noisy" / n.name / "noise_report.json"
+        ):
+            same_noise.add(n.name)
+    copied = 0
+    for run in todo:
+        source = other / run.dir.relative_to(out)
+        result = _read_json(source / RESULT_NAME)
+        if _read_json(run.dir / RESULT_NAME) is not None or not isinstance(result, dict):
+            continue
+        if run.noise not in same_noise or _config_differences(run.cfg, result.get("config") or {}):
+            reporter.info(f"{run.label}: not reused (other noisy masks or settings in {other})")
+            continue
+        if result.get("method") != run.method.name or result.get("overrides") != run.method.overrides:
+            continue
+        shutil.rmtree(run.dir, ignore_errors=True)  # no result.json: an interrupted run, worth nothing now
+        tmp = run.dir.with_name(run.dir.name + ".reuse-partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        result["reused_from"] = str(source)
+        write_text(tmp / RESULT_NAME, json.dumps(result, indent=2, default=_json_default) + "\n")
+        tmp.rename(run.dir)  # atomic: the run appears complete or not at all
+        copied += 1
+    reporter.info(f"reused {copied} completed run(s) from {other}")
+    return copied
 
 
 def _eta(remaining: list[Run], durations: dict[str, list[float]]) -> float:
@@ -1119,6 +1172,7 @@ def write_report(
         f"Shared overrides (`base`): `{' '.join(bench.base) or '-'}`",
         "",
     ]
+    lines += _peer_section(out, agg)
     if failed:
         lines += ["## Failed runs", ""] + [
             f"- {r.label}: {msg} (`{r.dir / ERROR_NAME}`)" for r, msg in failed
@@ -1140,6 +1194,58 @@ def write_report(
         "",
     ]
     return write_text(out / "results.md", "\n".join(lines))
+
+
+def _peer_section(out: Path, agg: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """External reference rows: ``OUT/peers/<peer>/<setting>/seed<k>/*_row.json`` (e.g. written by
+    ``scripts/pymic_peer.py``), mean ± std over seeds beside our method of the same name's suffix."""
+    from svldrl.eval.summary import markdown_table
+
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    commands = []
+    for path in sorted((out / "peers").glob("*/*/seed*/*_row.json")):
+        row = _read_json(path)
+        if isinstance(row, dict) and {"method", "noise", "dice"} <= set(row):
+            rows[(row["noise"], row["method"])].append(row)
+            commands.append(row.get("command"))
+    if not rows:
+        return []
+    table = []
+    for (noise, method), rs in sorted(rows.items()):
+        n = len(rs)
+
+        def ms(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float]:
+            v = [_num(r.get(key), math.nan) for r in rs]
+            return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+        ours = method.split("_", 1)[-1]  # pymic_coteaching -> coteaching
+        table.append(
+            {
+                "setting": noise,
+                "peer": method,
+                "Dice": _pct(ms("dice"), n),
+                "IoU": _pct(ms("iou"), n),
+                "HD95 (mm)": _mm(ms("hd95"), n),
+                "Dice, val-selected": _pct(ms("dice_val_selected"), n),
+                "seeds": str(n),
+                f"ours ({ours})": _pct(agg[(noise, ours)]["dice"], agg[(noise, ours)]["n"])
+                if (noise, ours) in agg
+                else "n/a",
+                "details": rs[0].get("peer", ""),
+            }
+        )
+    example = next((c for c in commands if c), None)
+    return [
+        "## External reference (peer implementations)",
+        "",
+        "Not part of the matrix: another library's implementation run on the same split (fold 0 of the "
+        "dataset's splits), the same noisy masks and the same clean test cases, scored by the same evaluator"
+        + (f"; e.g. `{example}`" if example else "")
+        + ".",
+        "",
+        markdown_table(table, list(table[0])),
+        "",
+    ]
 
 
 def _now() -> str:
