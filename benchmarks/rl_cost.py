@@ -11,6 +11,10 @@ Measured in one run, on the same backbone, patch and batch:
 - inference: sliding-window prediction of a volume with ``infer.refine_steps = t_max`` vs 0.
 
 Timings interleave the variants round by round and take medians, so background load hits all alike.
+Host memory is managed as the trainer manages it (``train.keep_freed_memory``: glibc keeps freed blocks,
+see ``svldrl/engine/allocator.py``); ``--malloc system`` measures glibc's default instead, under which
+large activations are page-faulted in afresh on every step and an RL iteration, which holds t_max + 1
+passes at once, paid ~20% over its floor of separate passes (light heads, 64^3).
 
     python benchmarks/rl_cost.py --out benchmarks/results/rl_cost [--patch 64] [--threads 1]
 """
@@ -33,6 +37,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from svldrl import config as C
+from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.trainer import seg_target
 from svldrl.nets.factory import build_network
 from svldrl.rl.a3c import RewardConv
@@ -87,6 +92,9 @@ def time_variants(variants: dict, rounds: int, warmup: int = 1) -> dict[str, flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+KEEP = [True]  # --malloc kept (the trainer's default) or system
+
+
 def peak_rss_mb(kind: str, heads: str, patch: int, batch: int, t_max: int, threads: int) -> float:
     """Growth of the max RSS of a fresh process over 3 iterations of ``kind`` (MB): the training
     step's own memory, without the imports and the model that every variant shares."""
@@ -94,7 +102,8 @@ def peak_rss_mb(kind: str, heads: str, patch: int, batch: int, t_max: int, threa
     here = str(Path(__file__).parent)
     code = (
         f"import sys, torch; sys.path.insert(0, {here!r}); torch.set_num_threads({threads});"
-        f"import rl_cost as b; s = b.make({kind!r}, {heads!r}, {patch}, {batch}, {t_max})[0]; s();"
+        + ("from svldrl.engine.allocator import keep_freed_memory; keep_freed_memory();" if KEEP[0] else "")
+        + f"import rl_cost as b; s = b.make({kind!r}, {heads!r}, {patch}, {batch}, {t_max})[0]; s();"
         "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]);"
         "open('/proc/self/clear_refs', 'w').write('5'); r0 = kb('VmRSS'); [s() for _ in range(3)];"
         "print((kb('VmHWM') - r0) / 1024)"
@@ -133,8 +142,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--infer-size", type=int, default=96)
+    ap.add_argument(
+        "--malloc", choices=["kept", "system"], default="kept", help="train.keep_freed_memory on / off"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    KEEP[0] = a.malloc == "kept" and keep_freed_memory()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -175,6 +188,7 @@ def main() -> None:
         "batch": a.batch,
         "t_max": a.t_max,
         "rounds": a.rounds,
+        "malloc": "kept (train.keep_freed_memory)" if KEEP[0] else "system default",
         "seed": 0,
         "command": cmd,
         "wall_s": time.monotonic() - t_start,
@@ -184,8 +198,8 @@ def main() -> None:
     )
     lines = [
         f"unet backbone, patch {a.patch}^3, batch {a.batch}, t_max {a.t_max}, {a.threads} thread(s), CPU "
-        f"({meta['cpus']} cores), torch {meta['torch']}, {meta['date']}, medians of {a.rounds} interleaved rounds. "
-        f"Command: `{cmd}`",
+        f"({meta['cpus']} cores), torch {meta['torch']}, {meta['date']}, medians of {a.rounds} interleaved rounds, "
+        f"host memory: {meta['malloc']}. Command: `{cmd}`",
         "",
         "| nets.heads | supervised it (s) | full-RL it (s) | ratio | floor (t_max+1) x fb3/fb1 | ratio / floor "
         "| target <= 1.15 | step memory sup (MB) | step memory RL (MB) | memory ratio |",

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,  # torch.compile the network; the first epoch pays the compile
         "deterministic": False,  # deterministic algorithms: one seed gives identical weights on CPU
         "threads": 0,  # torch intra-op threads; 0 = leave torch's default
+        "keep_freed_memory": True,  # CPU: glibc keeps freed blocks for reuse (engine/allocator.py)
         "device": "auto",  # auto | cpu | cuda | cuda:N
     },
     "loss": {"dice_weight": 1.0, "ce_weight": 1.0},

@@ -113,7 +113,14 @@ _ENV = re.compile(r"\$\{([^}]*)\}")
 # The runner sets these per run; a config that sets them would silently be overridden.
 _RUNNER_KEYS = ("method", "labels", "seed")
 # Keys that do not change what a run computes: a rerun on another machine may differ in them.
-_NEUTRAL_KEYS = {"train.threads", "train.device", "data.workers", "data.cache", "infer.sw_batch"}
+_NEUTRAL_KEYS = {
+    "train.threads",
+    "train.keep_freed_memory",
+    "train.device",
+    "data.workers",
+    "data.cache",
+    "infer.sw_batch",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from svldrl.data.dataset import Case, Dataset, load_case
 from svldrl.data.io import write_text
 from svldrl.data.splits import load_or_create_splits
 from svldrl.engine import distributed as D
+from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
 from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
 from svldrl.errors import UserError
@@ -193,6 +194,8 @@ class Trainer:
         if tc["threads"]:
             torch.set_num_threads(int(tc["threads"]))
         self.device = resolve_device(tc["device"])
+        if tc["keep_freed_memory"] and self.device.type == "cpu":
+            keep_freed_memory()
         self._seed(int(cfg["seed"]))
         if tc["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
