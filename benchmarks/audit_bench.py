@@ -190,18 +190,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for fold in range(FOLDS):
             run_dir = runs / f"fold_{fold}"
             if (run_dir / "checkpoint_final.pt").is_file():
-                continue  # finished earlier (a rerun after an interruption)
+                continue  # finished earlier (a rerun after an interruption, or with the same --work)
             shutil.rmtree(run_dir, ignore_errors=True)
             rep.info(f"{setting}: training fold {fold} ({args.iterations} iterations) on {labels}")
             cfg = train_config(args, fold)
             cfg["labels"] = labels
             train(ds_root, labels, run_dir, cfg)
         timings[f"{setting}_train_s"] = time.monotonic() - t0
+        # training time as logged by the runs, also when they were trained by an earlier call
+        timings[f"{setting}_train_logged_s"] = sum(
+            float(r["epoch_time"])
+            for fold in range(FOLDS)
+            for r in csv.DictReader(open(runs / f"fold_{fold}" / "metrics.csv", newline=""))
+        )
         results[setting] = {}
         for detector in DETECTORS:
             t1 = time.monotonic()
             out = work / "audits" / setting / detector
-            res = audit(runs, ds_root, out, labels=labels, detector=detector, top=3, device=args.device)
+            res = audit(
+                runs,
+                ds_root,
+                out,
+                labels=labels,
+                detector=detector,
+                top=3,
+                device=args.device,
+                tta=not args.disable_tta,
+            )
             results[setting][detector] = score_audit(ds_root, noisy, out, res.rows)
             timings[f"{setting}_audit_{detector}_s"] = time.monotonic() - t1
             m = results[setting][detector]
@@ -256,7 +271,12 @@ def write_results(out: Path, payload: dict[str, Any]) -> None:
         f"- Seed: {a['seed']}; {a['cases']} phantom cases of {a['size']}^3; {RATIO:.0%} of the cases "
         f"corrupted per setting; one supervised model per fold ({FOLDS} folds, {a['iterations']} iterations, "
         f"patch {a['patch']}, features {a['features']}); every case judged out-of-fold.",
-        f"- Wall time: {payload['wall_s'] / 60:.1f} min",
+        f"- Wall time of this call: {payload['wall_s'] / 60:.1f} min; training time logged by the judging runs "
+        f"(summed over settings and folds, also when an earlier call with the same --work trained them): "
+        f"{sum(v for k, v in payload['timings_s'].items() if k.endswith('_train_logged_s')) / 60:.1f} min",
+        "- Judging: "
+        + ("one pass" if a["disable_tta"] else "mean over the 8 axis mirrorings (test-time augmentation)")
+        + "; threshold detector T = 0.8, band 3 voxels (the `svldrl audit` defaults)",
         "",
         "Case AUROC: ranking by 1 - Dice(given, corrected) against 'this case was corrupted' (its noisy "
         "mask differs from the clean one; a drawn noise operation can leave a small mask unchanged). "
@@ -304,15 +324,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--work", default=None, help="datasets, runs and audits (default: a temporary folder, removed)"
     )
-    p.add_argument("--cases", type=int, default=12)
+    p.add_argument("--cases", type=int, default=24)
     p.add_argument("--size", type=int, default=40)
     p.add_argument("--patch", type=int, default=32)
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--features", default="[8,16,32,64]")
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of mt,markov,spg")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine usable)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--disable-tta", action="store_true", help="judge with one pass, not 8 mirrorings")
     p.add_argument("--tiny", action="store_true", help="a quick check: 6 cases of 32^3, 20 iterations")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

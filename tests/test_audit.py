@@ -221,7 +221,7 @@ def test_audit_finds_a_hand_flipped_region_end_to_end(
         cfg = C.load_config([audited.runs / "fold_0" / "config.yaml"])
         images.append((load_case(case, cfg["data"], need_label=False)[0], case.case_id))
 
-    def agrees_with_clean(method, net, cfg, image, batch=None):  # noqa: ANN001 - the patched function's shape
+    def agrees_with_clean(method, net, cfg, image, batch=None, tta=False):  # noqa: ANN001 - the patched function's shape
         cid = next(c for im, c in images if np.array_equal(im, image))
         return np.where(clean[cid] > 0, 0.97, 0.02).astype(np.float32)
 
@@ -327,3 +327,33 @@ def test_band_keeps_boundary_errors_and_drops_remote_model_mistakes() -> None:
     kept = restrict_to_band(errors, given, 3)
     assert kept[14, 10, 10] == 2 and kept[21, 21, 21] == 0
     assert (restrict_to_band(errors, given, 0) == errors).all()
+
+
+def test_tta_is_the_mean_over_the_eight_mirrorings() -> None:
+    """Mirrored views are mapped back before averaging (a network that is not mirror-equivariant)."""
+    import itertools
+
+    from svldrl.engine.trainer import Trainer
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor, heads=("seg",)) -> dict[str, torch.Tensor]:  # noqa: ANN001
+            return {"seg": self.conv(x)}
+
+    cfg = C.load_config(overrides=TINY)
+    image = np.random.default_rng(0).random((32, 40, 36), dtype=np.float32)
+    net = Net()
+    plain = audit_module.predict_probability(Trainer, net, cfg, image)
+    views = []
+    for axes in (a for k in range(4) for a in itertools.combinations((0, 1, 2), k)):
+        flipped = np.flip(image, axes) if axes else image
+        p = audit_module.predict_probability(Trainer, net, cfg, np.ascontiguousarray(flipped))
+        views.append(np.flip(p, axes) if axes else p)
+    assert len(views) == 8 and not np.allclose(views[0], views[7], atol=1e-3)
+    tta = audit_module.predict_probability(Trainer, net, cfg, image, tta=True)
+    np.testing.assert_allclose(tta, np.mean(views, axis=0), atol=1e-5)
+    np.testing.assert_array_equal(plain, views[0])

@@ -21,6 +21,7 @@ Outputs go to ``OUT/{errors,confidence,corrected}/{case}.nii.gz`` on the mask's 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -292,28 +293,41 @@ def assign_judges(judges: list[Judge], case_ids: list[str]) -> dict[str, tuple[i
 
 @torch.no_grad()
 def predict_probability(
-    method: type, net: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
+    method: type,
+    net: torch.nn.Module,
+    cfg: dict,
+    image: np.ndarray,
+    batch: int | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Foreground probability (float32) of a normalised 3D image with the method's predictor.
 
     The same sliding window as :func:`svldrl.engine.predict.segment_volume` (so ``p > 0.5`` is its label
-    map), including the method's test-time refinement where ``make_predictor`` adds one.
+    map without ``tta``), including the method's test-time refinement where ``make_predictor`` adds one.
+    ``tta``: the mean probability over the 8 mirrorings of the three axes (nnU-Net's test-time
+    augmentation; the trainer's augmentation flips every axis, so each mirrored view is one it learned).
     """
     device = next(net.parameters()).device
     ic = cfg["infer"]
     roi = (int(cfg["train"]["patch"]),) * 3
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    logits = sliding_window_inference(
-        x,
-        roi,
-        batch or int(ic["sw_batch"]),
-        method.make_predictor(net, cfg),
-        overlap=ic["overlap"],
-        mode=ic["mode"],
-        sw_device=device,
-        device=torch.device("cpu"),
-    )
-    return torch.softmax(logits.float(), 1)[0, 1].numpy().astype(np.float32)
+    mirrorings = [axes for k in range(4) for axes in itertools.combinations((2, 3, 4), k)] if tta else [()]
+    total = None
+    for axes in mirrorings:
+        logits = sliding_window_inference(
+            torch.flip(x, axes) if axes else x,
+            roi,
+            batch or int(ic["sw_batch"]),
+            method.make_predictor(net, cfg),
+            overlap=ic["overlap"],
+            mode=ic["mode"],
+            sw_device=device,
+            device=torch.device("cpu"),
+        )
+        p = torch.softmax(logits.float(), 1)[:, 1]
+        p = torch.flip(p, [a - 1 for a in axes]) if axes else p
+        total = p if total is None else total + p
+    return (total / len(mirrorings))[0].numpy().astype(np.float32)
 
 
 def read_given(case: Case, data_cfg: dict, image_vol: Volume | None = None) -> tuple[np.ndarray, Volume]:
@@ -390,6 +404,7 @@ def audit(
     device: str = "auto",
     checkpoint: str = "auto",
     batch: int | None = None,
+    tta: bool = True,
     reporter: Reporter = QUIET,
 ) -> AuditResult:
     """Judge every training mask of ``dataset`` with trained runs and write the audit to ``out``.
@@ -408,6 +423,8 @@ def audit(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         checkpoint: ``auto``, ``final``, ``best`` or ``latest``.
         batch: sliding-window batch (default: the run's ``infer.sw_batch``).
+        tta: judge with the mean over the 8 mirrorings (nnU-Net's test-time augmentation, 8x the
+            prediction time); a single pass when False.
         reporter: progress output.
 
     Returns:
@@ -444,7 +461,7 @@ def audit(
         for case in mine:
             image, _, image_vol = load_case(case, cfg["data"], need_label=False)
             given, mask_vol = read_given(case, cfg["data"], image_vol)
-            p = predict_probability(method, net, cfg, image, batch)
+            p = predict_probability(method, net, cfg, image, batch, tta)
             write_nifti(
                 out / "confidence" / f"{case.case_id}.nii.gz", p, mask_vol.affine, _nifti_header(mask_vol)
             )
@@ -502,6 +519,7 @@ def audit(
         ],
         "n_in_fold": n_in,
         "top": top,
+        "tta": tta,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     csv_path = report.write_csv(out / "audit.csv", rows)

@@ -29,6 +29,7 @@ def cmd_audit(a: argparse.Namespace, rep: Reporter) -> int:
         device=a.device,
         checkpoint=a.checkpoint,
         batch=a.batch,
+        tta=not a.disable_tta,
         reporter=rep,
     )
     worst = ", ".join(f"{r['case']} ({r['dice']:.3f})" for r in result.rows[:3])
@@ -75,5 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="auto", choices=["auto", "final", "best", "latest"])
     p.add_argument("--batch", type=int, default=None, help="sliding-window batch size")
+    p.add_argument(
+        "--disable-tta",
+        action="store_true",
+        help="judge with one pass instead of the mean over the 8 axis mirrorings (8x faster)",
+    )
     p.set_defaults(func=cmd_audit)
     return p
