@@ -44,6 +44,7 @@ import shutil
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -793,8 +794,8 @@ def run_benchmark(
     write_text(out / SPEC_NAME, json.dumps(spec, indent=2) + "\n")
 
     data = prepare_data(bench, out, reporter)
-    if reuse is not None:
-        reuse_runs(todo, Path(reuse).absolute(), out, spec, bench, reporter)
+    # after prepare_data: whether the other folder's noisy masks are these is read from both noise reports
+    reuser = None if reuse is None else run_reuser(Path(reuse).absolute(), out, spec, bench)
     train_reporter = reporter if verbose else QUIET
     total = len(todo)
     reporter.info(f"benchmark {bench.name}: {total} runs ({len(runs)} in the matrix) -> {out}")
@@ -802,7 +803,10 @@ def run_benchmark(
     failed: list[tuple[Run, str]] = []
     t_runs = time.monotonic()
     for run in todo:
-        if _read_json(run.dir / RESULT_NAME) is None:
+        source = reuser(run) if reuser is not None else None
+        if source is not None:
+            reporter.info(f"run {done + 1}/{total}: {run.label} reused from {source}")
+        elif _read_json(run.dir / RESULT_NAME) is None:
             reporter.info(f"run {done + 1}/{total}: {run.label} ({run.method.method} on {run.labels} masks)")
             t0 = time.monotonic()
             try:
@@ -839,15 +843,18 @@ def run_benchmark(
     return md
 
 
-def reuse_runs(
-    todo: list[Run], other: Path, out: Path, spec: dict, bench: Benchmark, reporter: Reporter
-) -> int:
-    """Copy the completed runs of benchmark folder ``other`` that are exactly runs of ``todo``.
+def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable[[Run], Path | None]:
+    """A function that copies the completed run of benchmark folder ``other`` matching a run here.
 
     A run is taken only when both folders hold the same dataset and noise seed, the other run has the
     same setting / method / seed path, its noisy masks have the same noise report (protocol, parameters
     and per-case corruption) and its saved config has no difference that matters. The copy's
-    ``result.json`` names where it came from. Returns the number of runs copied.
+    ``result.json`` names where it came from. The function returns the source folder, or None (nothing
+    to take, yet: it is asked again right before each run, so a benchmark still running in ``other``
+    can be reused as it finishes runs).
+
+    Raises:
+        UserError: ``other`` is this folder, not a benchmark folder, or one on another dataset or noise seed.
     """
     if other == out:
         raise UserError("--reuse names the benchmark folder itself", other)
@@ -864,17 +871,16 @@ def reuse_runs(
             other_root / "labelsTr_noisy" / n.name / "noise_report.json"
         ):
             same_noise.add(n.name)
-    copied = 0
-    for run in todo:
+
+    def reuse(run: Run) -> Path | None:
         source = other / run.dir.relative_to(out)
         result = _read_json(source / RESULT_NAME)
         if _read_json(run.dir / RESULT_NAME) is not None or not isinstance(result, dict):
-            continue
+            return None
         if run.noise not in same_noise or _config_differences(run.cfg, result.get("config") or {}):
-            reporter.info(f"{run.label}: not reused (other noisy masks or settings in {other})")
-            continue
+            return None
         if result.get("method") != run.method.name or result.get("overrides") != run.method.overrides:
-            continue
+            return None
         shutil.rmtree(run.dir, ignore_errors=True)  # no result.json: an interrupted run, worth nothing now
         tmp = run.dir.with_name(run.dir.name + ".reuse-partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -882,9 +888,9 @@ def reuse_runs(
         result["reused_from"] = str(source)
         write_text(tmp / RESULT_NAME, json.dumps(result, indent=2, default=_json_default) + "\n")
         tmp.rename(run.dir)  # atomic: the run appears complete or not at all
-        copied += 1
-    reporter.info(f"reused {copied} completed run(s) from {other}")
-    return copied
+        return source
+
+    return reuse
 
 
 def _eta(remaining: list[Run], durations: dict[str, list[float]]) -> float:
