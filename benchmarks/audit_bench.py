@@ -12,7 +12,7 @@ truth the noise generator knows:
 - correction: mean Dice of the corrected mask vs the clean one, next to the given (noisy) mask vs clean,
   over all cases and over the corrupted ones.
 
-    python benchmarks/audit_bench.py --out benchmarks/results/audit            # ~15 min on 2 CPU cores
+    python benchmarks/audit_bench.py --out benchmarks/results/audit   # ~50 min on 2 shared CPU cores
     python benchmarks/audit_bench.py --out /tmp/audit_tiny --tiny              # a check of the pipeline
 
 Writes ``results.json``, ``results.csv`` and ``results.md`` (machine, date, command, seed) to ``--out``.
