@@ -96,14 +96,16 @@ KEEP = [True]  # --malloc kept (the trainer's default) or system
 
 
 def peak_rss_mb(kind: str, heads: str, patch: int, batch: int, t_max: int, threads: int) -> float:
-    """Growth of the max RSS of a fresh process over 3 iterations of ``kind`` (MB): the training
-    step's own memory, without the imports and the model that every variant shares."""
+    """Growth of the max RSS of a fresh process over its first 3 iterations of ``kind`` (MB): the training
+    step's own peak memory (activations, gradients, optimiser state), without the imports and the model
+    that every variant shares. The first iteration counts: with ``train.keep_freed_memory`` the process
+    keeps its peak from then on, so later iterations alone would show no growth."""
     # Linux: writing 5 to clear_refs resets the high-water mark (VmHWM), so import-time peaks do not count.
     here = str(Path(__file__).parent)
     code = (
         f"import sys, torch; sys.path.insert(0, {here!r}); torch.set_num_threads({threads});"
         + ("from svldrl.engine.allocator import keep_freed_memory; keep_freed_memory();" if KEEP[0] else "")
-        + f"import rl_cost as b; s = b.make({kind!r}, {heads!r}, {patch}, {batch}, {t_max})[0]; s();"
+        + f"import rl_cost as b; s = b.make({kind!r}, {heads!r}, {patch}, {batch}, {t_max})[0];"
         "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]);"
         "open('/proc/self/clear_refs', 'w').write('5'); r0 = kb('VmRSS'); [s() for _ in range(3)];"
         "print((kb('VmHWM') - r0) / 1024)"
