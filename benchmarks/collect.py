@@ -52,7 +52,8 @@ SECTIONS = [
     (
         "noise_sweep_cpu",
         "MT-Noise ratio sweep (`benchmarks/noise_sweep_cpu.yaml`)",
-        "Two seeds; the mt0.5 rows and the oracle are copied from the phantom benchmark (`--reuse`).",
+        "One seed (a second was started and stopped for lack of time); the mt0.5 rows and the oracle are copied "
+        "from the phantom benchmark (`--reuse`).",
     ),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
     (
