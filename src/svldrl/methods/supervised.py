@@ -28,9 +28,10 @@ class SupervisedTrainer(Trainer):
         rl = self.cfg["rl"]
         # Same moment as SVL-DRL's update: once the epoch's last step is past the warmup stage.
         past_warmup = stage_at(self.iteration - 1, self.iterations, rl["warmup"], rl["transition"]) > 1
+        logs = super().on_epoch_end(epoch)
         if self._updates_targets() and past_warmup:
-            return self.confident_target_update(float(rl["tau"]))
-        return {}
+            logs.update(self.confident_target_update(float(rl["tau"])))
+        return logs
 
     def extra_state(self) -> dict[str, Any]:
         if not self._updates_targets():
