@@ -279,6 +279,14 @@ class Trainer:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` saved."""
 
+    def targets_state(self) -> list[torch.Tensor]:
+        """The per-case training targets as tensors, for methods that update them (kept in checkpoints)."""
+        return [torch.from_numpy(t.copy()) for t in self.targets]
+
+    def load_targets_state(self, saved: list[torch.Tensor]) -> None:
+        """Restore what :meth:`targets_state` returned."""
+        self.targets = [t.numpy().astype(np.float32) for t in saved]
+
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         """Window -> segmentation logits, used by sliding-window validation and ``svldrl predict``."""

@@ -202,10 +202,10 @@ class ADELETrainer(Trainer):
         return {
             "iou_history": self.iou_history,
             "correcting": list(self.correcting),
-            "targets": [torch.from_numpy(t.copy()) for t in self.targets],
+            "targets": self.targets_state(),
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.iou_history = [list(map(float, h)) for h in state["iou_history"]]
         self.correcting = [bool(c) for c in state["correcting"]]
-        self.targets = [t.numpy().astype(np.float32) for t in state["targets"]]
+        self.load_targets_state(state["targets"])

@@ -219,9 +219,9 @@ class MTCLTrainer(Trainer):
     def extra_state(self) -> dict[str, Any]:
         return {
             "teacher": self.teacher.state_dict(),
-            "targets": [torch.from_numpy(t.copy()) for t in self.targets],
+            "targets": self.targets_state(),
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
-        self.targets = [t.numpy().astype(np.float32) for t in state["targets"]]
+        self.load_targets_state(state["targets"])

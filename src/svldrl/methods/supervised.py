@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import torch
-
 from svldrl.engine.trainer import Trainer
 from svldrl.rl.stages import stage_at
 
@@ -36,8 +33,8 @@ class SupervisedTrainer(Trainer):
     def extra_state(self) -> dict[str, Any]:
         if not self._updates_targets():
             return {}
-        return {"targets": [torch.from_numpy(t.copy()) for t in self.targets]}
+        return {"targets": self.targets_state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "targets" in state:
-            self.targets = [t.numpy().astype(np.float32) for t in state["targets"]]
+            self.load_targets_state(state["targets"])

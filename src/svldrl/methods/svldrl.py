@@ -221,7 +221,7 @@ class SVLDRLTrainer(Trainer):
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
         if self.cfg["rl"]["action_space"] == "label" or self.cfg["rl"]["target_update"] != "none":
-            state["targets"] = [torch.from_numpy(t.copy()) for t in self.targets]
+            state["targets"] = self.targets_state()
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -232,7 +232,7 @@ class SVLDRLTrainer(Trainer):
         if "teacher" in state and self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         if "targets" in state:
-            self.targets = [t.numpy().astype(np.float32) for t in state["targets"]]
+            self.load_targets_state(state["targets"])
 
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
