@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -315,3 +319,22 @@ def test_peer_rows_are_reported_beside_our_method(tmp_path: Path) -> None:
     line = next(ln for ln in text.splitlines() if ln.startswith("| mt0.5 | pymic_coteaching"))
     assert "60.00 ± 14.14" in line and "61.00 ± 1.00" in line and "| 2 |" in line
     assert runner._peer_section(tmp_path / "none", agg) == []
+
+
+@pytest.mark.slow
+def test_processes_sharing_an_out_folder_prepare_the_data_one_at_a_time(tmp_path: Path) -> None:
+    """Two `svldrl benchmark --only` processes on one folder must not write the same phantoms at once."""
+    out = tmp_path / "shared"
+    with runner._exclusive(out / runner.LOCK_NAME):  # stands in for a first process still preparing
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "svldrl.cli", "benchmark", str(TINY), "--out", str(out)]
+            + ["--only", "supervised", "--quiet"],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        deadline = time.monotonic() + 120
+        while not (out / runner.SPEC_NAME).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)
+        assert proc.poll() is None and not (out / "dataset").exists(), "data prepared without the lock"
+    assert proc.wait(timeout=300) == 0
+    assert {r["method"] for r in _rows(out)} == {"supervised"}

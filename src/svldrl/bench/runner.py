@@ -31,6 +31,7 @@ rewrites ``results.csv``, ``results.md`` and ``plots/`` from every completed run
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import datetime
@@ -44,7 +45,7 @@ import shutil
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ CLEAN = "clean"
 RESULT_NAME = "result.json"
 ERROR_NAME = "error.txt"
 SPEC_NAME = "benchmark_spec.json"
+LOCK_NAME = ".prepare.lock"  # serialises data preparation between processes sharing an out folder
 #: One row per run; ``fold`` is empty without cross-validation. Dice/IoU are fractions, HD95/ASD mm.
 CSV_COLUMNS = (
     "method",
@@ -575,6 +577,20 @@ def prepare_data(bench: Benchmark, out_dir: Path, reporter: Reporter) -> Data:
     )
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block."""
+    import fcntl  # POSIX only, like the rest of the multi-process tooling
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _synth_complete(root: Path, s: dict) -> bool:
     n = lambda sub: len(list((root / sub).glob("*.nii.gz"))) if (root / sub).is_dir() else 0  # noqa: E731
     return n("imagesTr") == n("labelsTr") == s["cases"] and n("imagesTs") == n("labelsTs") == s["test_cases"]
@@ -793,7 +809,10 @@ def run_benchmark(
         )
     write_text(out / SPEC_NAME, json.dumps(spec, indent=2) + "\n")
 
-    data = prepare_data(bench, out, reporter)
+    with _exclusive(out / LOCK_NAME):
+        # processes sharing an out folder (disjoint --only lists) would otherwise race writing the same
+        # phantoms and noisy masks; the second one waits and then finds them complete
+        data = prepare_data(bench, out, reporter)
     # after prepare_data: whether the other folder's noisy masks are these is read from both noise reports
     reuser = None if reuse is None else run_reuser(Path(reuse).absolute(), out, spec, bench)
     train_reporter = reporter if verbose else QUIET

@@ -1,0 +1,160 @@
+"""How long a benchmark config takes on this machine, measured on a one-seed sample of it.
+
+Runs every method of CONFIG once (its first noise setting, its first seed, plus the clean oracle) as
+``--processes`` parallel 1-thread ``svldrl benchmark`` processes with disjoint ``--only`` lists, then
+scales each method's measured seconds to the full matrix (every setting, seed and fold) and divides
+by the processes. The sample's wall time beyond its runs' own seconds (data preparation, start-up,
+uneven packing) is added per run as measured overhead. Writes ``OUT/sizing.json`` and ``OUT/results.md``.
+
+    python benchmarks/sizing.py benchmarks/phantom_cpu.yaml --out benchmarks/results/sizing
+
+Why a sample and not the full run: the full benchmark is what the estimate is for; a sample of one
+run per method measures each method's cost on the same idle machine in ~10 minutes. Other settings
+cost the same per run (same phantoms, patch and iterations); seeds do not change the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import yaml
+
+from svldrl.bench.runner import CLEAN, _machine, load_benchmark, plan_runs
+
+
+def _split(methods: list[str], weights: dict[str, float], processes: int) -> list[list[str]]:
+    """Greedy longest-first packing of methods into ``processes`` --only lists."""
+    bins: list[list[str]] = [[] for _ in range(processes)]
+    load = [0.0] * processes
+    for name in sorted(methods, key=lambda m: -weights.get(m, 1.0)):
+        i = load.index(min(load))
+        bins[i].append(name)
+        load[i] += weights.get(name, 1.0)
+    return [b for b in bins if b]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path, help="benchmark YAML (e.g. benchmarks/phantom_cpu.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the sample and the report")
+    parser.add_argument("--processes", type=int, default=2, help="parallel 1-thread processes (default 2)")
+    parser.add_argument("--target-min", type=float, default=90.0, help="the config's wall-time target")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)  # the machine line of the report names the samples' thread count
+    bench = load_benchmark(args.config)
+    full = plan_runs(bench, args.out / "unused")
+    raw = yaml.safe_load(args.config.read_text())
+    raw["name"] = f"{bench.name}_sample"
+    raw["noise"] = raw["noise"][:1]
+    raw["seeds"] = raw["seeds"][:1]
+    args.out.mkdir(parents=True, exist_ok=True)
+    sample_cfg = args.out / "sample.yaml"
+    sample_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sample_dir = args.out / "sample"
+
+    # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides)
+    weights = {m.name: 4.0 if m.method == "svldrl" else 1.0 for m in bench.methods}
+    names = [m.name for m in bench.methods] + [n for n in bench.methods_on_clean if n not in weights]
+    groups = _split(names, weights, args.processes)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "svldrl.cli", "benchmark", str(sample_cfg), "--out", str(sample_dir)]
+            + ["--only", ",".join(group), "--quiet"],
+            env=env,
+        )
+        for group in groups
+    ]
+    codes = [p.wait() for p in procs]
+    wall = time.perf_counter() - start
+    if any(codes):
+        print(f"error: a sample process failed (exit codes {codes})", file=sys.stderr)
+        return 2
+    # one more call writes the report over every run (the processes each saw only their own)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "svldrl.cli",
+            "benchmark",
+            str(sample_cfg),
+            "--out",
+            str(sample_dir),
+            "--quiet",
+        ],
+        env=env,
+        check=True,
+    )
+
+    with (sample_dir / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    seconds = {
+        (r["method"], r["noise"] == CLEAN): float(r["train_seconds"]) + float(r["predict_seconds"])
+        for r in rows
+    }
+    overhead = max(0.0, wall * len(groups) - sum(seconds.values())) / len(rows)
+    counts = Counter((run.method.name, run.noise == CLEAN) for run in full)
+    per_method = {
+        f"{name}{' (clean)' if clean else ''}": {
+            "runs": n,
+            "seconds_per_run": seconds[(name, clean)],
+            "seconds": n * (seconds[(name, clean)] + overhead),
+        }
+        for (name, clean), n in counts.items()
+    }
+    total = sum(v["seconds"] for v in per_method.values()) / args.processes
+    command = f"python benchmarks/sizing.py {args.config.as_posix()} --out {args.out.as_posix()}"
+    summary = {
+        "config": args.config.as_posix(),
+        "runs": len(full),
+        "processes": args.processes,
+        "groups": groups,
+        "sample_runs": len(rows),
+        "sample_wall_s": round(wall, 1),
+        "overhead_per_run_s": round(overhead, 1),
+        "per_method": per_method,
+        "predicted_wall_min": round(total / 60, 1),
+        "target_min": args.target_min,
+        "machine": _machine(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
+    (args.out / "sizing.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [
+        f"# Sizing of {bench.name}: {len(full)} runs, predicted {total / 60:.1f} min on {args.processes} processes"
+        f" (target {args.target_min:.0f} min)",
+        "",
+        f"Sample: {len(rows)} runs (first setting and seed of every method, plus the oracle) in {wall / 60:.1f} min "
+        f"wall as {len(groups)} 1-thread processes ({'; '.join(','.join(g) for g in groups)}); overhead "
+        f"{overhead:.1f} s per run beyond its training and prediction seconds. Machine: {summary['machine']}. "
+        f"Date: {summary['date']}. Command: `{command}`.",
+        "",
+        "| method | runs in the matrix | seconds per run (sample) | seconds in total |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, v in per_method.items():
+        lines.append(f"| {name} | {v['runs']} | {v['seconds_per_run']:.0f} | {v['seconds']:.0f} |")
+    verdict = "within" if total / 60 <= args.target_min else "over"
+    lines += [
+        "",
+        f"Predicted wall time: {total / 60:.1f} min ({verdict} the {args.target_min:.0f}-minute target).",
+    ]
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
