@@ -226,6 +226,15 @@ def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monke
         a, b = (runner._read_json(o / "runs" / rel / RESULT_NAME) for o in (bench_out, new))
         assert b["reused_from"] == str(bench_out / "runs" / rel) and b["dice"] == a["dice"]
     assert len(_rows(new)) == 5
+    # several folders (--reuse A --reuse B): each run is taken from the first folder that has it
+    trained.clear()
+    third = tmp_path / "third"
+    run_benchmark(cfg, third, reuse=[bench_out, new])
+    assert trained == [] and len(_rows(third)) == 5
+    for rel, origin in (("clean/supervised/seed0", bench_out), ("mt1.0/tloss_t2/seed0", new)):
+        assert runner._read_json(third / "runs" / rel / RESULT_NAME)["reused_from"] == str(
+            origin / "runs" / rel
+        )
 
 
 def test_dataset_path_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,8 +36,8 @@ def cmd_benchmark(a: argparse.Namespace, rep: Reporter) -> int:
     parts = ["svldrl", "benchmark", str(a.config), "--out", str(out)]
     if a.only:
         parts += ["--only", a.only]
-    if a.reuse:
-        parts += ["--reuse", a.reuse]
+    for folder in a.reuse or []:
+        parts += ["--reuse", folder]
     md = run_benchmark(
         a.config,
         out,
@@ -74,9 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--reuse",
         default=None,
+        action="append",
         metavar="DIR",
         help="another benchmark folder on the same data (e.g. benchmarks/results/phantom_cpu): copy its "
-        "completed runs that match a run here exactly (same noisy masks, method, seed and settings)",
+        "completed runs that match a run here exactly (same noisy masks, method, seed and settings); "
+        "repeat for several folders (the first match wins)",
     )
     p.add_argument("--verbose", action="store_true", help="also print each training's per-epoch lines")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -748,7 +748,7 @@ def run_benchmark(
     only: list[str] | None = None,
     verbose: bool = False,
     command: str | None = None,
-    reuse: str | Path | None = None,
+    reuse: str | Path | list[str | Path] | None = None,
 ) -> Path:
     """Run a benchmark file into ``out_dir`` and write its results; returns the path of ``results.md``.
 
@@ -763,8 +763,9 @@ def run_benchmark(
         only: method names (rows of the config) to run now; the results still list every completed run.
         verbose: pass the reporter to each training (one line per epoch).
         command: the command line to record in results.md (default: a Python call).
-        reuse: another benchmark folder on the same dataset and noise seed; its completed runs with the
-            same setting name, noisy masks, method name, seed and config are copied instead of trained.
+        reuse: other benchmark folders (one or a list) on the same dataset and noise seed; their completed
+            runs with the same setting name, noisy masks, method name, seed and config are copied instead
+            of trained (the first folder with a match wins).
 
     Raises:
         UserError: a bad config (missing key, unknown method, unknown noise protocol, unknown config key),
@@ -814,7 +815,8 @@ def run_benchmark(
         # phantoms and noisy masks; the second one waits and then finds them complete
         data = prepare_data(bench, out, reporter)
     # after prepare_data: whether the other folder's noisy masks are these is read from both noise reports
-    reuser = None if reuse is None else run_reuser(Path(reuse).absolute(), out, spec, bench)
+    others = [] if reuse is None else [reuse] if isinstance(reuse, str | Path) else list(reuse)
+    reusers = [run_reuser(Path(o).absolute(), out, spec, bench) for o in others]
     train_reporter = reporter if verbose else QUIET
     total = len(todo)
     reporter.info(f"benchmark {bench.name}: {total} runs ({len(runs)} in the matrix) -> {out}")
@@ -822,7 +824,7 @@ def run_benchmark(
     failed: list[tuple[Run, str]] = []
     t_runs = time.monotonic()
     for run in todo:
-        source = reuser(run) if reuser is not None else None
+        source = next((s for s in (r(run) for r in reusers) if s is not None), None)
         if source is not None:
             reporter.info(f"run {done + 1}/{total}: {run.label} reused from {source}")
         elif _read_json(run.dir / RESULT_NAME) is None:
