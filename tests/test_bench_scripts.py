@@ -1,0 +1,90 @@
+"""The benchmark helper scripts: RL diagnostics over run folders, and sizing a config from a sample."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _metrics(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_rl_diagnostics_averages_rl_runs_over_seeds_and_skips_the_rest(tmp_path: Path) -> None:
+    diag = _script("rl_diagnostics")
+    out = tmp_path / "bench"
+    for seed, entropy, keep in ((0, 1.0, 0.3), (1, 0.8, 0.1)):
+        _metrics(
+            out / "runs" / "mt0.5" / "svldrl" / f"seed{seed}" / "metrics.csv",
+            [
+                {"epoch": 0, "iteration": 50, "stage": 1, "val_dice": 0.5, "charts/entropy": ""},
+                {"epoch": 1, "iteration": 100, "stage": 3, "val_dice": 0.6, "charts/entropy": entropy,
+                 "charts/action_frac/keep": keep, "losses/value": 2.0},
+            ],
+        )  # fmt: skip
+    _metrics(out / "runs" / "mt0.5" / "supervised" / "seed0" / "metrics.csv", [{"epoch": 0, "train_loss": 1}])
+    assert diag.main([str(out)]) == 0
+    with (out / "rl_diagnostics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["epoch"], r["seeds"]) for r in rows] == [
+        ("svldrl", "0", "2"),
+        ("svldrl", "1", "2"),
+    ]
+    assert float(rows[1]["charts/entropy"]) == pytest.approx(0.9)
+    assert float(rows[1]["charts/action_frac/keep"]) == pytest.approx(0.2)
+    assert rows[0]["charts/entropy"] == "nan"  # stage 1 logs no policy
+    md = (out / "rl_diagnostics.md").read_text()
+    assert "| mt0.5 | svldrl | 1 | 100 | 2 | 3 | 0.6 |" in md and "supervised" not in md
+
+
+def test_rl_diagnostics_refuses_a_folder_without_rl_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    diag = _script("rl_diagnostics")
+    assert diag.main([str(tmp_path)]) == 2
+    _metrics(
+        tmp_path / "runs" / "clean" / "supervised" / "seed0" / "metrics.csv", [{"epoch": 0, "train_loss": 1}]
+    )
+    assert diag.main([str(tmp_path)]) == 2
+    assert "no RL runs" in capsys.readouterr().err
+
+
+def test_sizing_packs_heavy_methods_apart() -> None:
+    sizing = _script("sizing")
+    groups = sizing._split(["a", "b", "rl1", "rl2", "c"], {"rl1": 4.0, "rl2": 4.0}, 2)
+    assert groups == [["rl1", "a", "c"], ["rl2", "b"]]  # the two RL methods in different processes
+    assert sizing._split(["a"], {}, 2) == [["a"]]
+
+
+@pytest.mark.slow
+def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Path) -> None:
+    sizing = _script("sizing")
+    out = tmp_path / "sizing"
+    assert sizing.main([str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out)]) == 0
+    summary = json.loads((out / "sizing.json").read_text())
+    # tiny_test: 2 methods x 2 settings + the oracle = 5 runs; the sample trains 3 (first setting + oracle)
+    assert summary["runs"] == 5 and summary["sample_runs"] == 3
+    runs = {name: v["runs"] for name, v in summary["per_method"].items()}
+    assert runs == {"supervised (clean)": 1, "supervised": 2, "tloss_t2": 2}
+    total = sum(v["seconds"] for v in summary["per_method"].values()) / 2
+    assert summary["predicted_wall_min"] == pytest.approx(total / 60, abs=0.06)
+    assert "Predicted wall time" in (out / "results.md").read_text()
