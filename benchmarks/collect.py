@@ -43,13 +43,6 @@ SECTIONS = [
         "config's header for the sizing.",
     ),
     (
-        "sizing",
-        "How long the phantom benchmark takes (`benchmarks/sizing.py`)",
-        "phantom_cpu.yaml must finish in 90 minutes on this 2-core machine. Measured on a one-seed sample "
-        "(one run of every method on the first setting, plus the oracle) on the otherwise idle machine, "
-        "scaled to the 87 runs of the matrix.",
-    ),
-    (
         "svldrl_search_cpu",
         "Why SVL-DRL falls short: method.md's open decisions (`benchmarks/svldrl_search_cpu.yaml`)",
         "Each row changes one open decision against the defaults (`svldrl`), 3 seeds, on the paper's setting "
@@ -63,9 +56,9 @@ SECTIONS = [
     (
         "ablations_cpu",
         "SVL-DRL ablations (`benchmarks/ablations_cpu.yaml`)",
-        "Three seeds on MT-Noise 0.5. Rows shared with the phantom benchmark and the search above are copied "
-        "from them (`--reuse`); seed 0 of the other rows was trained in an earlier session with the same "
-        "code path and settings.",
+        "One seed on MT-Noise 0.5 (the CPU budget of the session that ran it): differences smaller than "
+        "the phantom benchmark's std over seeds (2-4 Dice points) mean nothing. Rows shared with the phantom "
+        "benchmark are copied from it (`--reuse`).",
     ),
     (
         "noise_sweep_cpu",
