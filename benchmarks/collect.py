@@ -40,7 +40,14 @@ SECTIONS = [
         "`OMP_NUM_THREADS=1`), restarted once (runs resume), on the 2-core machine shared with the other "
         "benchmarks below; the command line shown is the final call that found every run complete and "
         "wrote the report. The wall time of that sharing says nothing about an idle machine: see the "
-        "config's header for the sizing.",
+        "config's header and the sizing below.",
+    ),
+    (
+        "sizing",
+        "Sizing of the phantom benchmark (`benchmarks/sizing.py`)",
+        "Whether `benchmarks/phantom_cpu.yaml` fits its 90-minute target on this 2-core machine: every method "
+        "trained once (first setting, first seed, plus the oracle) as two 1-thread processes on the otherwise "
+        "idle machine, each method's measured seconds scaled to its runs in the full matrix.",
     ),
     (
         "svldrl_search_cpu",
@@ -56,9 +63,9 @@ SECTIONS = [
     (
         "ablations_cpu",
         "SVL-DRL ablations (`benchmarks/ablations_cpu.yaml`)",
-        "One seed on MT-Noise 0.5 (the CPU budget of the session that ran it): differences smaller than "
-        "the phantom benchmark's std over seeds (2-4 Dice points) mean nothing. Rows shared with the phantom "
-        "benchmark are copied from it (`--reuse`).",
+        "Three seeds on MT-Noise 0.5 (one setting: the CPU budget allowed no more). Rows shared with the "
+        "phantom benchmark and the search are copied from them (`--reuse`); the rest ran as two 1-thread "
+        "processes with disjoint `--only` lists.",
     ),
     (
         "noise_sweep_cpu",

@@ -2,9 +2,11 @@
 
 Runs every method of CONFIG once (its first noise setting, its first seed, plus the clean oracle) as
 ``--processes`` parallel 1-thread ``svldrl benchmark`` processes with disjoint ``--only`` lists, then
-scales each method's measured seconds to the full matrix (every setting, seed and fold) and divides
-by the processes. The sample's wall time beyond its runs' own seconds (data preparation, start-up,
-uneven packing) is added per run as measured overhead. Writes ``OUT/sizing.json`` and ``OUT/results.md``.
+scales each method's measured seconds to the full matrix (every setting, seed and fold), packs the
+methods into ``--processes`` ``--only`` lists by those totals and predicts the wall time as the
+heaviest list's. Each sample process's wall time beyond its runs' own seconds (data preparation,
+start-up, evaluation, report) is added per run as measured overhead; a process's idle wait for the
+other is not. Writes ``OUT/sizing.json`` and ``OUT/results.md``, with the ``--only`` lists to use.
 
     python benchmarks/sizing.py benchmarks/phantom_cpu.yaml --out benchmarks/results/sizing
 
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from svldrl.bench.runner import CLEAN, _machine, load_benchmark, plan_runs
+from svldrl.bench.runner import CLEAN, load_benchmark, machine_description, plan_runs
 
 
 def _split(methods: list[str], weights: dict[str, float], processes: int) -> list[list[str]]:
@@ -63,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     sample_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
     sample_dir = args.out / "sample"
 
-    # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides)
+    # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides);
+    # the oracle runs in the process whose --only list names its method
     weights = {m.name: 4.0 if m.method == "svldrl" else 1.0 for m in bench.methods}
-    names = [m.name for m in bench.methods] + [n for n in bench.methods_on_clean if n not in weights]
+    for name in bench.methods_on_clean:
+        weights[name] = weights.get(name, 0.0) + 1.0
+    names = list(dict.fromkeys([m.name for m in bench.methods] + list(bench.methods_on_clean)))
     groups = _split(names, weights, args.processes)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
@@ -77,13 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         for group in groups
     ]
-    codes = [p.wait() for p in procs]
-    wall = time.perf_counter() - start
+    ends: dict[int, float] = {}
+    while len(ends) < len(procs):  # each process's own wall time, not the slowest one's
+        for i, proc in enumerate(procs):
+            if i not in ends and proc.poll() is not None:
+                ends[i] = time.perf_counter() - start
+        time.sleep(0.2)
+    codes = [p.returncode for p in procs]
+    wall = max(ends.values())
     if any(codes):
         print(f"error: a sample process failed (exit codes {codes})", file=sys.stderr)
         return 2
     # one more call writes the report over every run (the processes each saw only their own)
-    subprocess.run(
+    report = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -95,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             "--quiet",
         ],
         env=env,
-        check=True,
     )
+    if report.returncode:
+        print(f"error: writing the sample's report failed (exit code {report.returncode})", file=sys.stderr)
+        return 2
 
     with (sample_dir / "results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -104,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         (r["method"], r["noise"] == CLEAN): float(r["train_seconds"]) + float(r["predict_seconds"])
         for r in rows
     }
-    overhead = max(0.0, wall * len(groups) - sum(seconds.values())) / len(rows)
+    group_of = {name: i for i, group in enumerate(groups) for name in group}
+    busy = [0.0] * len(groups)
+    for (name, _), sec in seconds.items():
+        busy[group_of[name]] += sec
+    overhead = max(0.0, sum(ends[i] - busy[i] for i in range(len(groups)))) / len(rows)
     counts = Counter((run.method.name, run.noise == CLEAN) for run in full)
     per_method = {
         f"{name}{' (clean)' if clean else ''}": {
@@ -114,20 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         }
         for (name, clean), n in counts.items()
     }
-    total = sum(v["seconds"] for v in per_method.values()) / args.processes
+    by_only: dict[str, float] = Counter()
+    for (name, clean), n in counts.items():
+        by_only[name] += n * (seconds[(name, clean)] + overhead)
+    only_lists = _split(list(by_only), by_only, args.processes)
+    loads = [sum(by_only[name] for name in group) for group in only_lists]
+    total = max(loads)
     command = f"python benchmarks/sizing.py {args.config.as_posix()} --out {args.out.as_posix()}"
     summary = {
         "config": args.config.as_posix(),
         "runs": len(full),
         "processes": args.processes,
         "groups": groups,
+        "process_wall_s": [round(ends[i], 1) for i in range(len(groups))],
         "sample_runs": len(rows),
         "sample_wall_s": round(wall, 1),
         "overhead_per_run_s": round(overhead, 1),
         "per_method": per_method,
+        "only_lists": only_lists,
+        "only_list_minutes": [round(load / 60, 1) for load in loads],
         "predicted_wall_min": round(total / 60, 1),
         "target_min": args.target_min,
-        "machine": _machine(),
+        "machine": machine_description(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
     }
@@ -149,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "within" if total / 60 <= args.target_min else "over"
     lines += [
         "",
-        f"Predicted wall time: {total / 60:.1f} min ({verdict} the {args.target_min:.0f}-minute target).",
+        f"Predicted wall time: {total / 60:.1f} min ({verdict} the {args.target_min:.0f}-minute target), as "
+        f"{len(only_lists)} 1-thread processes (`OMP_NUM_THREADS=1`) with these `--only` lists: "
+        + "; ".join(f"`{','.join(g)}` ({load / 60:.1f} min)" for g, load in zip(only_lists, loads))
+        + ".",
     ]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -200,6 +200,17 @@ def test_only_unknown_method_and_changed_settings_are_refused(
         run_benchmark(changed, bench_out)
 
 
+def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() -> None:
+    """Runs saved before a config key existed stay valid while the key is asked at its default."""
+    asked = {"nets": {"heads": "decoders", "rl_grad_into_shared": True}, "rl": {"t_max": 3}}
+    saved = {"nets": {"heads": "decoders"}, "rl": {"t_max": 3}}
+    assert runner._config_differences(asked, saved) == []
+    asked["nets"]["rl_grad_into_shared"] = False
+    assert runner._config_differences(asked, saved) == ["nets.rl_grad_into_shared: None there, False asked"]
+    changed = {"nets": {"heads": "decoders"}, "rl": {"t_max": 1}}
+    assert runner._config_differences(changed, saved) == ["rl.t_max: 3 there, 1 asked"]
+
+
 @pytest.mark.slow
 def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monkeypatch) -> None:
     """--reuse copies a finished run only when masks, method and settings are the same; the rest train."""

@@ -85,6 +85,13 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     assert summary["runs"] == 5 and summary["sample_runs"] == 3
     runs = {name: v["runs"] for name, v in summary["per_method"].items()}
     assert runs == {"supervised (clean)": 1, "supervised": 2, "tloss_t2": 2}
-    total = sum(v["seconds"] for v in summary["per_method"].values()) / 2
-    assert summary["predicted_wall_min"] == pytest.approx(total / 60, abs=0.06)
+    # the prediction is the heaviest of the --only lists that together name every method once
+    assert sorted(n for group in summary["only_lists"] for n in group) == ["supervised", "tloss_t2"]
+    per_method = summary["per_method"]
+    loads = [
+        sum(v["seconds"] for name, v in per_method.items() if name.split(" ")[0] in group)
+        for group in summary["only_lists"]
+    ]
+    assert summary["predicted_wall_min"] == pytest.approx(max(loads) / 60, abs=0.06)
+    assert summary["overhead_per_run_s"] >= 0 and len(summary["process_wall_s"]) == len(summary["groups"])
     assert "Predicted wall time" in (out / "results.md").read_text()

@@ -61,6 +61,20 @@ def test_light_heads_share_one_decoder_so_they_save_two_decoders() -> None:
     assert all(_grad_norm(light.out[h]) > 0 for h in ALL)
 
 
+@pytest.mark.parametrize("heads", ["decoders", "light"])
+@pytest.mark.parametrize("into_shared", [True, False])
+def test_rl_losses_reach_the_shared_layers_only_when_configured(heads: str, into_shared: bool) -> None:
+    net = build_network({**TINY, "heads": heads, "rl_grad_into_shared": into_shared})
+    shared = [net.encoder] + ([net.decoders["shared"]] if heads == "light" else [])
+    out = net(torch.rand(1, 1, 16, 16, 16), heads=ALL)
+    (out["value"].square().mean() + out["policy"].mean()).backward()  # RL losses only
+    assert all(_grad_norm(net.out[h]) > 0 for h in ("value", "policy"))  # their own heads always learn
+    assert (sum(_grad_norm(m) for m in shared) > 0) == into_shared
+    net.zero_grad(set_to_none=True)
+    net(torch.rand(1, 1, 16, 16, 16), heads=ALL)["seg"].mean().backward()
+    assert all(_grad_norm(m) > 0 for m in shared)  # segmentation trains the shared layers either way
+
+
 def test_aux_reaches_value_and_policy_but_not_segmentation() -> None:
     torch.manual_seed(0)
     net = build_network(TINY, aux_channels=1).eval()

@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "features": [16, 32, 64, 128],  # unet channels per level
         "feature_size": 24,  # swinunetr; a multiple of 12
         "num_classes": 2,
+        # value / policy losses train the shared encoder (the paper); false: only their own decoders / heads
+        "rl_grad_into_shared": True,
     },
     "train": {
         "iterations": 1000,  # total optimiser steps (the budget)

@@ -444,11 +444,13 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
 
 
 def _config_differences(asked: dict, saved: dict) -> list[str]:
-    a, s = C._flatten(asked), C._flatten(saved)
+    a, s, defaults = C._flatten(asked), C._flatten(saved), C._flatten(C.DEFAULTS)
     diffs = []
     for key in sorted(set(a) | set(s)):
         if key in _NEUTRAL_KEYS or a.get(key) == s.get(key):
             continue
+        if key not in s and key in defaults and a.get(key) == defaults[key]:
+            continue  # the run predates this key and was made with what is now its default
         if key == "data.modality" and a.get(key) == "auto":
             continue  # the trainer writes the modality it resolved from the dataset
         diffs.append(f"{key}: {s.get(key)!r} there, {a.get(key)!r} asked")
@@ -1005,7 +1007,8 @@ def _pm(stat: tuple[float, float] | None, scale: float, digits: int, n: int) -> 
     return mean if n < 2 else f"{mean} ± {stat[1] * scale:.{digits}f}"
 
 
-def _machine() -> str:
+def machine_description() -> str:
+    """One line naming the platform, CPUs, torch threads, versions and device (for reports)."""
     import torch
 
     device = "CPU"
@@ -1156,7 +1159,7 @@ def write_report(
         f"- Date: {_now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
         f"{len(results)}/{len(runs)} complete); summed training + prediction time of all runs "
         f"{fmt_seconds(run_time)}",
-        f"- Machine: {_machine()}",
+        f"- Machine: {machine_description()}",
         f"- Dataset: {data.description}",
         f"- Budget: {budget}",
         f"- Seeds: {', '.join(map(str, bench.seeds))} (training); noise seed {bench.noise_seed} "

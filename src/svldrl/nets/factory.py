@@ -8,6 +8,13 @@
   policy -> 3 action logits pi(a | s).
 - ``light``: one decoder shared by the three heads, each head a 1x1x1 conv.
 
+``nets.rl_grad_into_shared`` (default true, the paper's joint loss): the value and policy losses
+train the shared layers (the encoder; with ``light`` also the shared decoder). False cuts them off
+there, so the shared features are learned from segmentation alone and L_value / L_policy train only
+their own decoders and heads. **decision** (open in method.md): the value head regresses returns
+that the sampled actions make partly unpredictable (L_value stays ~1-2 on the phantoms), so its
+gradient may only add noise to the features the segmentation shares.
+
 The encoder runs once per call, and only the decoders of the requested heads run, so
 ``net(x)`` (segmentation only) costs what a plain U-Net costs.
 
@@ -49,6 +56,7 @@ class SegRLNet(nn.Module):
             (0 for intensity actions, 1 for label actions: the soft target q).
         rl_heads: build the value and policy heads; False gives a segmentation-only network
             (supervised training and the baselines carry no unused decoders).
+        rl_grad_into_shared: let the value / policy paths send gradient into the shared layers.
     """
 
     def __init__(
@@ -59,11 +67,13 @@ class SegRLNet(nn.Module):
         heads: str = "decoders",
         aux_channels: int = 0,
         rl_heads: bool = True,
+        rl_grad_into_shared: bool = True,
     ) -> None:
         super().__init__()
         if heads not in ("decoders", "light"):
             raise ValueError(f"nets.heads must be 'decoders' or 'light', got {heads!r}")
         self.heads_mode = heads
+        self.rl_grad_into_shared = bool(rl_grad_into_shared)
         self.num_classes = int(num_classes)
         self.aux_channels = int(aux_channels)
         self.divisor = int(encoder.divisor)
@@ -96,10 +106,12 @@ class SegRLNet(nn.Module):
         """Encoder once, then the decoder of each requested head: final decoder features per head."""
         self._check(x, heads)
         skips = self.encoder(x)
+        cut = not self.rl_grad_into_shared
         if self.heads_mode == "light":
             z = self.decoders["shared"](skips)
-            return {h: z for h in heads}
-        return {h: self.decoders[h](skips) for h in heads}
+            return {h: z.detach() if cut and h != "seg" else z for h in heads}
+        rl_skips = [s.detach() for s in skips] if cut else skips
+        return {h: self.decoders[h](skips if h == "seg" else rl_skips) for h in heads}
 
     def tail(
         self, feats: dict[str, torch.Tensor], heads: Sequence[str] = ("seg",), aux: torch.Tensor | None = None
@@ -140,7 +152,7 @@ def build_network(
         nets_cfg: the ``nets`` sub-dict (``backbone``: ``unet`` | ``swinunetr``, default ``unet``;
             ``heads``: ``decoders`` | ``light``, default ``decoders``; ``features`` for unet, default
             ``[16, 32, 64, 128]``; ``feature_size`` for swinunetr, default 24; ``num_classes``,
-            default 2). Missing keys take the defaults of :data:`svldrl.config.DEFAULTS`.
+            default 2; ``rl_grad_into_shared``, default true). Missing keys take the defaults of :data:`svldrl.config.DEFAULTS`.
         in_channels: image channels.
         aux_channels: late-fused aux channels of value / policy (1 in label-action mode, else 0).
         rl_heads: False builds the segmentation head only (supervised and baselines).
@@ -163,4 +175,12 @@ def build_network(
 
     else:
         raise ValueError(f"nets.backbone must be 'unet' or 'swinunetr', got {backbone!r}")
-    return SegRLNet(encoder, make_decoder, cfg["num_classes"], cfg["heads"], aux_channels, rl_heads)
+    return SegRLNet(
+        encoder,
+        make_decoder,
+        cfg["num_classes"],
+        cfg["heads"],
+        aux_channels,
+        rl_heads,
+        rl_grad_into_shared=bool(cfg["rl_grad_into_shared"]),
+    )
