@@ -200,6 +200,23 @@ def test_only_unknown_method_and_changed_settings_are_refused(
         run_benchmark(changed, bench_out)
 
 
+def test_eta_counts_runs_finished_before_a_resume(tmp_path: Path) -> None:
+    """A resumed benchmark estimates from the result.json seconds of runs it skipped or reused."""
+    from types import SimpleNamespace
+
+    def run(name: str, i: int) -> SimpleNamespace:
+        return SimpleNamespace(method=SimpleNamespace(name=name), dir=tmp_path / f"{name}{i}")
+
+    todo = [run("rl", 1), run("rl", 2), run("sup", 1)]
+    assert runner._eta(todo, {}, {"rl": [300.0], "sup": [50.0]}) == pytest.approx(650.0)
+    # this call's own measurement of a method wins; a method never seen takes the overall mean
+    assert runner._eta(todo, {"rl": [200.0]}, {"rl": [300.0]}) == pytest.approx(600.0)
+    (tmp_path / "rl1").mkdir()
+    (tmp_path / "rl1" / RESULT_NAME).write_text("{}")  # finished meanwhile: costs nothing more
+    assert runner._eta(todo, {}, {"rl": [300.0], "sup": [50.0]}) == pytest.approx(350.0)
+    assert runner._eta(todo, {}, {}) == 0.0
+
+
 def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() -> None:
     """Runs saved before a config key existed stay valid while the key is asked at its default."""
     asked = {"nets": {"heads": "decoders", "rl_grad_into_shared": True}, "rl": {"t_max": 3}}

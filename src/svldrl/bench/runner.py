@@ -823,13 +823,18 @@ def run_benchmark(
     total = len(todo)
     reporter.info(f"benchmark {bench.name}: {total} runs ({len(runs)} in the matrix) -> {out}")
     done, trained, durations = 0, 0, defaultdict(list)
+    recorded: dict[str, list[float]] = defaultdict(list)  # seconds of runs complete before this call
     failed: list[tuple[Run, str]] = []
     t_runs = time.monotonic()
     for run in todo:
         source = next((s for s in (r(run) for r in reusers) if s is not None), None)
         if source is not None:
             reporter.info(f"run {done + 1}/{total}: {run.label} reused from {source}")
-        elif _read_json(run.dir / RESULT_NAME) is None:
+        if (result := _read_json(run.dir / RESULT_NAME)) is not None:
+            seconds = [result.get(k) for k in ("train_seconds", "predict_seconds")]
+            if all(isinstance(v, int | float) and math.isfinite(v) for v in seconds):
+                recorded[run.method.name].append(float(sum(seconds)))
+        else:
             reporter.info(f"run {done + 1}/{total}: {run.label} ({run.method.method} on {run.labels} masks)")
             t0 = time.monotonic()
             try:
@@ -847,7 +852,7 @@ def run_benchmark(
                 trained += 1
                 (run.dir / ERROR_NAME).unlink(missing_ok=True)
         done += 1
-        eta = _eta(todo[done:], durations)
+        eta = _eta(todo[done:], durations, recorded)
         # Reporter.progress extrapolates from (elapsed / done); give it the start time that makes its
         # estimate equal ours, which counts only runs executed now and weighs methods by their cost.
         now = time.monotonic()
@@ -916,17 +921,28 @@ def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable
     return reuse
 
 
-def _eta(remaining: list[Run], durations: dict[str, list[float]]) -> float:
-    """Seconds left: each remaining run at its method's mean duration so far (else the overall mean)."""
-    all_d = [d for ds in durations.values() for d in ds]
-    if not all_d:
-        return 0.0
-    overall = float(np.mean(all_d))
-    return sum(
-        float(np.mean(durations[r.method.name])) if durations.get(r.method.name) else overall
-        for r in remaining
-        if _read_json(r.dir / RESULT_NAME) is None
-    )
+def _eta(
+    remaining: list[Run], durations: dict[str, list[float]], recorded: dict[str, list[float]] | None = None
+) -> float:
+    """Seconds left: each remaining run at its method's mean duration in this call, else the mean of
+    the method's runs recorded before it (resumed or reused: their result.json seconds), else the
+    overall mean. Without the recorded runs a resumed benchmark would show ETA 0:00 until it trained one.
+    """
+    recorded = recorded or {}
+
+    def mean_of(source: dict[str, list[float]]) -> float | None:
+        values = [d for ds in source.values() for d in ds]
+        return float(np.mean(values)) if values else None
+
+    overall = mean_of(durations) or mean_of(recorded) or 0.0
+
+    def estimate(name: str) -> float:
+        for source in (durations, recorded):
+            if source.get(name):
+                return float(np.mean(source[name]))
+        return overall
+
+    return sum(estimate(r.method.name) for r in remaining if _read_json(r.dir / RESULT_NAME) is None)
 
 
 def _resolved_dataset(bench: Benchmark, out: Path) -> dict[str, Any]:

@@ -152,7 +152,8 @@ def build_network(
         nets_cfg: the ``nets`` sub-dict (``backbone``: ``unet`` | ``swinunetr``, default ``unet``;
             ``heads``: ``decoders`` | ``light``, default ``decoders``; ``features`` for unet, default
             ``[16, 32, 64, 128]``; ``feature_size`` for swinunetr, default 24; ``num_classes``,
-            default 2; ``rl_grad_into_shared``, default true). Missing keys take the defaults of :data:`svldrl.config.DEFAULTS`.
+            default 2; ``rl_grad_into_shared``, default true). Missing keys take the defaults of
+            :data:`svldrl.config.DEFAULTS`.
         in_channels: image channels.
         aux_channels: late-fused aux channels of value / policy (1 in label-action mode, else 0).
         rl_heads: False builds the segmentation head only (supervised and baselines).
