@@ -47,7 +47,11 @@ SECTIONS = [
         "Sizing of the phantom benchmark (`benchmarks/sizing.py`)",
         "Whether `benchmarks/phantom_cpu.yaml` fits its 90-minute target on this 2-core machine: every method "
         "trained once (first setting, first seed, plus the oracle) as two 1-thread processes on the otherwise "
-        "idle machine, each method's measured seconds scaled to its runs in the full matrix.",
+        "idle machine, each method's measured seconds scaled to its runs in the full matrix. An earlier sample "
+        "on the same day, with a first version of the script that charged one process's idle wait for the other "
+        "to every run as overhead, predicted 92.0 min; its per-run seconds were up to 30% higher (coteaching "
+        "114 s, svldrl 225 s), and with the per-process overhead used here they give about 85 min. Read the "
+        "prediction as +- 10%.",
     ),
     (
         "svldrl_search_cpu",
