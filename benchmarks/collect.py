@@ -74,8 +74,9 @@ SECTIONS = [
     (
         "noise_sweep_cpu",
         "MT-Noise ratio sweep (`benchmarks/noise_sweep_cpu.yaml`)",
-        "One seed (a second was started and stopped for lack of time); the mt0.5 rows and the oracle are copied "
-        "from the phantom benchmark (`--reuse`).",
+        "Three seeds; ADELE is the best baseline of the phantom benchmark, MTCL the peers' MT-Noise reference. "
+        "The mt0.5 rows and the oracle are copied from the phantom benchmark (`--reuse`); the rest ran as two "
+        "1-thread processes (`--only svldrl,supervised` and `--only adele,mtcl`).",
     ),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
     (
