@@ -123,17 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         busy[group_of[name]] += sec
     overhead = max(0.0, sum(ends[i] - busy[i] for i in range(len(groups)))) / len(rows)
     counts = Counter((run.method.name, run.noise == CLEAN) for run in full)
+    cost = {key: n * (seconds[key] + overhead) for key, n in counts.items()}
     per_method = {
         f"{name}{' (clean)' if clean else ''}": {
-            "runs": n,
+            "runs": counts[(name, clean)],
             "seconds_per_run": seconds[(name, clean)],
-            "seconds": n * (seconds[(name, clean)] + overhead),
+            "seconds": cost[(name, clean)],
         }
-        for (name, clean), n in counts.items()
+        for name, clean in counts
     }
-    by_only: dict[str, float] = Counter()
-    for (name, clean), n in counts.items():
-        by_only[name] += n * (seconds[(name, clean)] + overhead)
+    by_only: dict[str, float] = Counter()  # the oracle runs in the --only list naming its method
+    for (name, _), c in cost.items():
+        by_only[name] += c
     only_lists = _split(list(by_only), by_only, args.processes)
     loads = [sum(by_only[name] for name in group) for group in only_lists]
     total = max(loads)

@@ -921,14 +921,11 @@ def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable
     return reuse
 
 
-def _eta(
-    remaining: list[Run], durations: dict[str, list[float]], recorded: dict[str, list[float]] | None = None
-) -> float:
+def _eta(remaining: list[Run], durations: dict[str, list[float]], recorded: dict[str, list[float]]) -> float:
     """Seconds left: each remaining run at its method's mean duration in this call, else the mean of
     the method's runs recorded before it (resumed or reused: their result.json seconds), else the
     overall mean. Without the recorded runs a resumed benchmark would show ETA 0:00 until it trained one.
     """
-    recorded = recorded or {}
 
     def mean_of(source: dict[str, list[float]]) -> float | None:
         values = [d for ds in source.values() for d in ds]
