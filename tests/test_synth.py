@@ -130,3 +130,52 @@ def test_reports_progress(tmp_path):
     synthesize(tmp_path / "ds", cases=2, size=32, seed=0, reporter=Reporter(quiet=False, stream=stream))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("synth 2/2")
+
+
+# Digests of make_phantom's arrays as the generator wrote them before the difficulty option existed.
+STANDARD_DIGESTS = {
+    (32, 3, 0, 0): "87c8653474f5a8c5",
+    (32, 3, 1, 1): "5da220ce690a6df5",
+    (40, 0, 5, 0): "17512f61c5ab69d8",
+}
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(a.tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("args", list(STANDARD_DIGESTS))
+def test_standard_difficulty_is_unchanged_and_easy_keeps_the_shapes(args):
+    image, mask = make_phantom(*args)
+    assert _digest(image) == STANDARD_DIGESTS[args]  # the default is byte-for-byte what it always was
+    assert (make_phantom(*args, difficulty="standard")[0] == image).all()
+    easy_image, easy_mask = make_phantom(*args, difficulty="easy")
+    assert (easy_mask == mask).all()  # difficulty changes how the organ looks, not where it is
+    assert not (easy_image == image).all()
+
+
+def _organ_cv(image: np.ndarray, mask: np.ndarray) -> float:
+    """Coefficient of variation inside the organ (noise, texture and bias), away from its border."""
+    core = ndimage.binary_erosion(mask.astype(bool), iterations=1)
+    return float(image[core].std() / image[core].mean())
+
+
+def test_easy_phantoms_are_less_noisy():
+    ratios = []
+    for i in range(6):
+        std_img, mask = make_phantom(32, 11, i)
+        easy_img, _ = make_phantom(32, 11, i, difficulty="easy")
+        ratios.append(_organ_cv(easy_img, mask) / _organ_cv(std_img, mask))
+    assert max(ratios) < 0.8, ratios
+
+
+def test_difficulty_is_recorded_and_checked(tmp_path):
+    std = synthesize(tmp_path / "std", cases=1, size=16, seed=0)
+    assert "difficulty" not in json.loads((std / "dataset.json").read_text())["synth"]  # as before
+    easy = synthesize(tmp_path / "easy", cases=1, size=16, seed=0, difficulty="easy")
+    meta = json.loads((easy / "dataset.json").read_text())
+    assert meta["synth"]["difficulty"] == "easy" and "difficulty easy" in meta["description"]
+    with pytest.raises(UserError, match="difficulty must be one of"):
+        synthesize(tmp_path / "bad", cases=1, size=16, seed=0, difficulty="hard")

@@ -28,9 +28,15 @@ def cmd_synth(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.data.synth import synthesize
 
     out = synthesize(
-        Path(a.out), cases=a.cases, size=a.size, seed=a.seed, test_cases=a.test_cases, reporter=rep
+        Path(a.out),
+        cases=a.cases,
+        size=a.size,
+        seed=a.seed,
+        test_cases=a.test_cases,
+        reporter=rep,
+        difficulty=a.difficulty,
     )
-    rep.info(f"wrote {a.cases} training and {a.test_cases} test phantoms to {out}")
+    rep.info(f"wrote {a.cases} training and {a.test_cases} test phantoms ({a.difficulty}) to {out}")
     return 0
 
 
@@ -129,6 +135,7 @@ def cmd_predict(a: argparse.Namespace, rep: Reporter) -> int:
         checkpoint=a.checkpoint,
         save_refined=a.save_refined,
         reporter=rep,
+        overwrite=a.overwrite,
     )
     rep.info(f"wrote {len(files)} predictions to {a.output}")
     return 0
@@ -138,7 +145,9 @@ def cmd_evaluate(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.eval.summary import evaluate_folders, format_table
 
     out = Path(a.out) if a.out else None
-    summary = evaluate_folders(a.pred, a.ref, out=out, foreground=_foreground(a.foreground), reporter=rep)
+    summary = evaluate_folders(
+        a.pred, a.ref, out=out, foreground=_foreground(a.foreground), reporter=rep, overwrite=a.overwrite
+    )
     print(format_table(summary))
     return 0
 
@@ -169,6 +178,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-cases", type=int, default=10)
+    s.add_argument(
+        "--difficulty",
+        choices=["standard", "easy"],
+        default="standard",
+        help="standard: a look-alike structure touches the organ; easy: it differs by 20-35%%, less noise "
+        "(same shapes either way)",
+    )
     s.set_defaults(func=cmd_synth)
 
     n = add("noise", "corrupt training masks reproducibly into labelsTr_noisy/NAME")
@@ -217,6 +233,12 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--save-refined", action="store_true", help="svldrl: also write the refined volume and action map"
     )
+    pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in OUTPUT that svldrl did not write as predictions (never a dataset's "
+        "image or mask folder)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     e = add("evaluate", "compare predictions with reference masks (summary.json, per-case CSV)")
@@ -224,6 +246,9 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("ref")
     e.add_argument("--out", default=None, help="summary.json path (default PRED/summary.json)")
     e.add_argument("--foreground", default=None, help="reference label values mapped to foreground")
+    e.add_argument(
+        "--overwrite", action="store_true", help="replace an --out file that svldrl evaluate did not write"
+    )
     e.set_defaults(func=cmd_evaluate)
 
     from svldrl.audit.cli import add_parser as add_audit

@@ -39,6 +39,7 @@ from svldrl import config as C
 from svldrl.audit import report
 from svldrl.data.dataset import Case, Dataset, check_grid, check_mask, load_case, load_dataset
 from svldrl.data.io import Volume, read_volume, write_nifti
+from svldrl.data.outputs import check_output_dir, mark_output_dir
 from svldrl.data.splits import SPLITS_FILE, load_or_create_splits, make_splits
 from svldrl.engine.predict import load_run
 from svldrl.errors import UserError
@@ -365,13 +366,20 @@ class AuditResult:
     figures: list[Path]
 
 
-def check_out(out: Path, ds: Dataset) -> None:
-    """Refuse an output folder that is, or lies inside, a folder of the user's images or masks.
+def check_out(out: Path, ds: Dataset, overwrite: bool = False) -> None:
+    """Refuse an output folder that is, or lies inside, a folder of the user's images or masks, or that holds
+    files the audit would replace (unless svldrl wrote them as an audit, or ``overwrite``).
 
     Raises:
         UserError: OUT is the dataset folder, lies in ``labelsTr*/``, ``imagesTr*/``, ``labelsTs``,
-            ``imagesTs``, or one of its output folders is a folder holding images or masks.
+            ``imagesTs``, one of its output folders is a folder holding images or masks, or OUT holds
+            other files the audit would replace.
     """
+    ids = [c.case_id for c in ds.train]
+    will_write = ["audit.csv", "audit.md", "audit.html"] + [
+        f"{sub}/{cid}.{'png' if sub == 'figures' else 'nii.gz'}" for sub in OUTPUT_DIRS for cid in ids
+    ]
+    check_output_dir(out, "audit", will_write, overwrite, "--out")
     res = Path(os.path.abspath(out)).resolve()
     if res.exists() and not res.is_dir():
         raise UserError("--out must be a folder, but a file is there", out)
@@ -406,6 +414,7 @@ def audit(
     batch: int | None = None,
     tta: bool = True,
     reporter: Reporter = QUIET,
+    overwrite: bool = False,
 ) -> AuditResult:
     """Judge every training mask of ``dataset`` with trained runs and write the audit to ``out``.
 
@@ -426,6 +435,7 @@ def audit(
         tta: judge with the mean over the 8 mirrorings (nnU-Net's test-time augmentation, 8x the
             prediction time); a single pass when False.
         reporter: progress output.
+        overwrite: replace files in ``out`` that svldrl did not write as an audit.
 
     Returns:
         An :class:`AuditResult`.
@@ -440,7 +450,7 @@ def audit(
         raise UserError(f"--top must be a non-negative integer, got {top!r}")
     ds = load_dataset(dataset, labels=labels)
     out = Path(out)
-    check_out(out, ds)
+    check_out(out, ds, overwrite)
     judges = load_judges(find_runs(run, runs), ds)
     cases = sorted(ds.train, key=lambda c: c.case_id)
     plan = assign_judges(judges, [c.case_id for c in cases])
@@ -450,6 +460,7 @@ def audit(
         f"{len(cases) - n_in} judged out-of-fold, {n_in} in-fold; detector {detector}"
     )
 
+    mark_output_dir(out, "audit", "--out")
     rows: list[dict[str, Any]] = []
     sums, counts = np.zeros(2), np.zeros(2)
     t0, done = time.monotonic(), 0

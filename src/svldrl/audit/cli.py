@@ -31,6 +31,7 @@ def cmd_audit(a: argparse.Namespace, rep: Reporter) -> int:
         batch=a.batch,
         tta=not a.disable_tta,
         reporter=rep,
+        overwrite=a.overwrite,
     )
     worst = ", ".join(f"{r['case']} ({r['dice']:.3f})" for r in result.rows[:3])
     rep.info(f"worst masks (Dice given vs corrected): {worst}")
@@ -80,6 +81,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--disable-tta",
         action="store_true",
         help="judge with one pass instead of the mean over the 8 axis mirrorings (8x faster)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in --out that svldrl did not write as an audit (never the dataset's own folders)",
     )
     p.set_defaults(func=cmd_audit)
     return p

@@ -78,6 +78,7 @@ CSV_COLUMNS = (
     "hd95",
     "asd",
     "label_dice",
+    "n_test",
     "dice_val_selected",
     "iou_val_selected",
     "hd95_val_selected",
@@ -212,8 +213,8 @@ def load_benchmark(config_path: str | Path) -> Benchmark:
     if isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0:
         raise fail(f"noise_seed must be a non-negative integer, got {noise_seed!r}")
 
-    if not isinstance(data["noise"], list) or not data["noise"]:
-        raise fail("noise must be a non-empty list of {name, protocol, ratio, params}")
+    if not isinstance(data["noise"], list):
+        raise fail("noise must be a list of {name, protocol, ratio, params} (empty: the clean oracle only)")
     noise: list[NoiseSetting] = []
     for i, entry in enumerate(data["noise"]):
         setting = _check_noise(entry, i, fail)
@@ -297,18 +298,26 @@ def _check_dataset(spec: Any, fail: Any) -> dict[str, Any]:
         synth = spec["synth"]
         if not isinstance(synth, dict):
             raise fail("dataset.synth must be a mapping {cases, size, seed, test_cases}")
-        extra = sorted(set(synth) - {"cases", "size", "seed", "test_cases"})
+        from svldrl.data.synth import DIFFICULTIES
+
+        accepted = ("cases", "size", "seed", "test_cases", "difficulty")
+        extra = sorted(set(synth) - set(accepted))
         if extra:
-            raise fail(
-                f"dataset.synth: unknown key(s) {', '.join(extra)} (accepted: cases, size, seed, test_cases)"
-            )
+            raise fail(f"dataset.synth: unknown key(s) {', '.join(extra)} (accepted: {', '.join(accepted)})")
         for key in ("cases", "size"):
             if key not in synth:
                 raise fail(f"dataset.synth: missing key '{key}'")
         synth = {"seed": 0, "test_cases": 0, **synth}
         for key, value in synth.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if key == "difficulty":
+                if value not in DIFFICULTIES:
+                    raise fail(
+                        f"dataset.synth.difficulty must be one of {', '.join(DIFFICULTIES)}, got {value!r}"
+                    )
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise fail(f"dataset.synth.{key} must be a non-negative integer, got {value!r}")
+        if synth.get("difficulty") == "standard":
+            del synth["difficulty"]  # the default: the spec (and --reuse matching) stays as before the option
         if not cv and synth["test_cases"] < 1:
             raise fail("dataset.synth.test_cases must be >= 1 (the clean test cases), or use cv: K")
         return {"synth": synth, **({"cv": cv} if cv else {})}
@@ -535,12 +544,23 @@ def prepare_data(bench: Benchmark, out_dir: Path, reporter: Reporter) -> Data:
 
         s = bench.dataset["synth"]
         previous = (_read_json(root / "dataset.json", {}) or {}).get("synth") or {}
-        if any(previous.get(k) != v for k, v in s.items()) or not _synth_complete(root, s):
-            reporter.info(f"phantoms: {s['cases']} training + {s['test_cases']} test cases of {s['size']}^3")
-            synthesize(root, cases=s["cases"], size=s["size"], seed=s["seed"], test_cases=s["test_cases"])
+        difficulty = s.get("difficulty", "standard")
+        changed = any(previous.get(k) != v for k, v in s.items() if k != "difficulty")
+        if changed or previous.get("difficulty", "standard") != difficulty or not _synth_complete(root, s):
+            reporter.info(
+                f"phantoms: {s['cases']} training + {s['test_cases']} test cases of {s['size']}^3 ({difficulty})"
+            )
+            synthesize(
+                root,
+                cases=s["cases"],
+                size=s["size"],
+                seed=s["seed"],
+                test_cases=s["test_cases"],
+                difficulty=difficulty,
+            )
         description = (
-            f"synthetic phantoms (svldrl synth): {s['cases']} training / {s['test_cases']} test cases "
-            f"of {s['size']}^3, seed {s['seed']}"
+            f"synthetic phantoms (svldrl synth, difficulty {difficulty}): {s['cases']} training / "
+            f"{s['test_cases']} test cases of {s['size']}^3, seed {s['seed']}"
         )
     else:
         description = f"{root}"
@@ -688,6 +708,7 @@ def execute_run(run: Run, data: Data, reporter: Reporter, train_reporter: Report
         summary = evaluate_folders(pred, root / "labelsTs", out=pred / "summary.json", foreground=foreground)
         fg = summary["foreground_mean"]
         scores[tag] = {"dice": fg["Dice"], "iou": fg["IoU"], "hd95": fg["HD95"], "asd": fg["ASD"]}
+        n_test = len(summary["metric_per_case"])
     predict_seconds = time.monotonic() - t0
     saved = C.load_config([run.dir / "config.yaml"])
     result = {
@@ -699,6 +720,7 @@ def execute_run(run: Run, data: Data, reporter: Reporter, train_reporter: Report
         "labels": run.labels,
         **scores["final"],
         "label_dice": data.label_dice[run.noise],
+        "n_test": n_test,
         **{f"{k}_val_selected": v for k, v in scores["val"].items()},
         "best_epoch": best_epoch,
         "epochs": len(history),
@@ -810,6 +832,7 @@ def run_benchmark(
             "choose another --out",
             out,
         )
+    claim_benchmark_dir(out)
     write_text(out / SPEC_NAME, json.dumps(spec, indent=2) + "\n")
 
     with _exclusive(out / LOCK_NAME):
@@ -869,6 +892,19 @@ def run_benchmark(
             "lists the completed runs; rerunning the benchmark retries the failed ones)"
         )
     return md
+
+
+def claim_benchmark_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is a dataset's folder, or holds files a benchmark would replace that no
+    benchmark wrote; then mark it as a benchmark folder (:mod:`svldrl.data.outputs`)."""
+    from svldrl.data.outputs import claim_output_dir, mark_output_dir
+
+    md = out / "results.md"
+    ours = (out / SPEC_NAME).is_file() or (md.is_file() and md.read_text()[:200].startswith("# Benchmark: "))
+    if ours:  # made before output folders carried a marker (the committed results folders)
+        mark_output_dir(out, "benchmark", "--out")
+    will_write = [SPEC_NAME, "results.csv", "results.md", "plots", "runs", "dataset", "cv"]
+    claim_output_dir(out, "benchmark", will_write, overwrite=None, flag="--out")
 
 
 def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable[[Run], Path | None]:

@@ -193,6 +193,20 @@ class DiskFullError(UserError, OSError):
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call ``write(tmp_path)`` then fsync and rename onto ``path``, so readers never see half a file.
 
@@ -213,6 +227,9 @@ def atomic_write(path: str | Path, write: Any) -> Path:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        # mkstemp creates the temporary with mode 0600; the file in place gets what the user's umask says
+        # (0644 under the usual 022), as a plain open() would have given it.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):

@@ -7,15 +7,29 @@ intensity that touches it (so intensity alone does not segment the organ; shape 
 Partial-volume blur, a smooth multiplicative bias field and Rician noise follow; intensities are
 MR-like (roughly 0..1500, stored as int16), so the pipeline has to normalise.
 
-Every case is a pure function of (seed, split, index): the same call writes the same arrays, and
-the same bytes (nibabel's gzip writer stores no time stamp or file name).
+Every case is a pure function of (seed, split, index, difficulty): the same call writes the same arrays,
+and the same bytes (nibabel's gzip writer stores no time stamp or file name).
+
+Difficulty (``difficulty=``, ``svldrl synth --difficulty``) sets how the organ looks, never its shape: every
+preset draws the same random numbers, so a seed gives the same organs, distractors and vessels at every
+difficulty, only their contrast, texture, noise and bias differ (:data:`DIFFICULTIES`):
+
+- ``standard`` (default; the phantoms of every benchmark before phantom_converged, byte-identical to
+  earlier versions): the touching distractor within 5-12 % of the organ's intensity, a fat plane along ~60 %
+  of their interface, Rician noise 2-5 % of the organ's intensity, bias field 10-25 %.
+- ``easy``: the distractor 20-35 % brighter or darker than the organ (a contrast real organs often have
+  with their neighbours), a fat plane along their whole interface, half the noise, texture and bias.
+  Plain training on clean masks segments these nearly perfectly, so what remains is the cost of wrong
+  masks: the regime in which noisy-label methods are compared (benchmarks/phantom_converged.yaml).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +37,38 @@ import numpy as np
 from scipy import ndimage
 
 from svldrl.data.io import write_nifti, write_text
+from svldrl.data.outputs import check_writable_dir, refuse_dataset_folder
 from svldrl.errors import UserError
 
 GENERATOR = "svldrl.data.synth"
 VERSION = 1
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard a phantom is to segment; every range is drawn per case (the same draws at every preset).
+
+    Attributes:
+        distractor_contrast: (low, high) of the touching distractor's mean intensity over the organ's,
+            applied brighter or darker at random.
+        fat_plane: share of the organ-distractor interface covered by a darker fat plane, as a threshold on
+            a smooth unit-variance field (-0.3 covers ~60 %; -inf all of it).
+        noise: (low, high) Rician noise sigma over the organ's mean intensity.
+        organ_texture: (low, high) amplitude of the organ's fine texture.
+        bias: (low, high) strength of the multiplicative bias field.
+    """
+
+    distractor_contrast: tuple[float, float]
+    fat_plane: float
+    noise: tuple[float, float]
+    organ_texture: tuple[float, float]
+    bias: tuple[float, float]
+
+
+DIFFICULTIES: dict[str, Difficulty] = {
+    "standard": Difficulty((1.05, 1.12), -0.3, (0.02, 0.05), (0.03, 0.08), (0.10, 0.25)),
+    "easy": Difficulty((1.20, 1.35), -math.inf, (0.01, 0.025), (0.015, 0.04), (0.05, 0.12)),
+}
 SPACING = (1.0, 1.0, 1.5)
 FG_FRACTION = (0.03, 0.15)
 _SUBDIRS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
@@ -34,7 +76,13 @@ _OUR_FILE = re.compile(r"\.?phantom_\d{3,}(_0000)?(\.nii\.gz|\..*\.part\.nii\.gz
 
 
 def synthesize(
-    out: str | Path, cases: int, size: int, seed: int, test_cases: int = 0, reporter: Any = None
+    out: str | Path,
+    cases: int,
+    size: int,
+    seed: int,
+    test_cases: int = 0,
+    reporter: Any = None,
+    difficulty: str = "standard",
 ) -> Path:
     """Write ``cases`` training and ``test_cases`` test phantoms of ``size``^3 voxels to ``out``.
 
@@ -46,6 +94,7 @@ def synthesize(
         seed: non-negative integer; the same seed gives the same files.
         test_cases: number of held-out cases in imagesTs/labelsTs.
         reporter: a :class:`svldrl.reporter.Reporter` for progress lines, or None (quiet).
+        difficulty: a preset of :data:`DIFFICULTIES` (``standard``, ``easy``); see the module docstring.
 
     Returns:
         ``out``.
@@ -61,6 +110,8 @@ def synthesize(
         raise UserError(f"synth: size must be an integer in [16, 512], got {size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"synth: seed must be a non-negative integer, got {seed!r}")
+    if difficulty not in DIFFICULTIES:
+        raise UserError(f"synth: difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
 
     settings = {
         "generator": GENERATOR,
@@ -70,6 +121,8 @@ def synthesize(
         "cases": cases,
         "test_cases": test_cases,
     }
+    if difficulty != "standard":  # standard datasets stay byte-identical to those made before the option
+        settings["difficulty"] = difficulty
     _check_out(out, settings)
     names = {"Tr": [f"phantom_{i:03d}" for i in range(cases)]}
     names["Ts"] = [f"phantom_{cases + k:03d}" for k in range(test_cases)]
@@ -79,7 +132,9 @@ def synthesize(
         "numTraining": cases,
         "file_ending": ".nii.gz",
         "name": "svldrl_phantoms",
-        "description": f"Synthetic MR-like phantoms by {GENERATOR} v{VERSION} (seed {seed}, size {size})",
+        "description": f"Synthetic MR-like phantoms by {GENERATOR} v{VERSION} (seed {seed}, size {size}"
+        + ("" if difficulty == "standard" else f", difficulty {difficulty}")
+        + ")",
         "synth": settings,
     }
     try:
@@ -90,7 +145,7 @@ def synthesize(
         total, done, started = cases + test_cases, 0, time.monotonic()
         for split, split_id in (("Tr", 0), ("Ts", 1)):
             for index, case_id in enumerate(names[split]):
-                image, label = make_phantom(size, seed, index, split=split_id)
+                image, label = make_phantom(size, seed, index, split=split_id, difficulty=difficulty)
                 write_nifti(out / f"images{split}" / f"{case_id}_0000.nii.gz", image, affine)
                 write_nifti(out / f"labels{split}" / f"{case_id}.nii.gz", label, affine)
                 done += 1
@@ -109,12 +164,16 @@ def phantom_affine(size: int) -> np.ndarray:
     return affine
 
 
-def make_phantom(size: int, seed: int, index: int, split: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_phantom(
+    size: int, seed: int, index: int, split: int = 0, difficulty: str = "standard"
+) -> tuple[np.ndarray, np.ndarray]:
     """One phantom: (image int16 in an MR-like range, mask uint8 {0, 1}), both ``size``^3.
 
-    Deterministic in (seed, split, index); ``split`` 0 for training cases, 1 for test cases, so
-    the test phantoms do not change when the number of training cases does.
+    Deterministic in (seed, split, index, difficulty); ``split`` 0 for training cases, 1 for test cases, so
+    the test phantoms do not change when the number of training cases does. The mask does not depend on
+    ``difficulty``.
     """
+    look = DIFFICULTIES[difficulty]
     rng = np.random.default_rng(np.random.SeedSequence([seed, split, index]))
     n = size
     ext = np.array([n * s for s in SPACING], dtype=np.float32)  # mm per axis
@@ -150,19 +209,19 @@ def make_phantom(size: int, seed: int, index: int, split: int = 0) -> tuple[np.n
     img *= 1.0 + rng.uniform(0.04, 0.10) * fine + 0.06 * coarse
     img[fat] = rng.uniform(1.35, 1.7) * organ_mean * (1.0 + 0.05 * fine[fat])
     img[vessels] = rng.uniform(1.3, 1.6) * organ_mean
-    organ_tex = 1.0 + rng.uniform(0.03, 0.08) * fine + rng.uniform(0.02, 0.06) * coarse
+    organ_tex = 1.0 + rng.uniform(*look.organ_texture) * fine + rng.uniform(0.02, 0.06) * coarse
     img[organ] = organ_mean * organ_tex[organ]
-    d_mean = organ_mean * rng.uniform(1.05, 1.12) ** rng.choice([-1.0, 1.0])
+    d_mean = organ_mean * rng.uniform(*look.distractor_contrast) ** rng.choice([-1.0, 1.0])
     img[distractor] = d_mean * (1.0 + rng.uniform(0.05, 0.10) * fine[distractor])
     # A fat plane separates organ and distractor along part of their interface only, as in real anatomy.
-    contact = distractor & ndimage.binary_dilation(organ, iterations=1) & (field(4) > -0.3)
+    contact = distractor & ndimage.binary_dilation(organ, iterations=1) & (field(4) > look.fat_plane)
     img[contact] *= rng.uniform(0.75, 0.9)
     img[~body] = 0.02 * organ_mean
 
     # Partial-volume blur (a little more across the thicker slices), then bias field and noise.
     img = ndimage.gaussian_filter(img, sigma=np.array([0.7, 0.7, 0.9]) * rng.uniform(0.8, 1.3))
-    img *= np.exp(rng.uniform(0.10, 0.25) * field(3))  # coil bias field
-    sigma = rng.uniform(0.02, 0.05) * organ_mean
+    img *= np.exp(rng.uniform(*look.bias) * field(3))  # coil bias field
+    sigma = rng.uniform(*look.noise) * organ_mean
     real = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
     imag = sigma * rng.standard_normal(img.shape, dtype=np.float32)
     img = np.sqrt(real * real + imag * imag)  # Rician magnitude noise
@@ -365,7 +424,10 @@ def _vessels(rng: np.random.Generator, grid: tuple, ext: np.ndarray, count: int)
 
 
 def _check_out(out: Path, settings: dict) -> None:
-    """Refuse a non-empty ``out`` unless it holds only an earlier output of this generator."""
+    """Refuse a non-empty ``out`` unless it holds only an earlier output of this generator, and any folder
+    of another dataset's images or masks."""
+    refuse_dataset_folder(out, "OUT", allow_root=True)  # a dataset folder itself: checked below
+    check_writable_dir(out, "OUT")
     if not out.exists():
         return
     if not out.is_dir():

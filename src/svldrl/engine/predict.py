@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from svldrl.data.io import (
     write_nifti,
 )
 from svldrl.data.normalize import normalize_intensity
+from svldrl.data.outputs import check_output_dir, output_dir_for_first_write
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.engine.distributed import unwrap
 from svldrl.engine.trainer import resolve_device
@@ -180,14 +182,22 @@ def predict_folder(
     checkpoint: str = "auto",
     save_refined: bool = False,
     reporter: Reporter = QUIET,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Predict every volume of ``input_dir`` into ``out_dir/{case}.nii.gz``."""
+    """Predict every volume of ``input_dir`` into ``out_dir/{case}.nii.gz``.
+
+    ``out_dir`` may not be a dataset's image or mask folder, nor hold files a prediction would replace
+    unless svldrl wrote them as predictions or ``overwrite`` is given (:mod:`svldrl.data.outputs`).
+    """
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     files = list_inputs(input_dir)
     if out_dir.resolve() == input_dir.resolve():
         raise UserError(
             "output folder is the input folder; predictions would sit among (or over) the inputs", out_dir
         )
+    names = [f"{case_id_of(p)}.nii.gz" for p in files]
+    extras = [f"inspect/{n[: -len('.nii.gz')]}_{k}.nii.gz" for n in names for k in ("refined", "actions")]
+    check_output_dir(out_dir, "predictions", names + (extras if save_refined else []), overwrite, "OUTPUT")
     for path in files:  # header problems stop the run before the first prediction is written
         check_volume_header(path)
     method, net, cfg = load_run(run_dir, checkpoint, device)
@@ -205,7 +215,9 @@ def predict_folder(
             extras = method.inspect_volume(net, cfg, image, batch)
         header = vol.header if file_ending(path) in NIFTI_ENDINGS else None
         cid = case_id_of(path)
-        written.append(write_nifti(out_dir / f"{cid}.nii.gz", label, vol.affine, header))
+        # The folder is created and marked with the first prediction (a failure before it leaves nothing).
+        with output_dir_for_first_write(out_dir, "predictions", "OUTPUT") if n == 1 else nullcontext():
+            written.append(write_nifti(out_dir / f"{cid}.nii.gz", label, vol.affine, header))
         for name, arr in extras.items():
             write_nifti(out_dir / "inspect" / f"{cid}_{name}.nii.gz", arr, vol.affine, None)
         reporter.progress("predict", n, len(files), t0, extra=cid)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from svldrl.data.io import file_ending, read_volume, write_text
+from svldrl.data.outputs import check_writable_file, refuse_dataset_folder
 from svldrl.errors import UserError
 from svldrl.eval.metrics import METRIC_KEYS, case_metrics, empty_metrics
 
@@ -26,6 +27,8 @@ VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd")
 AFFINE_TOLERANCE = 1e-3
 CSV_COLUMNS = ("case", "label", "Dice", "IoU", "HD95", "ASD", "n_pred", "n_ref")
 _LIST_FIRST = 5
+#: More distinct values than this in a reference means it is an image, not a label map.
+MAX_LABELS = 255
 # (metric, decimals) shown by format_table.
 _TABLE_METRICS = (("Dice", 4), ("IoU", 4), ("HD95", 2), ("ASD", 2))
 
@@ -37,6 +40,7 @@ def evaluate_folders(
     labels: Sequence[int] | None = None,
     foreground: Sequence[int] | None = None,
     reporter: Any = None,
+    overwrite: bool = False,
 ) -> dict:
     """Score every prediction against the reference with the same case id and write the summary.
 
@@ -53,6 +57,7 @@ def evaluate_folders(
             a multi-label reference); only label 1 is then reported. A prediction holding only 0/1 is
             used as is; one with other values is merged with the same list.
         reporter: anything with ``info(str)``; receives one line per case.
+        overwrite: replace an existing ``out`` (or its CSV) that is not a summary svldrl wrote.
 
     Returns:
         The summary dict as written: ``metric_per_case`` (``case``, ``prediction_file``,
@@ -64,10 +69,13 @@ def evaluate_folders(
 
     Raises:
         UserError: a folder is missing or holds no volumes, a case lacks its partner, grids differ,
-            or a map is not an integer label map.
+            a map is not an integer label map (or a reference looks like an image), a ``foreground`` label
+            is absent from every reference, or ``out`` is a folder, lies in a dataset's image or mask
+            folder, or would replace a file svldrl did not write.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     out = pred_dir / "summary.json" if out is None else Path(out)
+    _check_out(out, overwrite)
     if foreground is not None:
         if labels is not None:
             raise UserError("give either labels or foreground, not both")
@@ -87,8 +95,9 @@ def evaluate_folders(
         pred_vol, ref_vol = read_volume(preds[case]), read_volume(refs[case])
         _check_grid(pred_vol, ref_vol, preds[case], refs[case])
         pred = _label_map(pred_vol.array, preds[case])
-        ref = _label_map(ref_vol.array, refs[case])
+        ref = _label_map(ref_vol.array, refs[case], reference=True)
         if foreground is not None:
+            found.update(v for v in foreground if v in _present_labels(ref))
             ref = np.isin(ref, foreground).astype(np.uint8)
             if pred.min() < 0 or pred.max() > 1:
                 pred = np.isin(pred, foreground).astype(np.uint8)
@@ -115,6 +124,12 @@ def evaluate_folders(
             reporter.info(f"evaluate {i}/{len(cases)} {case}  Dice {dice}")
 
     final_labels = fixed_labels if fixed_labels is not None else sorted(found)
+    if foreground is not None and not found:
+        raise UserError(
+            f"no reference holds any of the --foreground labels {foreground}; "
+            "check the label values of the references",
+            ref_dir,
+        )
     if not final_labels:
         raise UserError("the references hold no non-zero label; pass labels to evaluate", ref_dir)
     for entry in per_case:
@@ -187,13 +202,58 @@ def _check_grid(pred_vol: Any, ref_vol: Any, pred_path: Path, ref_path: Path) ->
         )
 
 
-def _label_map(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Integer view of a label map; float maps are accepted only when every value is whole."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a folder, lies in a dataset's image / mask folder, or would replace a
+    file that is not an svldrl summary (``summary.json`` and the CSV beside it), unless ``overwrite``."""
+    refuse_dataset_folder(out.parent, "--out")
+    check_writable_file(out, "--out")
+    if overwrite:
+        return
+    for path, ours in ((out, _is_summary_json), (out.with_suffix(".csv"), _is_summary_csv)):
+        if path.is_dir():
+            raise UserError("a folder is in the way of the per-case CSV; choose another --out", path)
+        if path.exists() and not ours(path):
+            raise UserError(
+                "exists and was not written by svldrl evaluate; choose another --out or pass --overwrite",
+                path,
+            )
+
+
+def _is_summary_json(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"metric_per_case", "foreground_mean"} <= set(data)
+
+
+def _is_summary_csv(path: Path) -> bool:
+    try:
+        with open(path) as fh:
+            return fh.readline().strip() == ",".join(CSV_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _label_map(arr: np.ndarray, path: Path, reference: bool = False) -> np.ndarray:
+    """Integer view of a label map; float maps are accepted only when every value is whole.
+
+    A reference must also look like a label map: no negative values and at most :data:`MAX_LABELS` distinct
+    values (an image given as the reference folder would otherwise be scored as thousands of labels).
+    """
     if arr.dtype.kind in "iub":
-        return arr
-    if arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
-        return arr.astype(np.int32)
-    raise UserError(f"not an integer label map (dtype {arr.dtype}, non-integer values)", path)
+        out = arr
+    elif arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
+        out = arr.astype(np.int32)
+    else:
+        raise UserError(f"not an integer label map (dtype {arr.dtype}, non-integer values)", path)
+    if reference and out.size:
+        if out.dtype.kind == "i" and out.min() < 0:
+            raise UserError("not a label map: it holds negative values (is this an image?)", path)
+        n = len(_present_labels(out))
+        if n > MAX_LABELS:
+            raise UserError(f"not a label map: it holds {n} distinct values (is this an image?)", path)
+    return out
 
 
 def _present_labels(arr: np.ndarray) -> set[int]:
