@@ -455,7 +455,7 @@ def test_splits_file_is_written_then_honoured(tmp_path):
     ids = [f"c{i}" for i in range(6)]
     splits = load_or_create_splits(tmp_path, ids, 3)
     assert json.loads((tmp_path / "splits_final.json").read_text()) == splits
-    user = [{"train": ["c0", "c1", "c2"], "val": ["c5"]}]
+    user = [{"train": ["c0", "c1", "c2", "c3", "c4"], "val": ["c5"]}]
     (tmp_path / "splits_final.json").write_text(json.dumps(user))
     assert load_or_create_splits(tmp_path, ids, 5) == user
     (tmp_path / "splits_final.json").write_text(json.dumps([{"train": ["c0", "x9"], "val": ["c5"]}]))

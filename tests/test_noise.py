@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -29,10 +30,10 @@ def blob(shape=(24, 24, 24), center=None, radii=(6, 5, 4)) -> np.ndarray:
 def test_report_numbers_match_a_hand_counted_case():
     clean = np.zeros((10, 10, 10), np.uint8)
     clean[3:7, 3:7, 3:7] = 1  # 4^3 = 64 voxels
-    noisy, params = mt_noise(clean, np.random.default_rng(0), mode="dilate", r_min=3, r_max=3, ref_size=None)
+    noisy, params = mt_noise(clean, np.random.default_rng(0), mode="dilate", r_min=3, r_max=3)
     # A 3-cube dilation grows the 4-cube by one voxel on each side: 6^3 = 216 voxels, 152 new.
     assert int(noisy.sum()) == 216
-    assert params["r"] == 3 and params["side"] == 3
+    assert params["r"] == 3 and params["sides"] == [3, 3, 3] and params["r_mm"] == pytest.approx(1.875)
     assert mask_dice(clean, noisy) == pytest.approx(2 * 64 / (64 + 216))
     assert params["dice"] == pytest.approx(2 * 64 / (64 + 216))
     assert voxel_error_rate(clean, noisy) == pytest.approx(152 / 1000)
@@ -66,14 +67,10 @@ def test_dice_of_two_empty_masks_is_one():
 def test_mt_dilate_only_grows_and_erode_only_shrinks():
     clean = blob()
     for seed in range(4):
-        grown, p = mt_noise(
-            clean, np.random.default_rng(seed), mode="dilate", r_min=3, r_max=7, ref_size=None
-        )
+        grown, p = mt_noise(clean, np.random.default_rng(seed), mode="dilate", r_min=3, r_max=7)
         assert p["operation"] == "dilate"
         assert np.all(grown >= clean) and grown.sum() > clean.sum()
-        shrunk, p = mt_noise(
-            clean, np.random.default_rng(seed), mode="erode", r_min=3, r_max=7, ref_size=None
-        )
+        shrunk, p = mt_noise(clean, np.random.default_rng(seed), mode="erode", r_min=3, r_max=7)
         assert p["operation"] == "erode"
         assert np.all(shrunk <= clean) and 0 < shrunk.sum() < clean.sum()
         assert grown.dtype == np.uint8 and shrunk.dtype == np.uint8
@@ -82,27 +79,41 @@ def test_mt_dilate_only_grows_and_erode_only_shrinks():
 def test_mt_both_draws_both_operations_and_records_r():
     ops = set()
     for seed in range(20):
-        _, p = mt_noise(blob(), np.random.default_rng(seed), ref_size=None)
+        _, p = mt_noise(blob(), np.random.default_rng(seed))
         ops.add(p["operation"])
         assert 3 <= p["r"] <= 15
     assert ops == {"dilate", "erode"}
 
 
-def test_mt_side_scales_with_small_volumes():
+def test_mt_sizes_are_in_millimetres():
     clean = blob((32, 32, 32), radii=(10, 9, 8))
-    _, p = mt_noise(clean, np.random.default_rng(0), mode="dilate", r_min=14, r_max=14)
-    # 14 * 32 / 112 = 4: the recipe's side on LA crops, scaled to a 32^3 volume.
-    assert p["r"] == 14 and p["side"] == 4
-    _, p = mt_noise(clean, np.random.default_rng(0), mode="dilate", r_min=14, r_max=14, ref_size=None)
-    assert p["side"] == 14
+    # r = 8 recipe voxels at 0.625 mm = 5 mm: 4 voxels of 1.25 mm in plane, 2 of 2.5 mm across slices.
+    _, p = mt_noise(
+        clean, np.random.default_rng(0), mode="dilate", r_min=8, r_max=8, spacing=(1.25, 1.25, 2.5)
+    )
+    assert p["r"] == 8 and p["r_mm"] == pytest.approx(5.0)
+    assert p["sides"] == [4, 4, 2] and p["sides_mm"] == pytest.approx([5.0, 5.0, 5.0])
+    # On the recipe's own grid the side is r voxels.
+    _, p = mt_noise(clean, np.random.default_rng(0), mode="dilate", r_min=8, r_max=8, spacing=(0.625,) * 3)
+    assert p["sides"] == [8, 8, 8]
+
+
+def test_mt_draws_only_sides_that_change_the_mask():
+    clean = blob((32, 32, 32), radii=(10, 9, 8))
+    for seed in range(30):  # 2 mm voxels: r = 3..4 (1.9-2.5 mm) would be a 1-voxel element, i.e. nothing
+        noisy, p = mt_noise(clean, np.random.default_rng(seed), spacing=(2.0, 2.0, 2.0))
+        assert max(p["sides"]) >= 2 and p["r"] >= 5 and not np.array_equal(noisy, clean)
+    # A grid too coarse for every recipe size still gets the smallest change, on its finest axis.
+    noisy, p = mt_noise(clean, np.random.default_rng(0), mode="dilate", spacing=(30.0, 20.0, 40.0))
+    assert p["sides"] == [1, 2, 1] and not np.array_equal(noisy, clean)
 
 
 def test_mt_erosion_never_empties_a_thin_mask():
     thin = np.zeros((16, 16, 16), np.uint8)
     thin[4:12, 4:12, 7:9] = 1  # a 2-voxel thick plate: any cube side >= 3 erodes it away
-    noisy, p = mt_noise(thin, np.random.default_rng(0), mode="erode", r_min=9, r_max=9, ref_size=None)
+    noisy, p = mt_noise(thin, np.random.default_rng(0), mode="erode", r_min=9, r_max=9)
     assert noisy.sum() > 0
-    assert p["side"] == 9 and p["side_reduced_to"] < 9
+    assert p["side_reduced_to"] == p["sides"] and max(p["sides"]) < 9
 
 
 # ---------------------------------------------------------------- Markov
@@ -181,7 +192,7 @@ def test_protocols_never_return_an_empty_mask(protocol):
     one = np.zeros((10, 10, 10), np.uint8)
     one[5, 5, 5] = 1
     harsh = {
-        "mt": {"mode": "erode", "ref_size": None},
+        "mt": {"mode": "erode"},
         "markov": {"theta1": 0.0, "theta2": 1.0},
         "spg": {"beta": 1.0},
     }
@@ -232,7 +243,7 @@ def test_run_noise_writes_a_reported_noisy_set_and_leaves_labels_untouched(tmp_p
     ds = make_dataset(tmp_path / "ds")
     before = folder_bytes(ds / "labelsTr")
     rep = Lines()
-    out = run_noise(ds, "mt", 0.5, seed=0, params={"r_min": 3, "r_max": 5, "ref_size": None}, reporter=rep)
+    out = run_noise(ds, "mt", 0.5, seed=0, params={"r_min": 3, "r_max": 5}, reporter=rep)
     assert out == ds / "labelsTr_noisy" / "mt0.5"
     assert folder_bytes(ds / "labelsTr") == before
     assert sorted(p.name for p in out.iterdir()) == [f"case_{i:03d}.nii.gz" for i in range(4)] + [
@@ -287,7 +298,7 @@ def test_run_noise_resumes_a_killed_run(tmp_path, monkeypatch):
     ref = make_dataset(tmp_path / "ref", n=4)
     ds = tmp_path / "ds"
     shutil.copytree(ref, ds)
-    expected = folder_bytes(run_noise(ref, "mt", 1.0, seed=5, params={"mode": "dilate", "ref_size": None}))
+    expected = folder_bytes(run_noise(ref, "mt", 1.0, seed=5, params={"mode": "dilate"}))
 
     import svldrl.noise.run as run_mod
 
@@ -302,7 +313,7 @@ def test_run_noise_resumes_a_killed_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_mod, "write_nifti", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        run_noise(ds, "mt", 1.0, seed=5, params={"mode": "dilate", "ref_size": None})
+        run_noise(ds, "mt", 1.0, seed=5, params={"mode": "dilate"})
     partial = ds / "labelsTr_noisy" / "mt_dilate1.0.partial"
     assert partial.is_dir() and not (ds / "labelsTr_noisy" / "mt_dilate1.0").exists()
     assert len(list(partial.glob("*.nii.gz"))) == 2
@@ -310,10 +321,10 @@ def test_run_noise_resumes_a_killed_run(tmp_path, monkeypatch):
     # A resume with other settings must not mix two noisy sets.
     monkeypatch.setattr(run_mod, "write_nifti", real_write)
     with pytest.raises(UserError, match="other settings"):
-        run_noise(ds, "mt", 1.0, seed=6, params={"mode": "dilate", "ref_size": None}, name="mt_dilate1.0")
+        run_noise(ds, "mt", 1.0, seed=6, params={"mode": "dilate"}, name="mt_dilate1.0")
 
     rep = Lines()
-    out = run_noise(ds, "mt", 1.0, seed=5, params={"mode": "dilate", "ref_size": None}, reporter=rep)
+    out = run_noise(ds, "mt", 1.0, seed=5, params={"mode": "dilate"}, reporter=rep)
     assert sum("done earlier" in line for line in rep.lines) == 2
     assert not partial.exists()
     assert folder_bytes(out) == expected
@@ -351,3 +362,33 @@ def test_run_noise_restarts_a_leftover_that_finished_no_case(tmp_path):
     report = json.loads((out / "noise_report.json").read_text())
     assert report["args"]["foreground"] == [1, 2]
     assert report["cases"]["case_000"]["foreground_clean"] == int((labels > 0).sum())
+
+
+def test_noise_checks_every_case_before_writing_any(tmp_path):
+    ds = make_dataset(tmp_path / "ds")
+    last = ds / "labelsTr" / "case_003.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((7, 7, 7), np.uint8), np.eye(4)), str(last))  # not its image's grid
+    with pytest.raises(UserError, match="does not match mask grid") as err:
+        run_noise(ds, "mt", 1.0, seed=0)
+    assert "case_003" in str(err.value)
+    assert not list((ds / "labelsTr_noisy").glob("*/*.nii.gz"))  # nothing written for the good cases either
+
+
+def test_unchanged_and_harsh_corruptions_are_reported(tmp_path, monkeypatch):
+    ds = make_dataset(tmp_path / "ds")
+    import svldrl.noise.run as noise_run
+
+    @functools.wraps(mt_noise)  # same parameters as MT-Noise
+    def identity(mask, rng, **kw):  # a drawn corruption that happens to change nothing
+        return mask.copy(), {"operation": "dilate"}
+
+    monkeypatch.setitem(noise_run.ALL_PROTOCOLS, "mt", identity)
+    report = json.loads((run_noise(ds, "mt", 1.0, seed=0, name="same") / "noise_report.json").read_text())
+    assert report["n_selected"] == 4 and report["n_corrupted"] == 0 and report["n_unchanged"] == 4
+    assert all(e["selected"] and not e["corrupted"] for e in report["cases"].values())
+    monkeypatch.undo()
+    rep = Lines()  # erosion by 9.4 mm of a ~6 mm blob removes nearly all of it
+    out = run_noise(ds, "mt", 1.0, seed=0, params={"mode": "erode", "r_min": 15}, name="harsh", reporter=rep)
+    report = json.loads((out / "noise_report.json").read_text())
+    assert all(e["removed_fraction"] > 0.9 for e in report["cases"].values())
+    assert sum("warning" in line and "lost" in line for line in rep.lines) == 4

@@ -59,9 +59,12 @@ def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
     import json
 
     report = json.loads((Path(out) / "noise_report.json").read_text())
+    unchanged = report.get("n_unchanged", 0)
     rep.info(
-        f"wrote {out}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, mean label Dice "
-        f"{report['mean_dice']:.4f}, mean voxel error rate {report['mean_voxel_error_rate']:.4f}"
+        f"wrote {out}: {report['n_corrupted']}/{report['n_cases']} cases corrupted"
+        + (f" ({unchanged} drawn but left unchanged by their corruption)" if unchanged else "")
+        + f", mean label Dice {report['mean_dice']:.4f}, mean voxel error rate "
+        f"{report['mean_voxel_error_rate']:.4f}"
     )
     print(out)
     return 0
@@ -214,7 +217,11 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--patch", type=int, default=None, help="cubic patch side")
     t.add_argument("--backbone", default=None, help="unet | swinunetr")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--fold", type=int, default=None)
+    t.add_argument(
+        "--fold",
+        default=None,
+        help="cross-validation fold of splits_final.json (default 0), or all: train on every case, no validation",
+    )
     t.add_argument("--device", default=None)
     t.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     t.add_argument("--config", action="append", help="YAML config file (repeatable)")

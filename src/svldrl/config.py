@@ -22,9 +22,12 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "modality": "auto",  # auto | mr | ct: auto reads dataset.json channel_names
         "clip_percentiles": [0.5, 99.5],  # MR-style normalisation
-        "ct_window": None,  # [low, high] HU; CT default when None: percentiles as MR
+        "ct_window": None,  # [low, high] HU: one fixed window for CT; overrides intensity_range
+        # [low, high]: CT clip range from the dataset fingerprint (foreground percentiles 0.5 / 99.5 over the
+        # training cases, nnU-Net's rule); filled by training when None, kept in the run for prediction
+        "intensity_range": None,
         "foreground": None,  # list of label values mapped to foreground; None: any label > 0
-        "fold": 0,
+        "fold": 0,  # cross-validation fold of splits_final.json, or "all": every case trains, none validates
         "num_folds": 5,
         "cache": "memory",  # memory: training images in RAM | none: read at each access (bounded RAM, slower)
         "workers": 0,  # DataLoader processes cropping patches (<= cores - 1); same patches with any number
@@ -200,6 +203,8 @@ def validate(cfg: dict) -> dict:
         if key not in flat_default:
             raise UserError(f"unknown config key '{key}'")
         default = flat_default[key]
+        if key == "data.fold" and value == "all":
+            continue  # nnU-Net's fold 'all': every training case, no validation
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise UserError(f"config key '{key}' expects true/false, got {value!r}")
@@ -218,6 +223,15 @@ def validate(cfg: dict) -> dict:
             lo, hi = RANGES[key]
             if not (lo <= value <= hi):
                 raise UserError(f"config key '{key}' = {value!r} is out of range [{lo:g}, {hi:g}]")
+    for key in ("data.ct_window", "data.intensity_range"):
+        value = get(cfg, key)
+        if value is not None and not (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and value[0] < value[1]
+        ):
+            raise UserError(f"config key '{key}' expects [low, high] with low < high, got {value!r}")
     if get(cfg, "rl.warmup") + get(cfg, "rl.transition") > 1.0:
         raise UserError("config keys rl.warmup + rl.transition must not exceed 1")
     if get(cfg, "rl.alpha") + get(cfg, "rl.beta") > 1.0:

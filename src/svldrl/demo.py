@@ -161,7 +161,11 @@ def _action_map(ds: Path, run: Path, report: Path) -> None:
     img = read_volume(ds / "imagesTs" / f"{cid}_0000.nii.gz").array.astype(np.float32)
     lab = read_volume(ref).array
     x = normalize_intensity(
-        img, cfg["data"]["modality"], cfg["data"]["clip_percentiles"], cfg["data"]["ct_window"]
+        img,
+        cfg["data"]["modality"],
+        cfg["data"]["clip_percentiles"],
+        cfg["data"]["ct_window"],
+        cfg["data"]["intensity_range"],
     )
     extras = method.inspect_volume(net, cfg, x)
     if not extras:

@@ -40,7 +40,7 @@ from svldrl.audit import report
 from svldrl.data.dataset import Case, Dataset, check_grid, check_mask, load_case, load_dataset
 from svldrl.data.io import Volume, read_volume, write_nifti
 from svldrl.data.outputs import check_output_dir, mark_output_dir
-from svldrl.data.splits import SPLITS_FILE, load_or_create_splits, make_splits
+from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
 from svldrl.engine.predict import load_run
 from svldrl.errors import UserError
 from svldrl.methods.mtcl import class_confidence_sums, confident_learning_flags
@@ -213,7 +213,7 @@ class Judge:
 
     path: Path
     cfg: dict
-    fold: int
+    fold: int | str  # a fold number, or "all" (trained on every case)
     train_ids: set[str] = field(default_factory=set)
     val_ids: set[str] = field(default_factory=set)
 
@@ -257,21 +257,20 @@ def load_judges(run_dirs: list[Path], ds: Dataset) -> list[Judge]:
     judges: list[Judge] = []
     for path in run_dirs:
         cfg = C.load_config([path / "config.yaml"])
-        fold, num_folds = int(cfg["data"]["fold"]), int(cfg["data"]["num_folds"])
+        fold, num_folds = parse_fold(cfg["data"]["fold"]), int(cfg["data"]["num_folds"])
         # Read the splits the trainer used, but never write splits_final.json into the user's dataset: the
         # trainer's default splits are reproducible from the fixed seed.
-        if (Path(ds.root) / SPLITS_FILE).is_file():
-            splits = load_or_create_splits(ds.root, ids, num_folds)
-        else:
-            splits = make_splits(ids, num_folds)
-        if fold >= len(splits):
+        splits = None if fold == ALL else load_or_create_splits(ds.root, ids, num_folds, write=False)
+        try:
+            train_ids, val_ids = fold_cases(splits, fold, ids)
+        except UserError:
             raise UserError(
-                f"run trained fold {fold}, but the dataset's splits have {len(splits)} folds", path
-            )
+                f"run trained fold {fold}, but the dataset's splits have {len(splits or [])} folds", path
+            ) from None
         for other in judges:
             if other.fold == fold:
                 raise UserError(f"two runs of fold {fold}: {other.path} and {path}; pass one run per fold")
-        judges.append(Judge(path, cfg, fold, set(splits[fold]["train"]), set(splits[fold]["val"])))
+        judges.append(Judge(path, cfg, fold, set(train_ids), set(val_ids)))
     return judges
 
 

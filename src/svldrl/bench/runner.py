@@ -460,8 +460,8 @@ def _config_differences(asked: dict, saved: dict) -> list[str]:
             continue
         if key not in s and key in defaults and a.get(key) == defaults[key]:
             continue  # the run predates this key and was made with what is now its default
-        if key == "data.modality" and a.get(key) == "auto":
-            continue  # the trainer writes the modality it resolved from the dataset
+        if key in ("data.modality", "data.intensity_range") and a.get(key) in ("auto", None):
+            continue  # the trainer writes what it resolved from the dataset (modality, CT fingerprint range)
         diffs.append(f"{key}: {s.get(key)!r} there, {a.get(key)!r} asked")
     return diffs
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import H5_ENDINGS, NIFTI_ENDINGS, SITK_ENDINGS, Volume, file_ending, read_volume
+from svldrl.data.io import H5_ENDINGS, NIFTI_ENDINGS, SITK_ENDINGS, Grid, Volume, file_ending, read_volume
 from svldrl.data.normalize import map_foreground, normalize_intensity
 from svldrl.errors import UserError
 
@@ -506,7 +506,7 @@ def _apply_label_set(ds: Dataset, labels: str) -> Dataset:
 
 
 def load_case(
-    case: Case, data_cfg: dict, need_label: bool = True
+    case: Case, data_cfg: dict, need_label: bool = True, allow_empty: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, Volume]:
     """Read, normalise and check one case.
 
@@ -515,6 +515,7 @@ def load_case(
         data_cfg: the ``data`` section of the config (``modality``, ``clip_percentiles``,
             ``ct_window``, ``foreground``); ``modality: auto`` takes the dataset's.
         need_label: read and check the mask.
+        allow_empty: accept a mask without foreground (a case where the structure is absent).
 
     Returns:
         (image float32 in [0, 1], mask uint8 in {0, 1} or None, the image's :class:`Volume` with the
@@ -529,32 +530,43 @@ def load_case(
     if modality == "auto":
         modality = case.modality or "mr"
     clip = data_cfg.get("clip_percentiles", (0.5, 99.5))
-    image = normalize_intensity(vol.array, modality, clip, data_cfg.get("ct_window"))
+    image = normalize_intensity(
+        vol.array, modality, clip, data_cfg.get("ct_window"), data_cfg.get("intensity_range")
+    )
     if not need_label:
         return image, None, vol
     if case.label is None:
         raise UserError(f"case '{case.case_id}' has no mask", case.image)
     mask_vol = read_volume(case.label, key=case.label_key)
     check_grid(vol, mask_vol, case.image, case.label)
-    label = check_mask(mask_vol.array, case.label, data_cfg.get("foreground"))
+    label = check_mask(mask_vol.array, case.label, data_cfg.get("foreground"), allow_empty)
     return image, label, vol
 
 
 def check_grid(
-    image: Volume, mask: Volume, image_path: str | Path, mask_path: str | Path, tol: float = 1e-3
+    image: Volume | Grid,
+    mask: Volume | Grid,
+    image_path: str | Path,
+    mask_path: str | Path,
+    tol: float = 1e-3,
 ) -> None:
-    """Raise a :class:`UserError` naming both files unless the volumes share shape and affine (``tol`` mm)."""
-    same_shape = image.array.shape == mask.array.shape
-    diff = float(np.abs(np.asarray(image.affine) - np.asarray(mask.affine)).max())
+    """Raise a :class:`UserError` naming both files unless the volumes share shape and affine (``tol`` mm).
+
+    Either side may be a :class:`Volume` or just its :class:`Grid` (read without the voxels).
+    """
+    a = image.grid if isinstance(image, Volume) else image
+    b = mask.grid if isinstance(mask, Volume) else mask
+    same_shape = a.shape == b.shape
+    diff = float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max())
     if same_shape and diff <= tol:
         return
 
-    def grid(v: Volume) -> str:
-        return f"shape {tuple(v.array.shape)}, spacing {tuple(round(s, 4) for s in v.spacing)}"
+    def grid(g: Grid) -> str:
+        return f"shape {tuple(g.shape)}, spacing {tuple(round(s, 4) for s in g.spacing)}"
 
-    detail = "" if grid(image) != grid(mask) else f"; origin/direction differ by up to {diff:.3g} mm"
+    detail = "" if grid(a) != grid(b) else f"; origin/direction differ by up to {diff:.3g} mm"
     raise UserError(
-        f"image grid ({grid(image)}) does not match mask grid ({grid(mask)}) of {mask_path}{detail}",
+        f"image grid ({grid(a)}) does not match mask grid ({grid(b)}) of {mask_path}{detail}",
         image_path,
     )
 

@@ -40,7 +40,37 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along the three array axes."""
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return self.grid.spacing
+
+    @property
+    def grid(self) -> Grid:
+        """Shape and affine of the volume."""
+        return Grid(tuple(self.array.shape), self.affine)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid of a volume: array shape and voxel-to-world affine (RAS+, mm)."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the three array axes."""
+        return tuple(float(s) for s in np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def read_grid(path: str | Path, key: str = "image") -> Grid:
+    """The grid of a volume without reading its voxels where the format allows (NIfTI); else via
+    :func:`read_volume`. Raises :class:`UserError` as :func:`read_volume` does."""
+    path = Path(path)
+    if path.is_file() and file_ending(path) in NIFTI_ENDINGS:
+        check_volume_header(path)
+        img = nib.load(str(path))
+        return Grid(tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=np.float64))
+    vol = read_volume(path, key=key)
+    return Grid(tuple(vol.array.shape), vol.affine)
 
 
 def file_ending(path: str | Path) -> str:

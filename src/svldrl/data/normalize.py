@@ -1,7 +1,10 @@
 """Intensity normalisation to [0, 1] and label-to-foreground mapping.
 
-MR: clip to robust percentiles, then min-max. CT: clip to a fixed HU window when one is given
-(values mean the same thing across scanners), otherwise the same percentile rule as MR.
+MR: clip each image to its own robust percentiles, then min-max. CT: clip to one range for the whole
+dataset, then min-max: a fixed HU window when one is given (``data.ct_window``), else the dataset
+fingerprint's foreground percentiles 0.5 / 99.5 (``data.intensity_range``, nnU-Net's CT rule; see
+:mod:`svldrl.data.fingerprint`). A CT image with neither (a run trained before the fingerprint existed) falls
+back to the per-image percentile rule.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ def normalize_intensity(
     modality: str = "mr",
     clip_percentiles: Sequence[float] | None = (0.5, 99.5),
     ct_window: Sequence[float] | None = None,
+    intensity_range: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Map an image to float32 in [0, 1].
 
@@ -23,14 +27,16 @@ def normalize_intensity(
         arr: image of any numeric dtype.
         modality: ``"mr"`` or ``"ct"`` (``"auto"`` is treated as ``"mr"``: callers resolve it first).
         clip_percentiles: (low, high) percentiles to clip to; ``None`` uses min and max.
-        ct_window: (low, high) HU window, used for CT only.
+        ct_window: (low, high) HU window, used for CT only; overrides ``intensity_range``.
+        intensity_range: (low, high) from the dataset fingerprint, used for CT only.
 
     Returns:
         float32 array of the same shape; a constant image gives zeros.
     """
     a = np.asarray(arr, dtype=np.float32)
-    if modality == "ct" and ct_window is not None:
-        lo, hi = float(ct_window[0]), float(ct_window[1])
+    window = (ct_window if ct_window is not None else intensity_range) if modality == "ct" else None
+    if window is not None:
+        lo, hi = float(window[0]), float(window[1])
     elif clip_percentiles is not None:
         lo, hi = (float(v) for v in np.percentile(a, [clip_percentiles[0], clip_percentiles[1]]))
     else:

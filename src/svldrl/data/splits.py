@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,25 +59,90 @@ def make_splits(case_ids: Iterable[str], num_folds: int = 5, seed: int = 12345) 
     return splits
 
 
+#: ``--fold all`` (nnU-Net's): train on every training case, validate on none.
+ALL = "all"
+
+
+def parse_fold(value: object) -> int | str:
+    """``3`` / ``"3"`` -> 3, ``"all"`` -> ``"all"``.
+
+    Raises:
+        UserError: anything else.
+    """
+    if value == ALL:
+        return ALL
+    if isinstance(value, bool):
+        raise UserError(f"fold must be a non-negative integer or 'all', got {value!r}")
+    try:
+        fold = int(str(value))
+    except ValueError:
+        raise UserError(f"fold must be a non-negative integer or 'all', got {value!r}") from None
+    if fold < 0:
+        raise UserError(f"fold must be a non-negative integer or 'all', got {value!r}")
+    return fold
+
+
+def fold_cases(
+    splits: list[dict[str, list[str]]] | None, fold: int | str, case_ids: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """(training ids, validation ids) of ``fold``, sorted; ``all``: every case trains, none validates.
+
+    Raises:
+        UserError: a fold the splits do not have.
+    """
+    if fold == ALL:
+        return sorted(case_ids), []
+    if splits is None or int(fold) >= len(splits):
+        n = 0 if splits is None else len(splits)
+        raise UserError(f"--fold {fold} does not exist: the splits have {n} folds (or use --fold all)")
+    return sorted(splits[int(fold)]["train"]), sorted(splits[int(fold)]["val"])
+
+
 def load_or_create_splits(
-    root: str | Path, case_ids: Iterable[str], num_folds: int = 5, seed: int = 12345
+    root: str | Path,
+    case_ids: Iterable[str],
+    num_folds: int = 5,
+    seed: int = 12345,
+    reporter: Any = None,
+    write: bool = True,
 ) -> list[dict[str, list[str]]]:
     """Honour ``root/splits_final.json`` if present, else make the splits and save them there.
 
-    The file is written atomically, and not at all when ``root`` is read-only (the splits are
-    still returned, and are the same next time because the seed is fixed).
+    The file is written atomically, and not at all when ``root`` is read-only or ``write`` is False (the
+    splits are still returned, and are the same next time because the seed is fixed).
+
+    A file that no longer covers the dataset's cases (cases were added since it was written) is never used
+    silently: when it is exactly what svldrl would have made for its own cases, it is rebuilt over all cases
+    with a warning through ``reporter``; a file the user made is refused.
 
     Raises:
-        UserError: the existing file is malformed, names unknown cases, or puts a case in both
-            train and val of one fold.
+        UserError: the existing file is malformed, names unknown cases, puts a case in both train and val of
+            one fold, or (user-made) leaves training cases out of every fold.
     """
     root = Path(root)
     path = root / SPLITS_FILE
     ids = list(case_ids)
     if path.is_file():
-        return _read_splits(path, set(ids))
+        splits = _read_splits(path, set(ids))
+        covered = {c for f in splits for c in f["train"] + f["val"]}
+        missing = sorted(set(ids) - covered)
+        if not missing:
+            return splits
+        listed = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        if splits != make_splits(sorted(covered), len(splits), seed):
+            raise UserError(
+                f"the splits name {len(covered)} of the {len(ids)} training cases (in no fold: {listed}); "
+                "add them to the folds, or delete the file to make new splits",
+                path,
+            )
+        if reporter is not None:
+            reporter.info(
+                f"warning: {path} was made for {len(covered)} training cases, the dataset now has {len(ids)} "
+                f"(new: {listed}); the folds are made again over all cases, so fold numbers now hold other "
+                "validation cases than in runs trained before"
+            )
     splits = make_splits(ids, num_folds, seed)
-    if os.access(root, os.W_OK):
+    if write and os.access(root, os.W_OK):
         try:
             write_text(path, json.dumps(splits, indent=2) + "\n")
         except OSError:

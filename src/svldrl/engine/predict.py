@@ -208,7 +208,9 @@ def predict_folder(
         vol = read_volume(path)
         # The raw array goes as soon as it is normalised: one full-size copy less at the peak.
         raw, vol.array = vol.array, None
-        image = normalize_intensity(raw, dcfg["modality"], dcfg["clip_percentiles"], dcfg["ct_window"])
+        image = normalize_intensity(
+            raw, dcfg["modality"], dcfg["clip_percentiles"], dcfg["ct_window"], dcfg["intensity_range"]
+        )
         del raw
         label, extras = segment_volume(method, net, cfg, image, batch)
         if save_refined and hasattr(method, "inspect_volume"):

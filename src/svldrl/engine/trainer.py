@@ -41,8 +41,9 @@ from torch.utils.data import DataLoader
 
 from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset, load_case
+from svldrl.data.fingerprint import ct_range, dataset_fingerprint
 from svldrl.data.io import write_text
-from svldrl.data.splits import load_or_create_splits
+from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
 from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -377,30 +378,66 @@ class Trainer:
 
     def _load_data(self) -> None:
         dcfg = self.cfg["data"]
+        if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
+            stats = dataset_fingerprint(
+                self.dataset.root,
+                self.dataset.train,
+                self.dataset.label_set,
+                dcfg["foreground"],
+                self.reporter,
+            )
+            dcfg["intensity_range"] = ct_range(stats)  # in the run's config.yaml: predict normalises the same
+            self.reporter.info(
+                f"CT normalisation: clip to the training foreground's [{stats['percentile_00_5']:g}, "
+                f"{stats['percentile_99_5']:g}] (percentiles 0.5 / 99.5), map to [0, 1]"
+            )
         cases = {c.case_id: c for c in self.dataset.train}
-        splits = load_or_create_splits(self.dataset.root, sorted(cases), int(dcfg["num_folds"]))
-        fold = int(dcfg["fold"])
-        if fold >= len(splits):
-            raise UserError(f"--fold {fold} does not exist: the splits have {len(splits)} folds")
-        self.train_ids = sorted(splits[fold]["train"])
-        self.val_ids = sorted(splits[fold]["val"])
+        fold = parse_fold(dcfg["fold"])
+        if fold == ALL and self.cfg["train"]["checkpoint_select"] == "val":
+            raise UserError(
+                "--fold all trains on every case and keeps none for validation, so "
+                "train.checkpoint_select=val has nothing to select on; use final (the default) or a fold number"
+            )
+        splits = (
+            None
+            if fold == ALL
+            else load_or_create_splits(
+                self.dataset.root, sorted(cases), int(dcfg["num_folds"]), reporter=self.reporter
+            )
+        )
+        self.train_ids, self.val_ids = fold_cases(splits, fold, cases)
         in_ram = dcfg["cache"] == "memory"
         images: list[np.ndarray] = []
         self.given: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
         for cid in self.train_ids:
             # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
-            img, lab, _ = load_case(cases[cid], dcfg)
+            # A mask without foreground is a case where the structure is absent (a multi-organ set binarised
+            # for one organ): a negative example, trained on like any other.
+            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True)
             if in_ram:
                 images.append(self._pad(img))
             lab = self._pad(lab)
             self.given.append(lab)
             self.targets.append(lab.astype(np.float32))
         self.fg_idx = [np.flatnonzero(g) for g in self.given]
+        absent = [cid for cid, idx in zip(self.train_ids, self.fg_idx, strict=True) if not idx.size]
+        if len(absent) == len(self.train_ids):
+            which = "" if dcfg["foreground"] is None else f" with foreground labels {dcfg['foreground']}"
+            raise UserError(
+                f"every training mask of fold {dcfg['fold']} is empty (no foreground voxels{which}); "
+                "check the masks or --foreground",
+                self.dataset.root,
+            )
+        if absent:
+            self.reporter.info(
+                f"{len(absent)} training case(s) without foreground (structure absent), trained on as "
+                f"negatives: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
+            )
         val_images: list[np.ndarray] = []
         self.val_labels: list[np.ndarray] = []
         for cid in self.val_ids:
-            img, lab, _ = load_case(cases[cid], dcfg)
+            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True)
             if in_ram:
                 val_images.append(img)
             self.val_labels.append(lab)

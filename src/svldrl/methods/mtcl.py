@@ -150,7 +150,7 @@ class MTCLTrainer(Trainer):
                 f"not be re-read from {self.dataset.root} ({exc})"
             ) from None
         for i in range(k):
-            _, lab, _ = load_case(clean[self.train_ids[i]], self.cfg["data"])
+            _, lab, _ = load_case(clean[self.train_ids[i]], self.cfg["data"], allow_empty=True)
             lab = self._pad(lab)
             self.given[i], self.targets[i], self.fg_idx[i] = lab, lab.astype(np.float32), np.flatnonzero(lab)
 

@@ -1,9 +1,16 @@
-"""MT-Noise: one random cube dilation or erosion per corrupted mask (MTCL's Left Atrium recipe).
+"""MT-Noise: one random cube dilation or erosion per corrupted mask (MTCL's Left Atrium recipe), in mm.
 
 Source: Xu & Xia, "Noisy labels are treasure: mean-teacher-assisted confident learning for
 hepatic vessel segmentation" (MICCAI 2021) and its TMI 2022 extension; the public LA code
 corrupts a training mask by one 3D binary dilation or erosion (p = 0.5 each) with a cube
-structuring element of side r ~ U{3..15} on ~112^3 crops.
+structuring element of side r ~ U{3..15} voxels on Left Atrium crops at 0.625 mm.
+
+**decision**: sizes are physical. The side is drawn in the recipe's voxels (``r_min``..``r_max``, default
+3..15) and converted to millimetres with the recipe's voxel size (``ref_spacing``, 0.625 mm: 1.9 to 9.4 mm),
+then to each case's own voxels per axis (``round(r_mm / spacing_axis)``), so the same recipe is as harsh on
+a 2 mm CT as on LA, and an anisotropic volume is corrupted equally far along every axis. A side of one voxel
+on every axis would change nothing: only sides that change the mask are drawn (the sides whose element is at
+least 2 voxels on some axis; on a grid too coarse for any, the finest axis gets 2).
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ from scipy import ndimage
 from svldrl.noise.report import mask_dice
 
 MODES = ("both", "dilate", "erode")
+#: Voxel size (mm) of the Left Atrium crops the recipe's r ~ U{3..15} was made for.
+LA_SPACING = 0.625
 
 
 def check_mt_params(
     mode: str = "both",
     r_min: int = 3,
     r_max: int = 15,
+    ref_spacing: float = LA_SPACING,
     spacing: Sequence[float] | None = None,
-    ref_size: int | None = 112,
 ) -> None:
     """Raise ValueError naming the first invalid MT-Noise parameter."""
     if mode not in MODES:
@@ -35,38 +44,35 @@ def check_mt_params(
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
     if r_min > r_max:
         raise ValueError(f"r_min ({r_min}) must not exceed r_max ({r_max})")
+    if not _positive_number(ref_spacing):
+        raise ValueError(f"ref_spacing must be a positive number of mm, got {ref_spacing!r}")
     if spacing is not None:
         if len(spacing) != 3 or not all(_positive_number(s) for s in spacing):
             raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
-    if ref_size is not None and (
-        isinstance(ref_size, bool) or not isinstance(ref_size, (int, np.integer)) or ref_size < 1
-    ):
-        raise ValueError(f"ref_size must be a positive integer or None, got {ref_size!r}")
 
 
 def _positive_number(x: Any) -> bool:
     return not isinstance(x, bool) and isinstance(x, (int, float, np.number)) and math.isfinite(x) and x > 0
 
 
-def effective_side(r: int, shape: Sequence[int], ref_size: int | None) -> int:
-    """Cube side ``r`` scaled down for volumes smaller than the reference crop (never up, never < 1)."""
-    if ref_size is None:
-        return int(r)
-    scale = min(1.0, min(shape) / ref_size)
-    return max(1, int(math.floor(r * scale + 0.5)))
-
-
-def cube_sides(side: int, spacing: Sequence[float] | None) -> tuple[int, int, int]:
-    """Per-axis sides of a cuboid with the physical extent of a ``side``-voxel cube on the finest axis.
-
-    Anisotropic volumes (e.g. 1 x 1 x 5 mm) would otherwise be corrupted five times more along
-    the coarse axis than in plane.
-    """
-    if spacing is None:
-        return (side, side, side)
-    finest = min(float(s) for s in spacing)
-    a, b, c = (max(1, int(math.floor(side * finest / float(s) + 0.5))) for s in spacing)
+def cube_sides(r_mm: float, spacing: Sequence[float]) -> tuple[int, int, int]:
+    """Per-axis sides (voxels) of a cuboid ``r_mm`` wide on every axis of a grid with ``spacing`` (mm)."""
+    a, b, c = (max(1, int(math.floor(r_mm / float(s) + 0.5))) for s in spacing)
     return (a, b, c)
+
+
+def _sides_that_change(
+    r_min: int, r_max: int, ref_spacing: float, spacing: Sequence[float]
+) -> list[tuple[int, tuple[int, int, int]]]:
+    """(r, sides) for every drawable r whose element is at least 2 voxels on some axis."""
+    options = [(r, cube_sides(r * ref_spacing, spacing)) for r in range(r_min, r_max + 1)]
+    changing = [(r, sides) for r, sides in options if max(sides) >= 2]
+    if changing:
+        return changing
+    finest = int(np.argmin([float(s) for s in spacing]))  # too coarse for the recipe: the smallest change
+    sides = [1, 1, 1]
+    sides[finest] = 2
+    return [(r_max, (sides[0], sides[1], sides[2]))]
 
 
 def _morph(mask: np.ndarray, op: str, sides: tuple[int, int, int]) -> np.ndarray:
@@ -83,10 +89,10 @@ def mt_noise(
     mode: str = "both",
     r_min: int = 3,
     r_max: int = 15,
+    ref_spacing: float = LA_SPACING,
     spacing: Sequence[float] | None = None,
-    ref_size: int | None = 112,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Corrupt a binary mask with one cube dilation or erosion (MT-Noise).
+    """Corrupt a binary mask with one cube dilation or erosion (MT-Noise), sized in millimetres.
 
     Source: MTCL (Xu & Xia, MICCAI 2021 / TMI 2022), public Left Atrium noise recipe.
 
@@ -95,46 +101,42 @@ def mt_noise(
         rng: the random generator (the only source of randomness).
         mode: ``"both"`` (dilate or erode with p = 0.5 each, the recipe), ``"dilate"`` or
             ``"erode"`` (one-sided noise, which does not cancel out in expectation).
-        r_min: smallest cube side in voxels of a ``ref_size``-sized volume.
-        r_max: largest cube side (inclusive); r ~ U{r_min..r_max}.
-        spacing: voxel size per axis; when given the element is a cuboid of equal physical
-            extent on every axis (the drawn side applies to the finest axis).
-        ref_size: the crop size the recipe was designed for (LA ~112^3); sides are scaled by
-            ``min(shape) / ref_size`` for smaller volumes, never up. ``None`` disables scaling.
+        r_min, r_max: range of the cube side in the recipe's voxels (inclusive), default 3..15.
+        ref_spacing: the recipe's voxel size in mm (LA, 0.625): r voxels there are ``r * ref_spacing`` mm.
+        spacing: this mask's voxel size per axis in mm (``svldrl noise`` passes each case's own);
+            None: the recipe's grid (sides = r on every axis).
 
     Returns:
-        The noisy uint8 mask and a dict with the operation, the drawn side ``r``, the effective
-        side(s), whether erosion had to be softened to keep the mask non-empty, and the Dice.
-        An empty input mask is returned unchanged (nothing to corrupt).
+        The noisy uint8 mask and a dict with the operation, the drawn side ``r`` (recipe voxels) and
+        ``r_mm``, the per-axis ``sides`` (this mask's voxels) and ``sides_mm``, ``side_reduced_to`` when an
+        erosion had to be softened to keep the mask non-empty, and the Dice. An empty input mask is
+        returned unchanged.
     """
-    check_mt_params(mode, r_min, r_max, spacing, ref_size)
+    check_mt_params(mode, r_min, r_max, ref_spacing, spacing)
     mask = (np.asarray(mask) != 0).astype(np.uint8)
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3D, got shape {mask.shape}")
+    grid = [float(s) for s in spacing] if spacing is not None else [ref_spacing] * 3
+    options = _sides_that_change(r_min, r_max, ref_spacing, grid)
     # Draw both numbers unconditionally so the stream consumed does not depend on the mode.
     flip = rng.random()
-    r = int(rng.integers(r_min, r_max + 1))
-    if mode == "both":
-        op = "dilate" if flip < 0.5 else "erode"
-    else:
-        op = mode
-    side = effective_side(r, mask.shape, ref_size)
-    params: dict[str, Any] = {"protocol": "mt", "operation": op, "r": r, "side": side}
+    r, sides = options[int(rng.integers(len(options)))]
+    op = mode if mode != "both" else ("dilate" if flip < 0.5 else "erode")
+    params: dict[str, Any] = {"protocol": "mt", "operation": op, "r": r, "r_mm": round(r * ref_spacing, 4)}
     if not mask.any():
         params.update(operation="none", reason="empty mask", dice=1.0)
         return mask.copy(), params
 
-    sides = cube_sides(side, spacing)
     noisy = _morph(mask, op, sides)
-    used = side
+    used = sides
     # Erosion by a large cube can delete a thin structure entirely; an empty mask is not a
     # plausible annotation, so shrink the element until something survives (side 1 = identity).
     while not noisy.any():
-        used -= 1
-        sides = cube_sides(used, spacing)
-        noisy = _morph(mask, op, sides)
-    if used != side:
-        params["side_reduced_to"] = used
-    params["sides"] = list(sides)
+        used = tuple(max(1, s - 1) for s in used)
+        noisy = _morph(mask, op, used)
+    if used != sides:
+        params["side_reduced_to"] = list(used)
+    params["sides"] = list(used)
+    params["sides_mm"] = [round(n * g, 4) for n, g in zip(used, grid, strict=True)]
     params["dice"] = mask_dice(mask, noisy)
     return noisy, params

@@ -47,10 +47,12 @@ def build_report(protocol: str, args: dict[str, Any], per_case: dict[str, dict[s
         protocol: protocol name (``"mt"``, ``"markov"``, ``"spg"``).
         args: the settings that produced the set (ratio, seed, protocol parameters, ...).
         per_case: case id -> dict with at least ``dice``, ``voxel_error_rate`` and
-            ``corrupted`` (bool); any other keys (the operation and its parameters) are kept.
+            ``corrupted`` (bool: the mask changed); ``selected`` (drawn for corruption, default
+            ``corrupted``) and any other keys (the operation and its parameters) are kept.
 
     Returns:
-        A JSON-ready dict: protocol, args, counts, mean Dice / mean voxel error rate over all
+        A JSON-ready dict: protocol, args, counts (cases, corrupted = changed, selected, selected but
+        unchanged), mean Dice / mean voxel error rate over all
         cases and over the corrupted cases only (``None`` when there are none), and the
         per-case entries in case-id order.
     """
@@ -63,11 +65,14 @@ def build_report(protocol: str, args: dict[str, Any], per_case: dict[str, dict[s
                 raise ValueError(f"per-case entry {case_id!r} has a non-finite {key}")
     ids = sorted(per_case)
     corrupted = [c for c in ids if per_case[c]["corrupted"]]
+    selected = [c for c in ids if per_case[c].get("selected", per_case[c]["corrupted"])]
     return {
         "protocol": protocol,
         "args": dict(args),
         "n_cases": len(ids),
         "n_corrupted": len(corrupted),
+        "n_selected": len(selected),
+        "n_unchanged": len(selected) - len(corrupted),
         "mean_dice": _mean([float(per_case[c]["dice"]) for c in ids]),
         "mean_voxel_error_rate": _mean([float(per_case[c]["voxel_error_rate"]) for c in ids]),
         "mean_dice_corrupted": _mean([float(per_case[c]["dice"]) for c in corrupted]),

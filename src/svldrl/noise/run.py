@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import read_volume, write_nifti, write_text
+from svldrl.data.io import read_grid, read_volume, write_nifti, write_text
 from svldrl.errors import UserError
 from svldrl.noise.markov import check_markov_params, markov_noise
 from svldrl.noise.mt import check_mt_params, mt_noise
@@ -135,6 +135,24 @@ def select_cases(n: int, ratio: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
 
 
+def check_cases(cases: list[Any], foreground: list[int] | None, info: Callable[[str], None]) -> None:
+    """What ``svldrl train`` checks, before any noisy mask is written: every clean mask exists, is readable,
+    binary (or mapped by ``foreground``) and on its image's grid.
+
+    Raises:
+        UserError: the first case that fails, naming its file.
+    """
+    from svldrl.data.dataset import check_grid  # lazy: the pure noise functions need no dataset code
+
+    for case in cases:
+        if case.label is None:
+            raise UserError(f"training case {case.case_id} has no clean label to corrupt", case.image)
+        vol = read_volume(case.label, key=case.label_key)
+        _binary(vol.array, Path(case.label), foreground)
+        check_grid(read_grid(case.image, case.image_key), vol, case.image, case.label)
+    info(f"checked {len(cases)} training cases (masks binary and on their images' grids)")
+
+
 def _binary(array: np.ndarray, path: Path, foreground: list[int] | None) -> np.ndarray:
     from svldrl.data.dataset import check_mask  # lazy: the pure noise functions need no dataset code
 
@@ -207,8 +225,8 @@ def run_noise(
         seed: non-negative integer; the same seed gives byte-identical files.
         name: folder name under ``labelsTr_noisy/``; default from protocol and ratio
             (:func:`default_name`).
-        params: protocol parameters overriding the defaults; for ``"mt"``,
-            ``spacing="auto"`` uses each label's voxel size.
+        params: protocol parameters overriding the defaults; a protocol's ``spacing`` left at None (or
+            ``"auto"``) is each case's own voxel size, so MT-Noise sizes are in mm.
         foreground: label value(s) counted as foreground (default: the mask must be binary).
         reporter: object with ``.info(str)`` for progress; silent when None.
 
@@ -238,9 +256,7 @@ def run_noise(
     cases = sorted(ds.train, key=lambda c: c.case_id)
     if not cases:
         raise UserError("dataset has no training cases to corrupt", dataset_path)
-    for case in cases:
-        if case.label is None:
-            raise UserError(f"training case {case.case_id} has no clean label to corrupt", dataset_path)
+    check_cases(cases, foreground, info)
     chosen = set(select_cases(len(cases), float(ratio), int(seed)))
     settings = _json(
         {
@@ -309,11 +325,11 @@ def run_noise(
             continue
         vol = read_volume(case.label, key=case.label_key)
         clean = _binary(vol.array, Path(case.label), foreground)
-        corrupted = index in chosen
-        if corrupted:
+        selected = index in chosen
+        if selected:
             kwargs = dict(resolved)
-            if kwargs.get("spacing") == "auto":
-                kwargs["spacing"] = list(vol.spacing)
+            if "spacing" in kwargs and kwargs["spacing"] in (None, "auto"):
+                kwargs["spacing"] = list(vol.spacing)  # sizes in mm: each case's own voxel size
             if protocol in _PREPARE:
                 if prepared is None:
                     prepared = _PREPARE[protocol](ds, cases, resolved, int(seed), final, foreground, info)
@@ -324,16 +340,28 @@ def run_noise(
         else:
             noisy, op = clean, {"operation": "none"}
         noisy = np.asarray(noisy, dtype=np.uint8)
+        n_clean, kept = int(clean.sum()), int(np.count_nonzero(clean & noisy))
+        removed = (n_clean - kept) / n_clean if n_clean else 0.0
         entry = _json(
             {
-                "corrupted": corrupted,
+                # selected: drawn for corruption; corrupted: its mask actually changed (a drawn operation
+                # that changes nothing is reported, not counted)
+                "selected": selected,
+                "corrupted": selected and not np.array_equal(clean, noisy),
                 "dice": mask_dice(clean, noisy),
                 "voxel_error_rate": voxel_error_rate(clean, noisy),
-                "foreground_clean": int(clean.sum()),
+                "foreground_clean": n_clean,
                 "foreground_noisy": int(noisy.sum()),
+                "removed_fraction": round(removed, 6),
+                "added_fraction": round((int(noisy.sum()) - kept) / n_clean, 6) if n_clean else 0.0,
                 "noise": op,
             }
         )
+        if removed > 0.9:
+            info(
+                f"warning: noise {name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
+                f"({op.get('operation')}); such a mask is barely an annotation of the same structure"
+            )
         write_nifti(out, noisy, vol.affine, vol.header)
         # The entry is written after the mask: a case counts as done only when both exist.
         write_text(meta, _dump(entry))

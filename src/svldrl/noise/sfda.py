@@ -463,7 +463,9 @@ def prepare_sfda(
 
             raw = read_volume(case.image, key=case.image_key).array
             modality = dcfg["modality"] if dcfg["modality"] != "auto" else (case.modality or "mr")
-            model_input = normalize_intensity(raw, modality, dcfg["clip_percentiles"], dcfg["ct_window"])
+            model_input = normalize_intensity(
+                raw, modality, dcfg["clip_percentiles"], dcfg["ct_window"], dcfg["intensity_range"]
+            )
         else:
             # Our source model saw normalise(shift(x)); the original domain is normalise(x).
             x, _ = _normalised(case, ds.modality, params["ct_window"])
