@@ -285,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("svldrl: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A path the user gave that cannot be read or written where no check caught it first: still one
+        # line naming it (SVLDRL_DEBUG=1 shows the traceback instead).
+        if os.environ.get("SVLDRL_DEBUG"):
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"svldrl: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

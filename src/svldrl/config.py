@@ -185,13 +185,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"rl.t_max=5"`` -> ``("rl.t_max", 5)``; the value is parsed as YAML."""
+    """``"rl.t_max=5"`` -> ``("rl.t_max", 5)``; the value is parsed as YAML.
+
+    A value that YAML cannot read is kept as a plain string (``train.device=cuda:0``), except one that
+    opens a list or a mapping, which is a mistake (``nets.features=[4,8``).
+    """
     if "=" not in text:
         raise UserError(f"--set expects key=value, got '{text}'")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if raw.strip()[:1] in ("[", "{"):
+            reason = str(exc).splitlines()[0]
+            raise UserError(f"--set {key.strip()}: malformed value '{raw}' ({reason})") from None
         value = raw
     return key.strip(), value
 
@@ -215,6 +222,14 @@ def validate(cfg: dict) -> dict:
                 if not value.is_integer():
                     raise UserError(f"config key '{key}' expects an integer, got {value!r}")
                 _set(cfg, key, int(value), "validation")
+        elif isinstance(default, list):
+            if not isinstance(value, list):
+                raise UserError(f"config key '{key}' expects a list like {default!r}, got {value!r}")
+            kinds = {type(v) for v in default}
+            if kinds and not all(type(v) in kinds or (float in kinds and type(v) is int) for v in value):
+                raise UserError(
+                    f"config key '{key}' expects a list of numbers like {default!r}, got {value!r}"
+                )
         if key in CHOICES and value not in CHOICES[key]:
             raise UserError(
                 f"config key '{key}' must be one of {', '.join(map(str, CHOICES[key]))}, got {value!r}"
@@ -244,6 +259,10 @@ def validate(cfg: dict) -> dict:
         # Swin UNETR's 1/32 bottleneck must hold more than one voxel for instance norm
         raise UserError("config key 'train.patch' must be a multiple of 32 and at least 64 for swinunetr")
     features = get(cfg, "nets.features")
+    if len(features) < 2 or any(f < 1 for f in features):
+        raise UserError(
+            f"config key 'nets.features' expects at least two positive channel counts, got {features!r}"
+        )
     if get(cfg, "nets.backbone") == "unet" and get(cfg, "train.patch") % 2 ** (len(features) - 1):
         raise UserError(
             f"config key 'train.patch' = {get(cfg, 'train.patch')} must be a multiple of {2 ** (len(features) - 1)} "

@@ -832,6 +832,10 @@ def run_benchmark(
             "choose another --out",
             out,
         )
+    others = [] if reuse is None else [reuse] if isinstance(reuse, str | Path) else list(reuse)
+    for other in others:
+        if not (Path(other) / SPEC_NAME).is_file():
+            raise UserError(f"--reuse: not a benchmark folder (no {SPEC_NAME})", other)
     claim_benchmark_dir(out)
     write_text(out / SPEC_NAME, json.dumps(spec, indent=2) + "\n")
 
@@ -840,7 +844,6 @@ def run_benchmark(
         # phantoms and noisy masks; the second one waits and then finds them complete
         data = prepare_data(bench, out, reporter)
     # after prepare_data: whether the other folder's noisy masks are these is read from both noise reports
-    others = [] if reuse is None else [reuse] if isinstance(reuse, str | Path) else list(reuse)
     reusers = [run_reuser(Path(o).absolute(), out, spec, bench) for o in others]
     train_reporter = reporter if verbose else QUIET
     total = len(todo)

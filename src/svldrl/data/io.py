@@ -220,7 +220,13 @@ class DiskFullError(UserError, OSError):
     still an ``OSError`` for callers that fall back when a folder cannot be written."""
 
 
+class NotWritableError(UserError, OSError):
+    """A folder or file that cannot be written (permissions, a read-only file system); like
+    :class:`DiskFullError` both a user error and an ``OSError``."""
+
+
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def current_umask() -> int:
@@ -267,8 +273,12 @@ def atomic_write(path: str | Path, write: Any) -> Path:
         for d in created:  # deepest first; only folders still empty
             with contextlib.suppress(OSError):
                 d.rmdir()
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL and not isinstance(exc, DiskFullError):
-            raise DiskFullError(f"disk full while writing {path}") from None
+        if isinstance(exc, OSError) and not isinstance(exc, UserError):
+            if exc.errno in _DISK_FULL:
+                raise DiskFullError(f"disk full while writing {path}") from None
+            if exc.errno in _NOT_WRITABLE:
+                where = exc.filename or path
+                raise NotWritableError(f"cannot write here ({exc.strerror})", where) from None
         raise
     return path
 

@@ -75,7 +75,6 @@ def evaluate_folders(
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     out = pred_dir / "summary.json" if out is None else Path(out)
-    _check_out(out, overwrite)
     if foreground is not None:
         if labels is not None:
             raise UserError("give either labels or foreground, not both")
@@ -84,6 +83,7 @@ def evaluate_folders(
             raise UserError(f"foreground must list non-zero reference labels, got {foreground}")
     preds = _case_files(pred_dir, "prediction")
     refs = _case_files(ref_dir, "reference")
+    _check_out(out, overwrite)
     _check_pairs(preds, refs, pred_dir, ref_dir)
 
     fixed_labels = [1] if foreground is not None else None if labels is None else [int(v) for v in labels]
