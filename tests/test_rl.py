@@ -339,3 +339,31 @@ def test_greedy_refine_follows_the_argmax_policy() -> None:
     refined, last = greedy_refine(net, x, steps=2, action_scale=0.3)
     assert (last == ENHANCE).all()
     assert torch.allclose(refined, torch.full_like(x, 0.5 * 1.15**2))  # eps = E[eps] = 0.5 without generator
+
+
+# ---------------------------------------------------------------- the paper's reward (rl.reward = paper)
+
+
+def test_paper_reward_matches_a_hand_computation():
+    from svldrl.rl.reward import paper_continuity, paper_reward
+
+    y = torch.zeros(1, 1, 6, 6, 6)
+    y[0, 0, 1:3, 1:3, 1:3] = 1.0  # 8 voxels
+    f_t = torch.zeros_like(y)
+    f_t[0, 0, 1:3, 1:3, 1] = 1.0  # half of it: Dice 2*4/(4+8) = 2/3
+    f_next = y.clone()
+    f_next[0, 0, 5, 5, 5] = 1.0  # all of it plus a stray voxel: Dice 16/17, two components
+    # local TV of f_next: the 2^3 cube has 3 faces x 4 voxels on its far sides and 3 x 4 on its near sides
+    # (forward differences), 24; the stray corner voxel adds 3 (its near faces; the far ones leave the volume)
+    tv_mean = (24 + 3) / 216
+    expected_c = 0.01 * 1 + 0.1 * tv_mean
+    assert float(paper_continuity(f_next)[0]) == pytest.approx(expected_c, rel=1e-5)
+    r, terms = paper_reward(f_t, f_next, y)
+    expected = (16 / 17 - 2 / 3) - expected_c
+    assert r.shape == y.shape and torch.allclose(r, torch.full_like(r, expected), atol=1e-5)
+    assert float(terms["dice"]) == pytest.approx(16 / 17 - 2 / 3, rel=1e-4)
+    assert float(terms["continuity"]) == pytest.approx(-expected_c, rel=1e-5)
+    # Fragmenting is penalised, not rewarded (the summary's "+ C" read literally would reward it).
+    r_same, _ = paper_reward(f_next, f_next, y)
+    r_clean, _ = paper_reward(y, y, y)
+    assert float(r_same.mean()) < float(r_clean.mean()) < 0

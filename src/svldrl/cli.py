@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from svldrl import __version__
@@ -162,25 +163,40 @@ def cmd_demo(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each entry's default, except where there is none to show (flags, ``None``) or the help text
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from svldrl.config import DEFAULTS
+
+    tc = DEFAULTS["train"]
     p = argparse.ArgumentParser(
         prog="svldrl",
         description="Train 3D segmentation models that stay accurate when the training masks are wrong.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"svldrl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         return sp
 
     s = add("synth", "write a phantom dataset in nnU-Net raw layout")
-    s.add_argument("out")
-    s.add_argument("--cases", type=int, default=20)
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--test-cases", type=int, default=10)
+    s.add_argument("out", help="dataset folder to create (e.g. data/Dataset001_Phantom)")
+    s.add_argument("--cases", type=int, default=20, help="training cases (imagesTr / labelsTr)")
+    s.add_argument("--size", type=int, default=64, help="voxels per side (16..512)")
+    s.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
+    s.add_argument("--test-cases", type=int, default=10, help="held-out cases (imagesTs / labelsTs)")
     s.add_argument(
         "--difficulty",
         choices=["standard", "easy"],
@@ -191,52 +207,75 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     n = add("noise", "corrupt training masks reproducibly into labelsTr_noisy/NAME")
-    n.add_argument("dataset")
+    n.add_argument("dataset", help="dataset folder (or datalist .json); its clean masks are only read")
     n.add_argument(
         "--protocol",
         required=True,
         choices=["mt", "markov", "spg", "sfda"],
-        help="mt (MT-Noise), markov (boundary noise), spg (SP-guided), sfda (a shifted-domain model's masks)",
+        help="mt (MT-Noise, sizes in mm), markov (boundary noise), spg (SP-guided), sfda (a shifted-domain "
+        "model's masks)",
     )
     n.add_argument("--ratio", type=float, default=0.5, help="fraction of training cases corrupted")
-    n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--name", default=None)
-    n.add_argument("--mode", choices=["both", "dilate", "erode"], default=None, help="mt: one-sided noise")
+    n.add_argument("--seed", type=int, default=0, help="noise seed; the same seed writes the same masks")
+    n.add_argument("--name", default=None, help="folder under labelsTr_noisy/ (default e.g. mt0.5)")
     n.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="protocol parameter, e.g. theta1=0.7"
+        "--mode", choices=["both", "dilate", "erode"], default=None, help="mt: one-sided noise (default both)"
+    )
+    n.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="protocol parameter, e.g. theta1=0.7 (repeatable)",
     )
     n.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     n.set_defaults(func=cmd_noise)
 
     t = add("train", "train a model with a method picked by name")
-    t.add_argument("dataset")
-    t.add_argument("--method", default=None, help="supervised | svldrl | ...")
-    t.add_argument("--labels", default=None, help="clean (default) or noisy/NAME")
-    t.add_argument("--out", required=True)
-    t.add_argument("--iterations", type=int, default=None, help="total optimiser steps")
-    t.add_argument("--patch", type=int, default=None, help="cubic patch side")
-    t.add_argument("--backbone", default=None, help="unet | swinunetr")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument(
+        "dataset", help="dataset folder (nnU-Net raw, HDF5 or image/label pairs) or datalist .json"
+    )
+    t.add_argument("--method", default=None, help=f"method name (default {DEFAULTS['method']}; see README)")
+    t.add_argument("--labels", default=None, help="training masks: clean (default) or noisy/NAME")
+    t.add_argument("--out", required=True, help="run folder to create (checkpoints, logs, config.yaml)")
+    t.add_argument(
+        "--iterations", type=int, default=None, help=f"total optimiser steps (default {tc['iterations']})"
+    )
+    t.add_argument("--patch", type=int, default=None, help=f"cubic patch side (default {tc['patch']})")
+    t.add_argument(
+        "--backbone", default=None, help=f"unet | swinunetr (default {DEFAULTS['nets']['backbone']})"
+    )
+    t.add_argument("--seed", type=int, default=None, help=f"training seed (default {DEFAULTS['seed']})")
     t.add_argument(
         "--fold",
         default=None,
         help="cross-validation fold of splits_final.json (default 0), or all: train on every case, no validation",
     )
-    t.add_argument("--device", default=None)
+    t.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (default {tc['device']})")
     t.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     t.add_argument("--config", action="append", help="YAML config file (repeatable)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. rl.t_max=5")
-    t.add_argument("--deterministic", action="store_true")
-    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument(
+        "--deterministic", action="store_true", help="deterministic algorithms: one seed, identical weights"
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its latest checkpoint, same settings",
+    )
     t.set_defaults(func=cmd_train)
 
     pr = add("predict", "segment every image of a folder with a trained run")
-    pr.add_argument("run")
-    pr.add_argument("input")
-    pr.add_argument("output")
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--batch", type=int, default=None, help="sliding-window batch size")
-    pr.add_argument("--checkpoint", default="auto", choices=["auto", "final", "best", "latest"])
+    pr.add_argument("run", help="run folder (svldrl train --out)")
+    pr.add_argument("input", help="folder of images (e.g. imagesTs)")
+    pr.add_argument("output", help="folder for the masks (never a dataset's own image or mask folder)")
+    pr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    pr.add_argument("--batch", type=int, default=None, help="sliding-window batch size (default: the run's)")
+    pr.add_argument(
+        "--checkpoint",
+        default="auto",
+        choices=["auto", "final", "best", "latest"],
+        help="auto: the run's train.checkpoint_select",
+    )
     pr.add_argument(
         "--save-refined", action="store_true", help="svldrl: also write the refined volume and action map"
     )
@@ -249,8 +288,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     e = add("evaluate", "compare predictions with reference masks (summary.json, per-case CSV)")
-    e.add_argument("pred")
-    e.add_argument("ref")
+    e.add_argument("pred", help="folder of predicted masks")
+    e.add_argument("ref", help="folder of reference masks (e.g. labelsTs)")
     e.add_argument("--out", default=None, help="summary.json path (default PRED/summary.json)")
     e.add_argument("--foreground", default=None, help="reference label values mapped to foreground")
     e.add_argument(
@@ -261,15 +300,29 @@ def make_parser() -> argparse.ArgumentParser:
     from svldrl.audit.cli import add_parser as add_audit
     from svldrl.bench.cli import add_parser as add_benchmark
 
-    add_audit(sub)
-    add_benchmark(sub)
+    add_audit(sub, HelpFormatter)
+    add_benchmark(sub, HelpFormatter)
 
     d = add("demo", "phantoms -> MT-Noise 0.5 -> train on clean / noisy -> evaluate -> report")
-    d.add_argument("--out", default="svldrl_demo")
-    d.add_argument("--quick", action="store_true", help="small and short (about 3 minutes on 2 CPU cores)")
+    d.add_argument("--out", default="svldrl_demo", help="demo folder (resumable: rerun to continue)")
+    d.add_argument("--quick", action="store_true", help="small and short (see README for the time it takes)")
     d.add_argument("--methods", default=None, help=argparse.SUPPRESS)
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def _warnings_to(rep: Reporter):
+    """Python warnings as ``warning: ...`` lines of the reporter (so ``--quiet`` silences them too);
+    libraries' deprecation notices are dropped, they say nothing about the user's data."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) and (
+            "svldrl" not in str(filename)
+        ):
+            return
+        rep.info(f"warning: {message}")
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rep = Reporter(quiet=args.quiet)
     try:
-        return int(args.func(args, rep) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warnings_to(rep)
+            return int(args.func(args, rep) or 0)
     except UserError as exc:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank stops; one prints
             print(f"svldrl: error: {exc}", file=sys.stderr)

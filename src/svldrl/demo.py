@@ -51,6 +51,20 @@ RUNS: list[tuple[str, str, str, list[str]]] = [
 ]
 
 
+def _run_overrides(method: str, labels: str, seed: int, s: dict[str, Any], extra: list[str]) -> list[str]:
+    return [
+        f"method={method}",
+        f"labels={labels}",
+        f"seed={seed}",
+        f"train.patch={s['patch']}",
+        f"train.iterations={s['iterations']}",
+        f"train.steps_per_epoch={s['steps_per_epoch']}",
+        f"nets.features={s['features']}",
+        "train.val_every=2",
+        *extra,
+    ]
+
+
 def run_demo(
     out: Path, quick: bool = False, reporter: Reporter = QUIET, methods: str | None = None, seed: int = 0
 ) -> dict[str, Any]:
@@ -59,6 +73,7 @@ def run_demo(
     from svldrl.engine.predict import predict_folder
     from svldrl.engine.train import train
     from svldrl.eval.summary import evaluate_folders, markdown_table
+    from svldrl.methods import get_method
     from svldrl.noise import run_noise
 
     t_start = time.monotonic()
@@ -75,23 +90,23 @@ def run_demo(
     noise_report = json.loads((Path(noisy) / "noise_report.json").read_text())
     runs = [r for r in RUNS if methods is None or r[1] in methods.split(",")]
     rows = []
+    spent = 0.0  # seconds of the runs trained in this call, and their cost in plain-training iterations
+    spent_units = 0.0
+    cost_units: list[float] = []
+    for name, method, labels, extra in runs:
+        cfg = C.load_config(overrides=_run_overrides(method, labels, seed, s, extra))
+        done = (out / "runs" / name / "checkpoint_final.pt").exists()
+        cost_units.append(0.0 if done else s["iterations"] * get_method(method).run_cost(cfg))
     for k, (name, method, labels, extra) in enumerate(runs, 1):
         run = out / "runs" / name
-        overrides = [
-            f"method={method}",
-            f"labels={labels}",
-            f"seed={seed}",
-            f"train.patch={s['patch']}",
-            f"train.iterations={s['iterations']}",
-            f"train.steps_per_epoch={s['steps_per_epoch']}",
-            f"nets.features={s['features']}",
-            "train.val_every=2",
-            *extra,
-        ]
-        cfg = C.load_config(overrides=overrides)
+        cfg = C.load_config(overrides=_run_overrides(method, labels, seed, s, extra))
+        units = cost_units[k - 1]
         if not (run / "checkpoint_final.pt").exists():
-            reporter.info(f"[3/4] training {k}/{len(runs)}: {name} ({method} on {labels} masks)")
+            left = sum(cost_units[k - 1 :]) if cost_units else 0.0
+            eta = f", whole demo ETA {fmt_seconds(spent / spent_units * left)}" if spent_units else ""
+            reporter.info(f"[3/4] training {k}/{len(runs)}: {name} ({method} on {labels} masks){eta}")
             resume = (run / "checkpoint_latest.pt").exists()
+            t_run = time.monotonic()
             train(
                 ds,
                 labels=labels,
@@ -100,6 +115,8 @@ def run_demo(
                 resume=resume,
                 reporter=reporter,
             )
+            spent += time.monotonic() - t_run
+            spent_units += units
         pred = out / "predictions" / name
         if not (pred / "summary.json").exists():
             predict_folder(run, ds / "imagesTs", pred)

@@ -39,12 +39,15 @@ def cmd_audit(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction, formatter_class: type = argparse.HelpFormatter
+) -> argparse.ArgumentParser:
     """Add the ``audit`` subcommand to the ``svldrl`` command line; returns its parser."""
     help_ = "rank training masks by suspected label errors, with error maps and corrected masks"
     p = subparsers.add_parser(
         "audit",
         help=help_,
+        formatter_class=formatter_class,
         description=f"{help_}. Each case is judged by a run whose fold did not train on it where one is "
         "given (one run per fold: --runs or a folder of fold runs); cases only a run trained on can judge "
         "are marked in_fold, where errors are under-detected.",
@@ -74,8 +77,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="threshold",
         help="threshold (default) or cl: confident learning with pooled class thresholds",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--checkpoint", default="auto", choices=["auto", "final", "best", "latest"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--checkpoint",
+        default="auto",
+        choices=["auto", "final", "best", "latest"],
+        help="auto: each run's train.checkpoint_select",
+    )
     p.add_argument("--batch", type=int, default=None, help="sliding-window batch size")
     p.add_argument(
         "--disable-tta",

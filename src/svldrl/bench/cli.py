@@ -51,12 +51,15 @@ def cmd_benchmark(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction, formatter_class: type = argparse.HelpFormatter
+) -> argparse.ArgumentParser:
     """Add the ``benchmark`` subcommand to the ``svldrl`` subparsers (``func=cmd_benchmark``)."""
     help_ = "train methods x noise settings x seeds from a YAML file and report Dice on clean test masks"
     p = subparsers.add_parser(
         "benchmark",
         help=help_,
+        formatter_class=formatter_class,
         description=help_
         + (
             ". Writes OUT/results.csv, OUT/results.md and OUT/plots/; rerunning skips completed runs and "

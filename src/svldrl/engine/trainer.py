@@ -26,7 +26,7 @@ import contextlib
 import math
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,8 @@ from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, Reporter, fmt_seconds
 
 Batch = dict[str, Any]
+#: Seconds between progress lines inside a long epoch.
+PROGRESS_EVERY = 30.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +68,26 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' requested but CUDA is not available on this machine")
     return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 kernels natively: a CUDA GPU with bf16, or a CPU with AMX-BF16 or
+    AVX512-BF16 (oneDNN then uses them; without them bf16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_amp(setting: bool | str, device: torch.device) -> bool:
+    """``train.amp`` resolved for ``device``: ``auto`` means bf16 where :func:`bf16_supported`."""
+    return bf16_supported(device) if setting == "auto" else bool(setting)
 
 
 def seg_target(q: torch.Tensor) -> torch.Tensor:
@@ -196,6 +218,7 @@ class Trainer:
         if tc["threads"]:
             torch.set_num_threads(int(tc["threads"]))
         self.device = resolve_device(tc["device"])
+        self.amp = use_amp(tc["amp"], self.device)
         if tc["keep_freed_memory"] and self.device.type == "cpu":
             keep_freed_memory()
         self._seed(int(cfg["seed"]))
@@ -229,6 +252,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
+        # measured time per training stage (steps) and per epoch beyond the steps (validation, checkpoints)
+        self._stage_seconds: dict[int, float] = defaultdict(float)
+        self._stage_steps: dict[int, int] = defaultdict(int)
+        self._overhead_seconds, self._overhead_epochs = 0.0, 0
+        self._epoch_t0 = time.monotonic()
         self._rank_rngs: list[dict[str, Any]] | None = None
         if resume:
             self._resume()
@@ -548,12 +576,9 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device="cpu").manual_seed(own)
 
-    def _reseed_augmentation(self) -> None:
-        """Kept for subclasses: augmentation is seeded per patch from its spec (see :func:`crop_patch`)."""
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the training forward when ``train.amp`` is on."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg["train"]["amp"]))
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _wrap_network(self) -> None:
         """DistributedDataParallel (several ranks, :meth:`use_ddp`) and ``torch.compile`` (``train.compile``).
@@ -570,18 +595,81 @@ class Trainer:
         self.network = net
 
     def run_steps(self, steps: int) -> dict[str, float]:
-        """``steps`` optimiser steps; returns the mean of each log over the steps that logged it."""
+        """``steps`` optimiser steps; returns the mean of each log over the steps that logged it.
+
+        An epoch that runs longer than :data:`PROGRESS_EVERY` seconds prints a progress line at that
+        interval (SVL-DRL's RL epochs can take minutes on a CPU)."""
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        for batch in self._batches(steps):
+        last = time.monotonic()
+        for k, batch in enumerate(self._batches(steps), 1):
             with self._autocast():
                 logs = self.train_step(batch)
             self.scheduler.step()
             self.iteration += 1
-            for k, v in logs.items():
-                sums[k] += float(v)
-                counts[k] += 1
-        return {k: v / counts[k] for k, v in sums.items()}
+            for key, v in logs.items():
+                sums[key] += float(v)
+                counts[key] += 1
+            if time.monotonic() - last >= PROGRESS_EVERY and k < steps:
+                last = time.monotonic()
+                self.reporter.info(
+                    f"  epoch {self.epoch + 1}/{self.num_epochs}: step {k}/{steps}, it {self.iteration}/"
+                    f"{self.iterations}, loss {sums.get('train_loss', 0.0) / max(counts.get('train_loss', 1), 1):.4f}"
+                    f"  ETA {fmt_seconds(self.eta(extra_done=k, extra_seconds=last - self._epoch_t0))}"
+                )
+        return {key: v / counts[key] for key, v in sums.items()}
+
+    # ------------------------------------------------------------------ time estimates
+    def stage_of(self, iteration: int) -> int:
+        """The training stage of ``iteration`` (1 for methods without stages; SVL-DRL has three)."""
+        return 1
+
+    def step_cost_prior(self, stage: int) -> float:
+        """Expected cost of a step of ``stage`` relative to a plain segmentation step, used for the ETA until
+        that stage has run (then its measured time is used)."""
+        return type(self).stage_cost(self.cfg, stage)
+
+    @classmethod
+    def stage_cost(cls, cfg: dict, stage: int) -> float:
+        """:meth:`step_cost_prior` from the config alone (1 for a plain method)."""
+        return 1.0
+
+    @classmethod
+    def run_cost(cls, cfg: dict) -> float:
+        """Expected cost of a whole run relative to plain training for the same iterations (for ETAs of several
+        runs, e.g. the demo's); from :meth:`stage_cost` weighted by the stages' shares of the budget."""
+        return 1.0
+
+    def _note_steps(self, seconds: float, n: int) -> None:
+        """Add ``n`` steps that took ``seconds`` to the per-stage timing (attributed to the epoch's stages)."""
+        if n <= 0:
+            return
+        first = self.iteration - n
+        for it in range(first, self.iteration):
+            stage = self.stage_of(it)
+            self._stage_seconds[stage] += seconds / n
+            self._stage_steps[stage] += 1
+
+    def eta(self, extra_done: int = 0, extra_seconds: float = 0.0) -> float:
+        """Seconds left: each remaining step at the measured time per step of its stage (a stage not yet run:
+        the latest measured stage's time scaled by :meth:`step_cost_prior`), plus the measured overhead per
+        epoch (validation, checkpoints) for each remaining epoch. ``extra_*``: steps of the running epoch."""
+        rates = {s: self._stage_seconds[s] / n for s, n in self._stage_steps.items() if n}
+        if extra_done:
+            s = self.stage_of(self.iteration - 1)
+            n = self._stage_steps.get(s, 0) + extra_done
+            rates[s] = (self._stage_seconds.get(s, 0.0) + extra_seconds) / n
+        if not rates:
+            return math.nan
+        ref = max(rates)  # the latest stage measured: closest in cost to what comes next
+        remaining = Counter(self.stage_of(it) for it in range(self.iteration, self.iterations))
+        total = sum(
+            n * rates.get(s, rates[ref] * self.step_cost_prior(s) / self.step_cost_prior(ref))
+            for s, n in remaining.items()
+        )
+        epochs_left = self.num_epochs - self.epoch - (1 if extra_done else 0)
+        overhead = self._overhead_seconds / self._overhead_epochs if self._overhead_epochs else 0.0
+        return total + overhead * max(epochs_left, 0)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -619,15 +707,15 @@ class Trainer:
             ):  # resumed: a kill between the checkpoint and the log leaves the log one epoch short
                 write_history_csv(self.out / "metrics.csv", self.history)
         tb = TensorBoard(self.out / "tensorboard", purge_step=self.iteration or None, enabled=self.is_main)
-        started, start_iter = time.monotonic(), self.iteration
         self.network.train()
         while self.epoch < self.num_epochs:
             epoch = self.epoch
-            self._reseed_augmentation()
             steps = min(self.steps_per_epoch, self.iterations - self.iteration)
-            t0 = time.monotonic()
+            t0 = self._epoch_t0 = time.monotonic()
             row: dict[str, Any] = {"epoch": epoch}
             row.update(self.run_steps(steps))
+            t_steps = time.monotonic() - t0
+            self._note_steps(t_steps, steps)
             row["iteration"] = self.iteration
             row.update(self.on_epoch_end(epoch))
             due = (epoch + 1) % int(self.cfg["train"]["val_every"]) == 0 or epoch + 1 == self.num_epochs
@@ -650,8 +738,9 @@ class Trainer:
                 write_history_csv(self.out / "metrics.csv", self.history)
                 plot_progress(self.out / "progress.png", self.history, f"{self.name} ({self.out.name})")
                 tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "iteration")}, self.iteration)
-            done = self.iteration - start_iter
-            eta = (time.monotonic() - started) / max(done, 1) * (self.iterations - self.iteration)
+            self._overhead_seconds += time.monotonic() - t0 - t_steps
+            self._overhead_epochs += 1
+            eta = self.eta()
             vd = row["val_dice"]
             self.reporter.info(
                 f"epoch {epoch + 1}/{self.num_epochs}  it {self.iteration}/{self.iterations}  "

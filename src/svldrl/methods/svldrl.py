@@ -64,6 +64,26 @@ class SVLDRLTrainer(Trainer):
         it = self.iteration if iteration is None else iteration
         return stage_at(min(it, self.iterations - 1), self.iterations, rl["warmup"], rl["transition"])
 
+    def stage_of(self, iteration: int) -> int:
+        return self.stage(iteration)
+
+    @classmethod
+    def stage_cost(cls, cfg: dict, stage: int) -> float:
+        """An RL step runs the network on t_max + 1 states; with three decoders each pass costs ~1.5 plain
+        passes (phantom_cpu sizing: ~6x a plain step at t_max 3), with light heads ~1.1; label actions run
+        the encoder once and only the heads' tails per step."""
+        if stage == 1:
+            return 1.0
+        t_max = int(cfg["rl"]["t_max"])
+        if cfg["rl"]["action_space"] == "label":
+            return 1.5 + 0.2 * t_max
+        return (t_max + 1) * (1.5 if cfg["nets"]["heads"] == "decoders" else 1.1)
+
+    @classmethod
+    def run_cost(cls, cfg: dict) -> float:
+        warmup = float(cfg["rl"]["warmup"])
+        return warmup + (1.0 - warmup) * cls.stage_cost(cfg, 3)
+
     def _seg_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self.seg_loss(logits, seg_target(q))
 
@@ -176,7 +196,6 @@ class SVLDRLTrainer(Trainer):
             torch.set_num_threads(threads)
             self.rng = np.random.default_rng(seed)
             self.generator = torch.Generator(device="cpu").manual_seed(seed)
-            self._reseed_augmentation()
             lr_lambda = (
                 self.scheduler.lr_lambdas[0] if hasattr(self.scheduler, "lr_lambdas") else (lambda it: 1.0)
             )

@@ -12,6 +12,8 @@ from svldrl.rl.reward import (
     intensity_reward,
     label_reward,
     local_tv,
+    paper_continuity,
+    paper_reward,
     soft_dice,
 )
 from svldrl.rl.stages import stage_at, stage_weights
@@ -36,6 +38,8 @@ __all__ = [
     "label_reward",
     "label_step",
     "local_tv",
+    "paper_continuity",
+    "paper_reward",
     "n_step_returns",
     "sample_actions",
     "sample_eps",

@@ -36,7 +36,7 @@ from torch import nn
 
 from svldrl.rl.a3c import RewardConv, a3c_losses, n_step_returns, sample_actions
 from svldrl.rl.env import ACTION_NAMES, intensity_step, label_step, sample_eps
-from svldrl.rl.reward import RunningStd, foreground_prob, intensity_reward, label_reward
+from svldrl.rl.reward import RunningStd, foreground_prob, intensity_reward, label_reward, paper_reward
 from svldrl.rl.stages import stage_weights
 
 ALL_HEADS = ("seg", "value", "policy")
@@ -158,15 +158,15 @@ def intensity_episode(
         with torch.set_grad_enabled(need_graph):
             out_next = net(x_next, heads=("seg", "value") if last else ALL_HEADS)
 
-        r, r_terms = intensity_reward(
-            foreground_prob(out["seg"].detach()),  # f^(t)
-            foreground_prob(out_next["seg"].detach()),  # f^(t+1)
-            y,
-            rl_cfg["w_dice"],
-            rl_cfg["w_vox"],
-            rl_cfg["w_cont"],
-            rl_cfg["w_cc"],
-        )
+        f_t, f_next = foreground_prob(out["seg"].detach()), foreground_prob(out_next["seg"].detach())
+        if rl_cfg["reward"] == "paper":
+            r, r_terms = paper_reward(
+                f_t, f_next, y, rl_cfg["w_dice"], rl_cfg["paper_w_cc"], rl_cfg["paper_w_tv"]
+            )
+        else:
+            r, r_terms = intensity_reward(
+                f_t, f_next, y, rl_cfg["w_dice"], rl_cfg["w_vox"], rl_cfg["w_cont"], rl_cfg["w_cc"]
+            )
         values.append(out["value"])
         logits.append(logits_t)
         actions.append(a)

@@ -1,0 +1,88 @@
+"""What a user reads: every --help entry explains itself and shows its default; Python warnings come out
+as the reporter's ``warning:`` lines (silenced by --quiet); long trainings say how long is left."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from svldrl import config as C
+from svldrl.cli import main, make_parser
+from svldrl.data.dataset import load_dataset
+from svldrl.engine import trainer as T
+from svldrl.methods import get_method
+from tests.conftest import TINY
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_help_entry_has_text_and_shows_its_default() -> None:
+    for name, sub in _subparsers(make_parser()).items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"svldrl {name} {action.dest}: no help text"
+            if action.default not in (None, False):
+                shown = str(action.default)
+                assert shown in text, f"svldrl {name} --help does not show {action.dest}'s default {shown}"
+
+
+def test_warnings_go_through_the_reporter(dataset: Path, tmp_path: Path, capsys) -> None:
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["numTraining"] = 99
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    argv = ["noise", str(dataset), "--protocol", "mt", "--ratio", "0.5"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert any(line.startswith("warning:") and "numTraining is 99" in line for line in err.splitlines()), err
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+class Lines:
+    quiet = False
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    def progress(self, *a, **k) -> None:
+        pass
+
+
+def test_svldrl_eta_charges_the_rl_stages_their_own_cost(dataset: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = C.load_config(overrides=[*TINY, "method=svldrl", "train.iterations=10", "rl.warmup=0.5"])
+    trainer = get_method("svldrl")(cfg, load_dataset(dataset), tmp_path / "run")
+    trainer.iteration, trainer.epoch = 4, 2
+    trainer._stage_seconds[1], trainer._stage_steps[1] = 4.0, 4  # warm-up: 1 s per step
+    prior = trainer.step_cost_prior(3)
+    assert prior == pytest.approx(6.0)  # t_max 3, three decoders
+    # 1 warm-up step left at 1 s, 5 RL steps at the prior's 6 s
+    assert trainer.eta() == pytest.approx(1.0 + 5 * prior)
+    trainer.iteration, trainer.epoch = 6, 3
+    trainer._stage_seconds[2], trainer._stage_steps[2] = 10.0, 1  # an RL step measured at 10 s
+    assert trainer.eta() == pytest.approx(4 * 10.0)
+    sup = get_method("supervised")(C.load_config(overrides=[*TINY]), load_dataset(dataset), tmp_path / "r2")
+    assert math.isnan(sup.eta())  # nothing measured yet: no guess
+
+
+def test_long_epochs_print_progress(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.setattr(T, "PROGRESS_EVERY", 0.0)
+    rep = Lines()
+    cfg = C.load_config(overrides=[*TINY, "train.iterations=4", "train.steps_per_epoch=4"])
+    get_method("supervised")(cfg, load_dataset(dataset), tmp_path / "run", reporter=rep).fit()
+    inside = [ln for ln in rep.lines if ln.startswith("  epoch 1/1: step")]
+    assert len(inside) == 3 and all("ETA" in ln for ln in inside), rep.lines
