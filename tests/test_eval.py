@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from svldrl.errors import UserError
-from svldrl.eval import case_metrics, dice_iou, evaluate_folders, format_table, markdown_table
+from svldrl.eval import case_metrics, evaluate_folders, format_table, markdown_table
+from svldrl.rules import overlap
 
 SPACING = (1.0, 1.0, 2.0)
 
@@ -35,7 +36,7 @@ def test_identical_masks_score_perfectly() -> None:
     assert m["HD95"] == 0.0 and m["ASD"] == 0.0
     assert (m["TP"], m["FP"], m["FN"], m["n_pred"], m["n_ref"]) == (64, 0, 0, 64, 64)
     assert m["TN"] == ref.size - 64
-    assert dice_iou(ref, ref) == (1.0, 1.0)
+    assert overlap(ref, ref) == (1.0, 1.0)
 
 
 @pytest.mark.parametrize(("axis", "expected_mm"), [(2, 2.0), (0, 1.0)])
@@ -49,7 +50,7 @@ def test_one_voxel_shift_gives_hand_computed_dice_and_hd95_in_mm(axis: int, expe
     assert m["IoU"] == pytest.approx(0.6)
     assert m["HD95"] == pytest.approx(expected_mm)
     assert 0.0 < m["ASD"] < expected_mm
-    assert dice_iou(pred, ref) == pytest.approx((0.75, 0.6))
+    assert overlap(pred, ref) == pytest.approx((0.75, 0.6))
 
 
 def test_empty_and_one_sided_labels_are_nan_not_crashes() -> None:
@@ -57,7 +58,7 @@ def test_empty_and_one_sided_labels_are_nan_not_crashes() -> None:
     empty = np.zeros_like(ref)
     both = case_metrics(empty, empty, SPACING, [1])[1]
     assert all(math.isnan(both[k]) for k in ("Dice", "IoU", "HD95", "ASD"))
-    assert all(math.isnan(v) for v in dice_iou(empty, empty))
+    assert all(math.isnan(v) for v in overlap(empty, empty))
     missed = case_metrics(empty, ref, SPACING, [1])[1]
     assert missed["Dice"] == 0.0 and missed["FN"] == 64
     assert math.isnan(missed["HD95"]) and math.isnan(missed["ASD"])

@@ -18,8 +18,9 @@ from svldrl.engine.train import train
 from svldrl.methods import get_method
 from svldrl.methods.adele import adele_correct, iou_curve_flattened
 from svldrl.methods.coteaching import coteaching_losses, forget_rate_at, small_loss_mask
-from svldrl.methods.mtcl import class_thresholds, confident_learning_flags, mtcl_correct
+from svldrl.methods.mtcl import mtcl_correct
 from svldrl.methods.tloss import t_loss
+from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
 from tests.conftest import TINY
 
 
@@ -130,7 +131,7 @@ def test_confident_learning_flags_hand_computed() -> None:
     given = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     probs = np.stack([1 - p1, p1])
     # t_0 = mean(0.9, 0.7, 0.4, 0.1) = 0.525; t_1 = mean(0.8, 0.4, 0.2, 0.05) = 0.3625
-    np.testing.assert_allclose(class_thresholds(probs, given), [0.525, 0.3625])
+    np.testing.assert_allclose(cl_thresholds(*class_confidence_sums(probs, given)), [0.525, 0.3625])
     # label 0 with p0 < 0.525 and p1 >= 0.3625: voxels 2, 3; label 1 with p1 < 0.3625 and p0 >= 0.525: 6, 7
     flags = confident_learning_flags(probs, given)
     assert np.flatnonzero(flags).tolist() == [2, 3, 6, 7]

@@ -11,7 +11,7 @@ Two detectors turn the model's foreground probability ``p`` into a map of suspec
 - ``threshold`` (default): a confident disagreement, ``p < 1 - T`` on a labelled foreground voxel
   (type 1, the model rejects it) or ``p > T`` on a labelled background voxel (type 2, missed foreground).
 - ``cl``: confident learning (Northcutt et al., JAIR 2021) with per-class thresholds pooled over all
-  cases, through :mod:`svldrl.methods.mtcl`'s ``class_confidence_sums`` and ``confident_learning_flags``.
+  cases; the rules are MTCL's, from :mod:`svldrl.rules`.
 
 The corrected mask is the given (binary) mask with the suspected errors flipped, so the Dice between the
 given and the corrected mask estimates the given mask's quality; cases are ranked by it, worst first.
@@ -43,8 +43,15 @@ from svldrl.data.outputs import check_output_dir, mark_output_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
 from svldrl.engine.predict import load_run
 from svldrl.errors import UserError
-from svldrl.methods.mtcl import class_confidence_sums, confident_learning_flags
 from svldrl.reporter import QUIET, Reporter
+from svldrl.rules import (
+    cl_thresholds,
+    class_confidence_sums,
+    confident_flags,
+    confident_learning_flags,
+    dice_from_counts,
+    relabel,
+)
 
 DETECTORS = ("threshold", "cl")
 #: Values of the suspected-error map.
@@ -78,15 +85,11 @@ def suspect_errors(given: np.ndarray, probs: np.ndarray, threshold: float = 0.8)
     p = np.asarray(probs)
     if g.shape != p.shape:
         raise ValueError(f"mask shape {g.shape} != probability shape {p.shape}")
+    fg, bg = confident_flags(p, threshold)
     errors = np.zeros(g.shape, dtype=np.uint8)
-    errors[g & (p < 1.0 - threshold)] = REJECTED_FG
-    errors[~g & (p > threshold)] = MISSED_FG
+    errors[g & bg] = REJECTED_FG
+    errors[~g & fg] = MISSED_FG
     return errors
-
-
-def cl_thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Confident learning's per-class thresholds from pooled sums and counts (``inf`` for an absent class)."""
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
 
 
 def cl_suspect_errors(
@@ -133,7 +136,8 @@ def restrict_to_band(errors: np.ndarray, given: np.ndarray, band: float) -> np.n
 
 def correct_mask(given: np.ndarray, errors: np.ndarray) -> np.ndarray:
     """The binary given mask with every suspected error flipped (uint8 {0, 1})."""
-    return ((np.asarray(given) != 0) ^ (np.asarray(errors) != 0)).astype(np.uint8)
+    e = np.asarray(errors)
+    return relabel(np.asarray(given) != 0, e == MISSED_FG, e == REJECTED_FG).astype(np.uint8)
 
 
 def inner_boundary(mask: np.ndarray) -> np.ndarray:
@@ -165,10 +169,9 @@ def case_measures(given: np.ndarray, errors: np.ndarray, affine: np.ndarray) -> 
     e = np.asarray(errors)
     n_over, n_under = int(np.count_nonzero(e == REJECTED_FG)), int(np.count_nonzero(e == MISSED_FG))
     n_given = int(np.count_nonzero(g))
-    n_corrected = n_given - n_over + n_under
-    # Corrected = given minus rejected plus missed, so the overlap is the given mask minus the rejected part.
-    denom = n_given + n_corrected
-    dice = 1.0 if denom == 0 else 2.0 * (n_given - n_over) / denom
+    # Corrected = given minus rejected plus missed: the overlap is the given mask minus the rejected part, the
+    # corrected mask's extra voxels are the missed ones. Both empty: the model agrees with an empty mask.
+    dice = dice_from_counts(n_given - n_over, n_under, n_over, empty=1.0)[0]
     edge = inner_boundary(g)
     n_edge = int(np.count_nonzero(edge))
     near = ndimage.binary_dilation(e != 0, ndimage.generate_binary_structure(3, 3))

@@ -50,9 +50,9 @@ from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
 from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
 from svldrl.errors import UserError
-from svldrl.eval.metrics import dice_iou
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, Reporter, fmt_seconds
+from svldrl.rules import overlap
 
 Batch = dict[str, Any]
 #: Seconds between progress lines inside a long epoch.
@@ -691,7 +691,7 @@ class Trainer:
                 x, (self.patch,) * 3, int(ic["sw_batch"]), predictor, overlap=ic["overlap"], mode=ic["mode"]
             )
             pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-            d = dice_iou(pred, self.val_labels[k])[0]
+            d = overlap(pred, self.val_labels[k])[0]  # NaN when both are empty: not scored
             if not math.isnan(d):
                 total, count = total + d, count + 1
         net.train()

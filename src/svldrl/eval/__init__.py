@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from svldrl.eval.metrics import METRIC_KEYS, case_metrics, dice_iou, empty_metrics, surface_distances
+from svldrl.eval.metrics import METRIC_KEYS, case_metrics, empty_metrics, surface_distances
 from svldrl.eval.summary import evaluate_folders, format_table, markdown_table
 
 __all__ = [
     "METRIC_KEYS",
     "case_metrics",
-    "dice_iou",
     "empty_metrics",
     "evaluate_folders",
     "format_table",

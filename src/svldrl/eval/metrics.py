@@ -1,6 +1,7 @@
 """Per-case segmentation metrics: overlap (Dice, IoU, confusion counts) and surface distances in mm.
 
-Overlap follows nnU-Net v2 (``Dice = 2TP / (2TP + FP + FN)``, ``IoU = TP / (TP + FP + FN)``,
+Overlap (counted by :mod:`svldrl.rules`) follows nnU-Net v2 (``Dice = 2TP / (2TP + FP + FN)``,
+``IoU = TP / (TP + FP + FN)``,
 NaN when the class is empty in both prediction and reference). Surface distances come from
 MONAI (``compute_hausdorff_distance`` with ``percentile=95`` and
 ``compute_average_surface_distance`` with ``symmetric=True``), with the voxel spacing passed
@@ -17,35 +18,10 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
+from svldrl.rules import counts, dice_from_counts
+
 #: Keys of the per-label dictionary returned by :func:`case_metrics`, in report order.
 METRIC_KEYS = ("Dice", "IoU", "TP", "FP", "FN", "TN", "n_pred", "n_ref", "HD95", "ASD")
-
-
-def dice_iou(pred_bin: np.ndarray, ref_bin: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two binary masks (nnU-Net convention); cheap enough for every validation step.
-
-    Args:
-        pred_bin: predicted mask; any array whose non-zero entries are foreground.
-        ref_bin: reference mask of the same shape.
-
-    Returns:
-        ``(dice, iou)``; both NaN when both masks are empty (the class is absent, nothing to score).
-    """
-    p = np.asarray(pred_bin).astype(bool, copy=False)
-    r = np.asarray(ref_bin).astype(bool, copy=False)
-    if p.shape != r.shape:
-        raise ValueError(f"prediction shape {p.shape} != reference shape {r.shape}")
-    tp = int(np.count_nonzero(p & r))
-    n_pred = int(np.count_nonzero(p))
-    n_ref = int(np.count_nonzero(r))
-    return _dice_iou_from_counts(tp, n_pred - tp, n_ref - tp)
-
-
-def _dice_iou_from_counts(tp: int, fp: int, fn: int) -> tuple[float, float]:
-    denom = tp + fp + fn
-    if denom == 0:
-        return math.nan, math.nan
-    return 2 * tp / (2 * tp + fp + fn), tp / denom
 
 
 def surface_distances(
@@ -118,11 +94,9 @@ def case_metrics(
     for label in labels:
         p = pred == label
         r = ref == label
-        tp = int(np.count_nonzero(p & r))
-        n_pred = int(np.count_nonzero(p))
-        n_ref = int(np.count_nonzero(r))
-        fp, fn = n_pred - tp, n_ref - tp
-        dice, iou = _dice_iou_from_counts(tp, fp, fn)
+        tp, fp, fn = counts(p, r)
+        n_pred, n_ref = tp + fp, tp + fn
+        dice, iou = dice_from_counts(tp, fp, fn)  # NaN when the label is absent from both
         hd95, asd = surface_distances(p, r, spacing) if surface else (math.nan, math.nan)
         out[int(label)] = {
             "Dice": dice,

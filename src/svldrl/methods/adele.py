@@ -37,6 +37,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from svldrl.engine import distributed as D
 from svldrl.engine.trainer import Batch, Trainer, seg_target
+from svldrl.rules import confident_flags, relabel
 
 SCALE = 0.75  # the second input scale of the consistency loss
 FLATTEN_RATIO = 0.9  # r of the paper's code: relative drop of the fitted slope that counts as flat
@@ -112,12 +113,8 @@ def adele_correct(
     Returns:
         A new float32 target; voxels that are not confident keep their value.
     """
-    new = np.array(target, dtype=np.float32, copy=True)
-    if classes[0]:
-        new[(1.0 - probs) > threshold] = 0.0
-    if classes[1]:
-        new[probs > threshold] = 1.0
-    return new
+    to_fg, to_bg = confident_flags(probs, threshold)
+    return relabel(target, to_fg & bool(classes[1]), to_bg & bool(classes[0]))
 
 
 def scale_consistency(logits: torch.Tensor, logits_scaled: torch.Tensor) -> torch.Tensor:

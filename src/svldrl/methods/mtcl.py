@@ -9,9 +9,10 @@ input) regularises the student throughout.
 
 Rules (each a pure function below):
 
-- thresholds (:func:`class_thresholds`): ``t_j`` = the mean self-confidence ``p_j`` over the voxels whose
-  given label is ``j``.
-- flagging (:func:`confident_learning_flags`, the off-diagonal of cleanlab's confident joint): a voxel with
+- thresholds (:func:`~svldrl.rules.cl_thresholds`): ``t_j`` = the mean self-confidence ``p_j`` over the
+  voxels whose given label is ``j``.
+- flagging (:func:`~svldrl.rules.confident_learning_flags`, the off-diagonal of cleanlab's confident joint,
+  shared with the audit's ``cl`` detector): a voxel with
   given label ``y`` is a label error when ``p_y < t_y`` while some other class ``k`` has ``p_k >= t_k``.
 - correction (:func:`mtcl_correct`): flagged voxels take the other class (hard), or move ``SOFT_STEP`` (0.8)
   towards it (soft: MTCL's ``smooth`` correction, ``label + flag * (-1)^label * 0.8``). The correction is
@@ -41,6 +42,7 @@ import torch
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.engine.trainer import Batch, Trainer, seg_target
 from svldrl.errors import UserError
+from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags, relabel
 
 EMA = 0.99  # teacher decay (mean teacher / MTCL default)
 CONSISTENCY = 0.1  # weight of the student-teacher MSE after its sigmoid ramp-up
@@ -49,74 +51,17 @@ NOISE = 0.1  # std of the Gaussian noise on the teacher's input (clipped at 2 st
 SOFT_STEP = 0.8  # how far a soft correction moves a flagged voxel towards the other class
 
 
-def class_confidence_sums(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per class ``j``: the sum of ``p_j`` over voxels whose given label is ``j``, and their count.
-
-    Args:
-        probs: (C, ...) class probabilities.
-        given: (...) integer given labels.
-    """
-    c = probs.shape[0]
-    flat_p, flat_y = probs.reshape(c, -1), given.reshape(-1)
-    counts = np.bincount(flat_y, minlength=c)[:c].astype(np.float64)
-    sums = np.array([flat_p[j, flat_y == j].sum(dtype=np.float64) for j in range(c)])
-    return sums, counts
-
-
-def class_thresholds(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """Confident learning's per-class thresholds ``t_j = mean{p_j(x) : y(x) = j}``.
-
-    Args:
-        probs: (C, ...) class probabilities.
-        given: (...) integer given labels.
-
-    Returns:
-        (C,) float64; ``inf`` for a class without voxels (it can then never be confident).
-    """
-    sums, counts = class_confidence_sums(probs, given)
-    return _thresholds(sums, counts)
-
-
-def _thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
-
-
-def confident_learning_flags(
-    probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | None = None
-) -> np.ndarray:
-    """Voxels flagged as label errors (the off-diagonal of the confident joint).
-
-    A voxel with given label ``y`` is flagged when ``p_y < t_y`` (not confident in its own label) while some
-    class ``k != y`` has ``p_k >= t_k`` (confidently another class). Unlike cleanlab, a voxel confident in
-    both its given class and another one is not flagged: the given label gets the benefit of the doubt.
-
-    Args:
-        probs: (C, N) or (C, ...) class probabilities.
-        given: (N,) or (...) integer given labels.
-        thresholds: (C,) per-class thresholds; None: :func:`class_thresholds` of these very voxels.
-
-    Returns:
-        A bool mask of ``given``'s shape.
-    """
-    t = class_thresholds(probs, given) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    confident = probs >= t.reshape((-1,) + (1,) * given.ndim)
-    own_confident = np.take_along_axis(confident, given[None].astype(np.int64), axis=0)[0]
-    # When the own class is not confident, any confident class is another one.
-    return ~own_confident & confident.any(axis=0)
-
-
 def mtcl_correct(given: np.ndarray, flags: np.ndarray, soft: bool = False) -> np.ndarray:
     """A binary training target from the given mask with flagged voxels corrected.
 
     Args:
         given: (...) {0, 1} given mask.
-        flags: (...) bool, from :func:`confident_learning_flags`.
+        flags: (...) bool, from :func:`~svldrl.rules.confident_learning_flags`.
         soft: move flagged voxels by ``SOFT_STEP`` towards the other class (``y + flag * (-1)^y * 0.8``)
             instead of flipping them.
     """
-    y = given.astype(np.float32)
-    step = SOFT_STEP if soft else 1.0
-    return y + flags.astype(np.float32) * (1.0 - 2.0 * y) * step
+    g = np.asarray(given) != 0
+    return relabel(given, flags & ~g, flags & g, SOFT_STEP if soft else 1.0)
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
@@ -198,7 +143,7 @@ class MTCLTrainer(Trainer):
             sums, counts = sums + s, counts + c
             if i >= k:  # half precision: the flagging pass below need not segment this case again
                 cache[i] = p.astype(np.float16)
-        t = _thresholds(sums, counts)
+        t = cl_thresholds(sums, counts)
         flagged = total = 0
         for i in range(k, n):  # the clean subset is never corrected
             p = (

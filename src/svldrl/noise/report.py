@@ -11,17 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from svldrl.rules import overlap
+
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary masks (non-zero = foreground); 1.0 when both are empty."""
-    a = np.asarray(a) != 0
-    b = np.asarray(b) != 0
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
+    """Dice of two binary masks (non-zero = foreground); 1.0 when both are empty (an empty mask left empty
+    is not wrong)."""
+    return overlap(a, b, empty=1.0)[0]
 
 
 def voxel_error_rate(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,122 @@
+"""Label rules with one home: overlap of two masks, confident disagreement, confident learning, relabelling.
+
+Every part of svldrl that compares or corrects masks uses these functions (numpy, no training, no files):
+
+- evaluation, noise reports, the audit and the benchmarks: :func:`dice_from_counts` / :func:`overlap` (Dice and
+  IoU from voxel counts, with the empty-mask convention stated by each caller);
+- ADELE, the confident target update and the audit's threshold detector: :func:`confident_flags`;
+- MTCL and the audit's ``cl`` detector: confident learning (:func:`class_confidence_sums`,
+  :func:`cl_thresholds`, :func:`confident_learning_flags`);
+- all of them, to change a target or a mask: :func:`relabel`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------------------
+# Overlap
+
+
+def counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
+    """(TP, FP, FN) voxel counts of two masks of one shape (non-zero is foreground)."""
+    p = np.asarray(pred).astype(bool, copy=False)
+    r = np.asarray(ref).astype(bool, copy=False)
+    if p.shape != r.shape:
+        raise ValueError(f"shape mismatch: {p.shape} vs {r.shape}")
+    tp = int(np.count_nonzero(p & r))
+    return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
+
+
+def dice_from_counts(tp: int, fp: int, fn: int, empty: float = math.nan) -> tuple[float, float]:
+    """Dice ``2TP / (2TP + FP + FN)`` and IoU ``TP / (TP + FP + FN)``; ``(empty, empty)`` when both masks are
+    empty.
+
+    The empty convention is the caller's to state: NaN for evaluation (nnU-Net: a class absent from both
+    prediction and reference is not scored), 1.0 for noise reports and the audit (an empty mask compared
+    with itself is perfectly right).
+    """
+    denom = tp + fp + fn
+    if denom == 0:
+        return empty, empty
+    return 2 * tp / (2 * tp + fp + fn), tp / denom
+
+
+def overlap(pred: np.ndarray, ref: np.ndarray, empty: float = math.nan) -> tuple[float, float]:
+    """(Dice, IoU) of two masks, see :func:`dice_from_counts`."""
+    return dice_from_counts(*counts(pred, ref), empty=empty)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which voxels to change
+
+
+def confident_flags(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels the model is confident about: (``p > T``: foreground, ``p < 1 - T``: background), ``T >= 0.5``."""
+    p = np.asarray(probs)
+    return p > threshold, p < 1.0 - threshold
+
+
+def class_confidence_sums(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class ``j``: the sum of ``p_j`` over voxels whose given label is ``j``, and their count (confident
+    learning's statistics, kept as sums so that they can be pooled case by case in bounded memory).
+
+    Args:
+        probs: (C, ...) class probabilities.
+        given: (...) integer given labels.
+    """
+    c = probs.shape[0]
+    flat_p, flat_y = probs.reshape(c, -1), given.reshape(-1)
+    n = np.bincount(flat_y, minlength=c)[:c].astype(np.float64)
+    sums = np.array([flat_p[j, flat_y == j].sum(dtype=np.float64) for j in range(c)])
+    return sums, n
+
+
+def cl_thresholds(sums: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Confident learning's per-class thresholds ``t_j = mean{p_j(x) : y(x) = j}`` from pooled sums and counts;
+    ``inf`` for a class without voxels (it can then never be confident)."""
+    return np.where(n > 0, sums / np.maximum(n, 1), np.inf)
+
+
+def confident_learning_flags(
+    probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | None = None
+) -> np.ndarray:
+    """Voxels flagged as label errors by confident learning (Northcutt et al., JAIR 2021; cleanlab's
+    ``find_label_issues``): the off-diagonal of the confident joint.
+
+    A voxel with given label ``y`` is flagged when ``p_y < t_y`` (not confident in its own label) while some
+    class ``k != y`` has ``p_k >= t_k`` (confidently another class). Unlike cleanlab, a voxel confident in
+    both its given class and another one is not flagged: the given label gets the benefit of the doubt.
+
+    Args:
+        probs: (C, ...) class probabilities.
+        given: (...) integer given labels.
+        thresholds: (C,) per-class thresholds; None: those of these very voxels.
+
+    Returns:
+        A bool mask of ``given``'s shape.
+    """
+    t = cl_thresholds(*class_confidence_sums(probs, given)) if thresholds is None else np.asarray(thresholds)
+    confident = probs >= t.astype(np.float64).reshape((-1,) + (1,) * given.ndim)
+    own_confident = np.take_along_axis(confident, given[None].astype(np.int64), axis=0)[0]
+    # When the own class is not confident, any confident class is another one.
+    return ~own_confident & confident.any(axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Changing them
+
+
+def relabel(target: np.ndarray, to_fg: np.ndarray, to_bg: np.ndarray, step: float = 1.0) -> np.ndarray:
+    """A new float32 target with the ``to_fg`` voxels moved ``step`` towards foreground and the ``to_bg`` ones
+    towards background, clipped to [0, 1]; every other voxel keeps its value.
+
+    ``step`` 1 sets them (a hard correction: ADELE, MTCL, the confident target update, the audit's corrected
+    masks); MTCL's soft correction moves a flagged voxel 0.8 of the way.
+    """
+    new = np.array(target, dtype=np.float32, copy=True)
+    new[to_bg] = np.clip(new[to_bg] - np.float32(step), 0.0, 1.0)
+    new[to_fg] = np.clip(new[to_fg] + np.float32(step), 0.0, 1.0)
+    return new
