@@ -43,9 +43,9 @@ from svldrl import config as C
 from svldrl.audit.audit import audit
 from svldrl.data.io import read_volume, write_text
 from svldrl.data.synth import synthesize
-from svldrl.engine.train import train
 from svldrl.noise import run_noise
 from svldrl.reporter import Reporter
+from svldrl.runs import train
 
 SETTINGS = {  # name -> (protocol, protocol parameters); every setting corrupts half of the cases
     "mt": ("mt", {}),

@@ -172,7 +172,9 @@ def main() -> None:
         f"{meta['torch']}, {meta['date']}, medians of {a.rounds} interleaved rounds. Iterations per second, "
         f"and in brackets the speed-up over `fp32` measured in the same run. Command: `{cmd}`",
         "",
-        "| backbone | patch | " + " | ".join(f"{c} it/s" for c in cols) + f" | best with {other_threads} threads |",
+        "| backbone | patch | "
+        + " | ".join(f"{c} it/s" for c in cols)
+        + f" | best with {other_threads} threads |",
         "|---|---|" + "---|" * (len(cols) + 1),
     ]
     for r in rows:
@@ -184,9 +186,7 @@ def main() -> None:
             )
             continue
         base = r["s_fp32"]
-        cells = [
-            f"{1 / r[f's_{c}']:.2f} (x{base / r[f's_{c}']:.2f})" if f"s_{c}" in r else "-" for c in cols
-        ]
+        cells = [f"{1 / r[f's_{c}']:.2f} (x{base / r[f's_{c}']:.2f})" if f"s_{c}" in r else "-" for c in cols]
         thr = f"{1 / r['s_best_other_threads']:.2f} ({r['best']}, x{base / r['s_best_other_threads']:.2f})"
         lines.append(f"| {r['backbone']} | {r['patch']} | " + " | ".join(cells) + f" | {thr} |")
     lines += [

@@ -60,8 +60,8 @@ def child_train(dataset: str, out: str, epochs: int, threads: int, record: str) 
 
     torch.set_num_threads(threads)
     from svldrl import config as C
-    from svldrl.engine.train import train
     from svldrl.engine.trainer import Trainer
+    from svldrl.runs import train
 
     samples: list[float] = []
     original = Trainer.on_epoch_end

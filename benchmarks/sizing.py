@@ -31,7 +31,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from svldrl.bench.runner import CLEAN, load_benchmark, machine_description, plan_runs
+from svldrl.bench.plan import plan_runs
+from svldrl.bench.report import machine_description
+from svldrl.bench.spec import CLEAN, load_benchmark
 
 
 def _split(methods: list[str], weights: dict[str, float], processes: int) -> list[list[str]]:

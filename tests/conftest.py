@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for every test: on a 2-core machine shared with other jobs, two threads spin
+    against each other and a training step gets many times slower. A test that changes it gets it back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 TINY = [
     "train.patch=32",

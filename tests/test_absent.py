@@ -14,10 +14,10 @@ import torch
 
 from svldrl import config as C
 from svldrl.cli import main
-from svldrl.engine.train import train
 from svldrl.errors import UserError
 from svldrl.methods import METHODS
 from svldrl.noise import run_noise
+from svldrl.runs import train
 from tests.conftest import TINY
 
 

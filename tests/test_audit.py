@@ -25,10 +25,10 @@ from svldrl.audit.audit import audit, case_measures, cl_suspect_errors, correct_
 from svldrl.audit.cli import add_parser
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.io import write_nifti
-from svldrl.engine.train import train
 from svldrl.errors import UserError
 from svldrl.noise import run_noise
 from svldrl.reporter import Reporter
+from svldrl.runs import train
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

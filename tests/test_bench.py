@@ -13,12 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from svldrl.bench import cli as bench_cli
+from svldrl.bench import data as bench_data
+from svldrl.bench import plan as bench_plan
+from svldrl.bench import report as bench_report
 from svldrl.bench import runner
-from svldrl.bench.runner import CSV_COLUMNS, RESULT_NAME, expand_env, load_benchmark, run_benchmark
+from svldrl.bench.plan import RESULT_NAME
+from svldrl.bench.report import CSV_COLUMNS
+from svldrl.bench.runner import run_benchmark
+from svldrl.bench.spec import expand_env, load_benchmark
+from svldrl.data.io import read_json
 from svldrl.errors import UserError
 
 TINY = Path(__file__).resolve().parents[1] / "benchmarks" / "tiny_test.yaml"
@@ -35,15 +41,6 @@ REQUIRED = (
     "iou_val_selected",
     "train_seconds",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads spin against other jobs on a 2-core machine; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +60,7 @@ def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("train() must not be called")
 
-    monkeypatch.setattr("svldrl.engine.train.train", fail)
+    monkeypatch.setattr("svldrl.runs.train", fail)
 
 
 @pytest.mark.slow
@@ -116,7 +113,7 @@ def test_rerun_skips_done_runs_and_resumes_a_killed_one(
     (run / "checkpoint_final.pt").unlink()
     shutil.rmtree(run / "pred_val")
     monkeypatch.undo()
-    real = importlib.import_module("svldrl.engine.train").train
+    real = importlib.import_module("svldrl.runs").train
     calls = []
 
     def spy(dataset, labels, out, cfg, resume=False, reporter=None):
@@ -125,7 +122,7 @@ def test_rerun_skips_done_runs_and_resumes_a_killed_one(
             dataset, labels, out, cfg, resume=resume, **({} if reporter is None else {"reporter": reporter})
         )
 
-    monkeypatch.setattr("svldrl.engine.train.train", spy)
+    monkeypatch.setattr("svldrl.runs.train", spy)
     run_benchmark(TINY, bench_out)
     assert calls == [(run, "noisy/mt0.5", True)]
     assert (run / RESULT_NAME).is_file() and (run / "checkpoint_final.pt").is_file()
@@ -141,7 +138,7 @@ def test_a_crashing_run_is_recorded_and_the_others_still_run(bench_out: Path, mo
     def crash(*args, **kwargs):
         raise FloatingPointError("loss is NaN")
 
-    monkeypatch.setattr("svldrl.engine.train.train", crash)
+    monkeypatch.setattr("svldrl.runs.train", crash)
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: mt1.0/tloss_t2/seed0"):
         run_benchmark(TINY, bench_out)
     assert "loss is NaN" in (run / "error.txt").read_text()
@@ -221,20 +218,22 @@ def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() 
     """Runs saved before a config key existed stay valid while the key is asked at its default."""
     asked = {"nets": {"heads": "decoders", "rl_grad_into_shared": True}, "rl": {"t_max": 3}}
     saved = {"nets": {"heads": "decoders"}, "rl": {"t_max": 3}}
-    assert runner._config_differences(asked, saved) == []
+    assert bench_plan.config_differences(asked, saved) == []
     asked["nets"]["rl_grad_into_shared"] = False
-    assert runner._config_differences(asked, saved) == ["nets.rl_grad_into_shared: None there, False asked"]
+    assert bench_plan.config_differences(asked, saved) == [
+        "nets.rl_grad_into_shared: None there, False asked"
+    ]
     changed = {"nets": {"heads": "decoders"}, "rl": {"t_max": 1}}
-    assert runner._config_differences(changed, saved) == ["rl.t_max: 3 there, 1 asked"]
+    assert bench_plan.config_differences(changed, saved) == ["rl.t_max: 3 there, 1 asked"]
 
 
 @pytest.mark.slow
 def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monkeypatch) -> None:
     """--reuse copies a finished run only when masks, method and settings are the same; the rest train."""
-    import svldrl.engine.train as engine_train
+    import svldrl.runs as engine_train
 
     def edit(d: dict) -> None:
-        d["methods"][1]["set"] = ["method_args.tloss_init=3.0"]  # other settings: must train
+        d["methods"][1]["set"] = ["tloss.init=3.0"]  # other settings: must train
         d["noise"][1]["params"] = {"mode": "dilate"}  # same name, other noisy masks: must train
 
     cfg, new = _write(tmp_path, edit), tmp_path / "new"
@@ -251,7 +250,7 @@ def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monke
     run_benchmark(cfg, new, reuse=bench_out)
     assert sorted(trained) == ["mt0.5/tloss_t2/seed0", "mt1.0/supervised/seed0", "mt1.0/tloss_t2/seed0"]
     for rel in ("clean/supervised/seed0", "mt0.5/supervised/seed0"):
-        a, b = (runner._read_json(o / "runs" / rel / RESULT_NAME) for o in (bench_out, new))
+        a, b = (read_json(o / "runs" / rel / RESULT_NAME, None) for o in (bench_out, new))
         assert b["reused_from"] == str(bench_out / "runs" / rel) and b["dice"] == a["dice"]
     assert len(_rows(new)) == 5
     # several folders (--reuse A --reuse B): each run is taken from the first folder that has it
@@ -260,9 +259,7 @@ def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monke
     run_benchmark(cfg, third, reuse=[bench_out, new])
     assert trained == [] and len(_rows(third)) == 5
     for rel, origin in (("clean/supervised/seed0", bench_out), ("mt1.0/tloss_t2/seed0", new)):
-        assert runner._read_json(third / "runs" / rel / RESULT_NAME)["reused_from"] == str(
-            origin / "runs" / rel
-        )
+        assert read_json(third / "runs" / rel / RESULT_NAME)["reused_from"] == str(origin / "runs" / rel)
 
 
 def test_dataset_path_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,7 +280,7 @@ def test_shipped_configs_are_valid(tmp_path: Path) -> None:
     """Every benchmarks/*.yaml parses and every run config validates (no training, no data)."""
     for path in sorted(TINY.parent.glob("*.yaml")):
         bench = load_benchmark(path)
-        runs = runner.plan_runs(bench, tmp_path)
+        runs = bench_plan.plan_runs(bench, tmp_path)
         n_clean = len(bench.methods_on_clean) * len(bench.seeds) * max(bench.cv, 1)
         assert (
             len(runs)
@@ -308,7 +305,7 @@ def test_cv_folds_hold_out_each_case_once_with_the_shared_noisy_masks(tmp_path: 
 
     src = synthesize(tmp_path / "src", cases=6, size=16, seed=1)
     noisy = Path(run_noise(src, "mt", 1.0, 0, name="mt1.0"))
-    folds = runner._make_folds(load_dataset(src), 3, {"mt1.0": noisy}, tmp_path / "cv", QUIET)
+    folds = bench_data._make_folds(load_dataset(src), 3, {"mt1.0": noisy}, tmp_path / "cv", QUIET)
     held_out = []
     for root in folds.values():
         ds = load_dataset(root, labels="noisy/mt1.0")
@@ -326,7 +323,7 @@ def test_aggregate_averages_folds_within_a_seed_then_seeds() -> None:
         {"noise": "mt0.5", "method": "a", "seed": 1, "fold": 0, "dice": 0.9},
         {"noise": "mt0.5", "method": "a", "seed": 1, "fold": 1, "dice": 0.9},
     ]
-    stats = runner.aggregate(rows)[("mt0.5", "a")]
+    stats = bench_report.aggregate(rows)[("mt0.5", "a")]
     assert stats["n"] == 2
     assert stats["dice"][0] == pytest.approx(0.8) and stats["dice"][1] == pytest.approx(0.1414, abs=1e-3)
 
@@ -351,18 +348,18 @@ def test_peer_rows_are_reported_beside_our_method(tmp_path: Path) -> None:
         }
         (d / "pymic_row.json").write_text(json.dumps(row))
     agg = {("mt0.5", "coteaching"): {"dice": (0.61, 0.01), "n": 3}}
-    text = "\n".join(runner._peer_section(tmp_path, agg))
+    text = "\n".join(bench_report._peer_section(tmp_path, agg))
     assert "External reference" in text and "python scripts/pymic_peer.py x" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| mt0.5 | pymic_coteaching"))
     assert "60.00 ± 14.14" in line and "61.00 ± 1.00" in line and "| 2 |" in line
-    assert runner._peer_section(tmp_path / "none", agg) == []
+    assert bench_report._peer_section(tmp_path / "none", agg) == []
 
 
 @pytest.mark.slow
 def test_processes_sharing_an_out_folder_prepare_the_data_one_at_a_time(tmp_path: Path) -> None:
     """Two `svldrl benchmark --only` processes on one folder must not write the same phantoms at once."""
     out = tmp_path / "shared"
-    with runner._exclusive(out / runner.LOCK_NAME):  # stands in for a first process still preparing
+    with bench_data.exclusive(out / bench_data.LOCK_NAME):  # stands in for a first process still preparing
         proc = subprocess.Popen(
             [sys.executable, "-m", "svldrl.cli", "benchmark", str(TINY), "--out", str(out)]
             + ["--only", "supervised", "--quiet"],

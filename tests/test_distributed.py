@@ -15,8 +15,7 @@ import torch
 
 from svldrl import config as C
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.predict import predict_folder
-from svldrl.engine.train import train
+from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
 
 # The run of the tests below without the batch size, which each test sets.
@@ -44,15 +43,6 @@ for argv in json.loads(sys.argv[1]):
     if main(argv):
         sys.exit(1)
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: more threads than that spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _rows(run: Path) -> list[dict[str, str]]:

@@ -15,8 +15,7 @@ from svldrl import config as C
 from svldrl.data import fingerprint as FP
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.normalize import normalize_intensity
-from svldrl.engine.predict import predict_folder
-from svldrl.engine.train import train
+from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
 
 
@@ -83,7 +82,7 @@ def test_training_records_the_range_and_predict_uses_it(
 
     # Prediction normalises with the run's range: a case scaled by training's rule gives the same input.
     seen = []
-    import svldrl.engine.predict as P
+    import svldrl.runs.run as P
 
     real = P.segment_volume
     monkeypatch.setattr(

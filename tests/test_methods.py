@@ -14,25 +14,14 @@ import torch
 from svldrl import config as C
 from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.train import train
 from svldrl.methods import get_method
 from svldrl.methods.adele import adele_correct, iou_curve_flattened
 from svldrl.methods.coteaching import coteaching_losses, forget_rate_at, small_loss_mask
 from svldrl.methods.mtcl import mtcl_correct
 from svldrl.methods.tloss import t_loss
 from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
+from svldrl.runs import train
 from tests.conftest import TINY
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against other jobs and a training
-    step gets ~20x slower. The previous setting is restored for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------ coteaching
 
@@ -154,7 +143,7 @@ def test_mtcl_clean_subset_uses_clean_masks_of_the_first_cases(dataset: Path, tm
         dot[0, 0, 0] = 1
         nib.save(nib.Nifti1Image(dot, img.affine), noisy / f.name)
     trainer = get_method("mtcl")(
-        _cfg("mtcl", "method_args.clean_cases=2"), load_dataset(dataset, "noisy/dot"), tmp_path / "run"
+        _cfg("mtcl", "mtcl.clean_cases=2"), load_dataset(dataset, "noisy/dot"), tmp_path / "run"
     )
     assert trainer.num_clean() == 2
     assert all(g.sum() > 1 for g in trainer.given[:2])  # the clean subset: clean masks
@@ -215,10 +204,10 @@ def _cfg(method: str, *extra: str) -> dict:
     [
         ("coteaching", [], {"peer", "peer_optimizer", "peer_scheduler"}),
         ("adele", [], {"iou_history", "correcting", "targets"}),
-        ("mtcl", ["method_args.clean_cases=2", "method_args.mtcl_soft=true"], {"teacher", "targets"}),
-        ("tloss", ["method_args.tloss_init=0.5"], {"nu"}),
+        ("mtcl", ["mtcl.clean_cases=2", "mtcl.soft=true"], {"teacher", "targets"}),
+        ("tloss", ["tloss.init=0.5"], {"nu"}),
         ("supervised", [], set()),
-        ("supervised", ["rl.target_update=confident", "rl.tau=0.51"], {"targets"}),
+        ("supervised_confident", ["rl.tau=0.51"], {"targets"}),
     ],
 )
 def test_method_trains_and_checkpoints(
@@ -235,11 +224,10 @@ def test_method_trains_and_checkpoints(
     if method == "coteaching":  # the peer is a second, differently initialised network
         key = next(iter(ckpt["model"]))
         assert not torch.equal(ckpt["model"][key], ckpt["extra"]["peer"][key])
-    if method == "supervised":  # the confident update (an ablation) runs only when asked, after the warmup
-        if state_keys:
-            assert float(rows[-1]["charts/target_changed"]) > 0
-        else:
-            assert "targets" not in ckpt["extra"] and "charts/target_changed" not in rows[-1]
+    if method == "supervised_confident":  # the confident update (an ablation) ran after the warmup
+        assert float(rows[-1]["charts/target_changed"]) > 0
+    if method == "supervised":
+        assert "targets" not in ckpt["extra"] and "charts/target_changed" not in rows[-1]
     if method == "mtcl":  # soft corrections ran after the warmup, never on the two clean cases
         soft = [bool(set(np.unique(t.numpy())) - {0.0, 1.0}) for t in ckpt["extra"]["targets"]]
         assert float(rows[-1]["charts/target_changed"]) > 0 and any(soft[2:]) and not any(soft[:2])

@@ -382,7 +382,7 @@ def test_unchanged_and_harsh_corruptions_are_reported(tmp_path, monkeypatch):
     def identity(mask, rng, **kw):  # a drawn corruption that happens to change nothing
         return mask.copy(), {"operation": "dilate"}
 
-    monkeypatch.setitem(noise_run.ALL_PROTOCOLS, "mt", identity)
+    monkeypatch.setitem(noise_run.PROTOCOLS, "mt", identity)
     report = json.loads((run_noise(ds, "mt", 1.0, seed=0, name="same") / "noise_report.json").read_text())
     assert report["n_selected"] == 4 and report["n_corrupted"] == 0 and report["n_unchanged"] == 4
     assert all(e["selected"] and not e["corrupted"] for e in report["cases"].values())

@@ -20,8 +20,8 @@ from svldrl import config as C
 from svldrl.cli import main
 from svldrl.data.io import write_text
 from svldrl.data.outputs import MARKER, dataset_folder_of
-from svldrl.engine.train import train
 from svldrl.noise import run_noise
+from svldrl.runs import train
 from tests.conftest import TINY
 
 

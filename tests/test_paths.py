@@ -13,7 +13,7 @@ import torch
 
 from svldrl import config as C
 from svldrl.cli import main
-from svldrl.engine.train import train
+from svldrl.runs import train
 from tests.conftest import TINY
 
 TINY_BENCH = Path(__file__).parent.parent / "benchmarks" / "tiny_test.yaml"

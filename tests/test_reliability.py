@@ -20,7 +20,7 @@ import torch
 from svldrl import config as C
 from svldrl.cli import main
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.train import train
+from svldrl.runs import train
 from tests.conftest import TINY
 
 RUN = [*TINY, "train.threads=1", "train.deterministic=true"]
@@ -79,14 +79,6 @@ elif point == "nifti":  # half of the `arg`-th NIfTI file written
 from svldrl.cli import main
 sys.exit(main(argv))
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -267,8 +267,8 @@ def test_intensity_episode_trains_value_always_and_policy_only_in_stage_3(stage:
     assert math.isclose(
         sum(result.logs[f"charts/action_frac/{a}"] for a in ("keep", "enhance", "weaken")), 1.0
     )
-    assert result.x_final.shape == x0.shape and 0 <= result.x_final.min() and result.x_final.max() <= 1
-    assert not torch.equal(result.x_final, x0)  # the agents acted
+    assert result.final.shape == x0.shape and 0 <= result.final.min() and result.final.max() <= 1
+    assert not torch.equal(result.final, x0)  # the agents acted
     result.loss.backward()
     assert reward_conv.weight.grad is not None
     assert any(p.grad is not None for p in net.decoders["value"].parameters())
@@ -313,7 +313,7 @@ def test_label_episode_refines_the_soft_target(stage: int) -> None:
     assert torch.isfinite(result.loss)
     assert decoder_passes == [1] * 3  # the image's decoders ran once; the steps ran only the aux tails
     assert LOG_KEYS | {"charts/reward_terms/teacher", "charts/reward_terms/prior"} <= result.logs.keys()
-    q = result.q_final
+    q = result.final
     assert q.shape == y.shape and 0 <= q.min() and q.max() <= 1 and not torch.equal(q, y)
     result.loss.backward()
     assert any(p.grad is not None for p in net.fuse["value"].parameters())

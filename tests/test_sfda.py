@@ -10,22 +10,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from svldrl.errors import UserError
-from svldrl.noise import run_noise
 from svldrl.noise.sfda import apply_shift, draw_shift, intensity_curve, mask_from_probability
+from svldrl.runs import run_noise
 
 # A source model of a few steps: the test checks the plumbing, not the noise level.
 TINY_SOURCE = {"iterations": 4, "patch": 32, "features": [4, 8, 16, 32], "batch": 1}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -188,12 +179,14 @@ def test_missing_source_run_is_a_user_error(dataset: Path, tmp_path: Path):
         run_noise(dataset, "sfda", 0.5, seed=0, params={"source_run": str(tmp_path / "none")})
 
 
-def test_check_function_and_registry_entry_share_parameters_and_defaults():
-    import inspect
+def test_the_parameter_list_is_written_once():
+    import dataclasses
 
     from svldrl.noise.run import protocol_defaults
-    from svldrl.noise.sfda import check_sfda_params
+    from svldrl.noise.sfda import SFDAParams, check_sfda_params
 
-    check = {k: p.default for k, p in inspect.signature(check_sfda_params).parameters.items()}
-    assert protocol_defaults("sfda") == check
-    check_sfda_params(**check)
+    defaults = {f.name: f.default for f in dataclasses.fields(SFDAParams)}
+    assert protocol_defaults("sfda") == defaults
+    check_sfda_params(**defaults)  # the defaults are valid
+    with pytest.raises(ValueError, match="threshold"):
+        check_sfda_params(**{**defaults, "threshold": 1.5})

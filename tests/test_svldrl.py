@@ -12,8 +12,7 @@ import torch
 
 from svldrl import config as C
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.predict import predict_folder
-from svldrl.engine.train import train
+from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
 
 RL = [*TINY, "method=svldrl", "train.iterations=10", "train.steps_per_epoch=2", "rl.t_max=2"]

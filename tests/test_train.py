@@ -14,8 +14,8 @@ import torch
 from svldrl import config as C
 from svldrl.cli import main
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.train import train
 from svldrl.errors import UserError
+from svldrl.runs import train
 from tests.conftest import TINY
 
 
@@ -66,7 +66,7 @@ def test_predict_larger_than_patch(dataset: Path, tmp_path: Path) -> None:
     nib.save(
         nib.Nifti1Image(rng.uniform(0, 900, (70, 45, 37)).astype(np.float32), affine), big / "big_0000.nii.gz"
     )
-    from svldrl.engine.predict import predict_folder
+    from svldrl.runs import predict_folder
 
     (out,) = predict_folder(run, big, tmp_path / "bigpred", batch=2)
     img = nib.load(out)
@@ -174,3 +174,28 @@ def test_foreign_and_truncated_checkpoints_are_refused(dataset: Path, tmp_path: 
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "trunc.pt")
+
+
+def test_resume_refuses_a_changed_setting(dataset: Path, tmp_path: Path, capsys) -> None:
+    """--resume continues the run as started: a flag asking for something else is refused, not dropped."""
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in [*TINY, "train.iterations=2", "train.threads=1"]), [])
+    assert main(["train", str(dataset), "--out", str(run), *sets, "--quiet"]) == 0
+    before = (run / "config.yaml").read_text()
+    for extra, said in (
+        (["--set", "train.lr=0.1"], "--set train.lr=0.1"),
+        (["--device", "cpu"], "--device cpu"),
+        (["--deterministic"], "--deterministic"),
+        (["--foreground", "1"], "--foreground"),
+        (["--method", "tloss"], "--method tloss"),
+    ):
+        code = main(["train", str(dataset), "--out", str(run), *sets, *extra, "--resume", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "config.yaml").read_text() == before
+    # the same flags again, and a longer budget, are a resume
+    assert (
+        main(["train", str(dataset), "--out", str(run), *sets, "--iterations", "4", "--resume", "--quiet"])
+        == 0
+    )

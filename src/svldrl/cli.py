@@ -42,7 +42,7 @@ def cmd_synth(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
-    from svldrl.noise import run_noise
+    from svldrl.runs import run_noise
 
     params = dict(_parse_params(a.param))
     if a.mode:
@@ -83,40 +83,73 @@ def _parse_params(items: list[str] | None) -> list[tuple[str, object]]:
     return out
 
 
-def build_train_config(a: argparse.Namespace) -> dict:
-    from svldrl import config as C
+#: ``svldrl train`` flags and the config keys they set.
+TRAIN_FLAGS = (
+    ("method", "method"),
+    ("labels", "labels"),
+    ("iterations", "train.iterations"),
+    ("patch", "train.patch"),
+    ("backbone", "nets.backbone"),
+    ("seed", "seed"),
+    ("fold", "data.fold"),
+    ("device", "train.device"),
+)
 
-    overrides = list(a.set or [])
-    for flag, key in (
-        ("method", "method"),
-        ("labels", "labels"),
-        ("iterations", "train.iterations"),
-        ("patch", "train.patch"),
-        ("backbone", "nets.backbone"),
-        ("seed", "seed"),
-        ("fold", "data.fold"),
-        ("device", "train.device"),
-    ):
+
+def _flag_overrides(a: argparse.Namespace) -> list[tuple[str, str]]:
+    """(how the user said it, ``key=value``) for every config value a ``svldrl train`` flag sets."""
+    out = [(f"--set {s}", s) for s in (a.set or [])]
+    for flag, key in TRAIN_FLAGS:
         value = getattr(a, flag, None)
         if value is not None:
-            overrides.append(f"{key}={value}")
+            out.append((f"--{flag} {value}", f"{key}={value}"))
     if getattr(a, "deterministic", False):
-        overrides.append("train.deterministic=true")
-    cfg = C.load_config(a.config or [], overrides)
+        out.append(("--deterministic", "train.deterministic=true"))
+    return out
+
+
+def build_train_config(a: argparse.Namespace, base: dict | None = None) -> dict:
+    """The run's config from ``--config`` files, the flags and ``--set`` (on top of ``base`` if given)."""
+    from svldrl import config as C
+
+    cfg = C.load_config(a.config or [], [kv for _, kv in _flag_overrides(a)], base=base)
     fg = _foreground(getattr(a, "foreground", None))
     if fg is not None:
         cfg["data"]["foreground"] = fg
     return cfg
 
 
-def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
+def resume_config(a: argparse.Namespace) -> dict:
+    """The config of the run being resumed; only ``--iterations`` may change it (to extend the budget).
+
+    Raises:
+        UserError: a flag, ``--set`` or ``--config`` that asks for something else than the run was started with
+            (a resume continues that run; a changed setting would silently be a different experiment).
+    """
     from svldrl import config as C
+
+    saved = C.load_config([Path(a.out) / "config.yaml"])
+    asked = build_train_config(a, base=saved)
+    before, after = C.flatten(saved), C.flatten(asked)
+    changed = [k for k in after if k != "train.iterations" and after[k] != before.get(k)]
+    if changed:
+        key = changed[0]
+        said = next((how for how, kv in _flag_overrides(a) if kv.split("=", 1)[0] == key), None)
+        said = said or ("--foreground" if key == "data.foreground" else "--config")
+        raise UserError(
+            f"--resume continues the run as it was started, but {said} asks for {key}={after[key]!r} "
+            f"(the run has {before.get(key)!r}); drop it, or start a new run with another --out",
+            Path(a.out) / "config.yaml",
+        )
+    return asked
+
+
+def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.engine import distributed as D
-    from svldrl.engine.train import train
+    from svldrl.runs import train
 
     if a.resume and (Path(a.out) / "config.yaml").is_file():
-        overrides = [f"train.iterations={a.iterations}"] if a.iterations else []
-        cfg = C.load_config([Path(a.out) / "config.yaml"], overrides)
+        cfg = resume_config(a)
     else:
         cfg = build_train_config(a)
     D.init_from_env()
@@ -128,7 +161,7 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_predict(a: argparse.Namespace, rep: Reporter) -> int:
-    from svldrl.engine.predict import predict_folder
+    from svldrl.runs import predict_folder
 
     files = predict_folder(
         a.run,
@@ -201,8 +234,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--difficulty",
         choices=["standard", "easy"],
         default="standard",
-        help="standard: a look-alike structure touches the organ; easy: it differs by 20-35%%, less noise "
-        "(same shapes either way)",
+        help="standard: a look-alike structure touches the organ; easy: it differs by 35-50%%, little noise, "
+        "bias and blur (same shapes either way)",
     )
     s.set_defaults(func=cmd_synth)
 

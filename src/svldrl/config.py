@@ -1,13 +1,20 @@
-"""Run configuration: defaults, YAML files and ``--set key=value`` overrides, validated.
+"""Run configuration: typed sections with their defaults, choices and ranges; YAML files and ``--set
+key=value`` overrides, validated.
 
-Every decision of docs/method.md is a key here with the stated default, named as in the doc
-(``rl.t_max``, ``rl.action_scale``, ``rl.target_update``, ``infer.refine_steps`` ...).
-An unknown key or a value outside its range is a :class:`~svldrl.errors.UserError`.
+Every decision of docs/method.md is a key here with the stated default, named as in the doc (``rl.t_max``,
+``rl.action_scale``, ``rl.target_update``, ``infer.refine_steps`` ...). Each section is a dataclass whose
+fields carry their default, the allowed choices or range and a one-line meaning; :data:`DEFAULTS`, the
+validation and ``svldrl train --help`` are derived from them. A method's own settings form the section of its
+name (``coteaching.*``, ``adele.*``, ``mtcl.*``, ``tloss.*``; SVL-DRL's are ``rl.*``). At run time a config is
+a nested dict of plain values (what ``config.yaml`` holds); an unknown key or a value of the wrong type,
+outside its range or not among its choices is a :class:`~svldrl.errors.UserError`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,150 +22,291 @@ import yaml
 
 from svldrl.errors import UserError
 
-DEFAULTS: dict[str, Any] = {
-    "method": "supervised",
-    "labels": "clean",  # clean | noisy/NAME: which training masks the run used
-    "seed": 0,
-    "data": {
-        "modality": "auto",  # auto | mr | ct: auto reads dataset.json channel_names
-        "clip_percentiles": [0.5, 99.5],  # MR-style normalisation
-        "ct_window": None,  # [low, high] HU: one fixed window for CT; overrides intensity_range
-        # [low, high]: CT clip range from the dataset fingerprint (foreground percentiles 0.5 / 99.5 over the
-        # training cases, nnU-Net's rule); filled by training when None, kept in the run for prediction
-        "intensity_range": None,
-        "foreground": None,  # list of label values mapped to foreground; None: any label > 0
-        "fold": 0,  # cross-validation fold of splits_final.json, or "all": every case trains, none validates
-        "num_folds": 5,
-        "cache": "memory",  # memory: training images in RAM | none: read at each access (bounded RAM, slower)
-        "workers": 0,  # DataLoader processes cropping patches (<= cores - 1); same patches with any number
-        # share of patches centred on foreground (RandCropByPosNegLabel pos / (pos + neg)); nnU-Net oversamples
-        # foreground in 33% of patches: more (0.67 was tried) starves the model of background and costs
-        # ~9 Dice points of false positives on the phantoms
-        "pos_fraction": 0.33,
-    },
-    "nets": {
-        "backbone": "unet",  # unet (small residual 3D U-Net, CPU) | swinunetr (MONAI parts)
-        "heads": "decoders",  # decoders (three decoders, the paper) | light (one decoder, three 1x1x1 heads)
-        "features": [16, 32, 64, 128],  # unet channels per level
-        "feature_size": 24,  # swinunetr; a multiple of 12
-        "num_classes": 2,
-        # value / policy losses train the shared encoder (the paper); false: only their own decoders / heads
-        "rl_grad_into_shared": True,
-    },
-    "train": {
-        "iterations": 1000,  # total optimiser steps (the budget)
-        "steps_per_epoch": 50,
-        "patch": 64,  # cubic patch side
-        "batch": 2,  # patches per step and rank; under torchrun the effective batch is batch x world size
-        "lr": 3e-3,
-        "weight_decay": 3e-5,
-        "optimizer": "adamw",  # adamw | sgd
-        "scheduler": "poly",  # poly (nnU-Net) | cosine | constant
-        "val_every": 1,  # epochs between validations
-        "checkpoint_select": "final",  # final | val (report/predict with the best-on-validation checkpoint)
-        # bf16 autocast of the training forward. auto: on where the hardware has bf16 kernels (CUDA GPUs with
-        # bf16, CPUs with AMX or AVX512-BF16: 1.6-1.9x faster training on the development CPU at the same Dice,
-        # benchmarks/results/cpu_speed), else off; true / false force it
-        "amp": "auto",
-        "compile": False,  # torch.compile the network; the first epoch pays the compile
-        "deterministic": False,  # deterministic algorithms: one seed gives identical weights on CPU
-        "threads": 0,  # torch intra-op threads; 0 = leave torch's default
-        "keep_freed_memory": True,  # CPU: glibc keeps freed blocks for reuse (engine/allocator.py)
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-    },
-    "loss": {"dice_weight": 1.0, "ce_weight": 1.0},
-    "rl": {
-        "action_space": "intensity",  # intensity (the paper) | label (method.md section 9)
-        "t_max": 3,
-        "action_scale": 0.3,
-        "gamma": 0.95,
-        "reward_conv": True,  # learnable 3D reward-map kernel K, initialised to identity
-        "reward_conv_size": 3,
-        "entropy_coef": 0.001,
-        "reward": "voxel",  # voxel: our per-voxel reward | paper: one global dDice - C(f') per step (method.md 4)
-        "paper_w_cc": 0.01,  # paper reward: weight of max(N_cc - 1, 0) in C
-        "paper_w_tv": 0.1,  # paper reward: weight of the mean local total variation in C
-        "w_dice": 1.0,
-        "w_vox": 1.0,
-        "w_cont": 0.1,
-        "w_cc": 0.0,
-        "reward_norm": True,
-        "warmup": 0.3,  # stage fractions of the budget
-        "transition": 0.2,
-        "lam": 0.3,  # lambda: transition-stage weight of L_value
-        "alpha": 0.2,  # full-RL weight of L_value
-        "beta": 0.1,  # full-RL weight of L_policy
-        "seg_on_refined": True,
-        "target_update": "none",  # none | confident
-        "tau": 0.9,
-        "async_workers": 0,  # >0: Hogwild workers sharing the model (torch.multiprocessing)
-        "label_step": 0.25,
-        "w_prior": 0.5,
-        "w_teacher": 1.0,
-        "ema": 0.99,
-    },
-    "infer": {
-        "refine_steps": 0,
-        "overlap": 0.25,
-        "sw_batch": 2,
-        "mode": "gaussian",
-    },
-    "method_args": {
-        "forget_rate": 0.2,  # coteaching
-        "forget_ramp": 0.3,
-        "adele_threshold": 0.7,
-        "adele_consistency": 1.0,
-        "clean_cases": 0,  # mtcl
-        "mtcl_soft": False,
-        "tloss_init": 1.0,
-    },
-}
 
-# Allowed values / ranges; keys absent here accept any value of the default's type.
-CHOICES: dict[str, tuple] = {
-    "data.modality": ("auto", "mr", "ct"),
-    "data.cache": ("memory", "none"),
-    "nets.backbone": ("unet", "swinunetr"),
-    "nets.heads": ("decoders", "light"),
-    "train.optimizer": ("adamw", "sgd"),
-    "train.scheduler": ("poly", "cosine", "constant"),
-    "train.checkpoint_select": ("final", "val"),
-    "train.amp": ("auto", True, False),
-    "rl.action_space": ("intensity", "label"),
-    "rl.reward": ("voxel", "paper"),
-    "rl.target_update": ("none", "confident"),
-    "infer.mode": ("gaussian", "constant"),
+def setting(
+    default: Any,
+    meaning: str,
+    kind: str | None = None,
+    choices: tuple | None = None,
+    range: tuple[float, float] | None = None,  # noqa: A002 - the natural name here
+) -> Any:
+    """A config field: its default, meaning, value kind (inferred from the default when None), allowed
+    ``choices`` or numeric ``range`` (inclusive)."""
+    kind = kind or {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default), "any")
+    meta = {"meaning": meaning, "kind": kind, "choices": choices, "range": range}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Data:
+    """Reading, normalising and splitting the data."""
+
+    modality: str = setting("auto", "auto reads dataset.json channel_names", choices=("auto", "mr", "ct"))
+    clip_percentiles: list = setting([0.5, 99.5], "MR: per-image percentiles clipped to", kind="floats")
+    ct_window: Any = setting(
+        None, "CT: one fixed [low, high] HU window; overrides intensity_range", kind="window"
+    )
+    intensity_range: Any = setting(
+        None,
+        "CT: [low, high] clip range from the dataset fingerprint (foreground percentiles 0.5 / 99.5, nnU-Net's "
+        "rule); filled by training, kept in the run for prediction",
+        kind="window",
+    )
+    foreground: Any = setting(None, "label values mapped to foreground; null: any label > 0", kind="labels")
+    fold: Any = setting(
+        0, "fold of splits_final.json, or all: every case trains, none validates", kind="fold"
+    )
+    num_folds: int = setting(5, "folds of the splits svldrl makes", range=(2, 100))
+    cache: str = setting(
+        "memory", "memory: training images in RAM; none: read at each access", choices=("memory", "none")
+    )
+    workers: int = setting(
+        0,
+        "DataLoader processes cropping patches (<= cores - 1); same patches with any number",
+        range=(0, 256),
+    )
+    # nnU-Net oversamples foreground in 33% of patches: more (0.67 was tried) starves the model of background and
+    # costs ~9 Dice points of false positives on the phantoms
+    pos_fraction: float = setting(
+        0.33, "share of patches centred on foreground (RandCropByPosNegLabel)", range=(0.0, 1.0)
+    )
+
+
+@dataclass
+class Nets:
+    """The three-head network (docs/method.md section 2)."""
+
+    backbone: str = setting(
+        "unet", "unet (small residual 3D U-Net, CPU) | swinunetr (MONAI parts)", choices=("unet", "swinunetr")
+    )
+    heads: str = setting(
+        "decoders",
+        "decoders (three decoders, the paper) | light (one decoder, three 1x1x1 heads)",
+        choices=("decoders", "light"),
+    )
+    features: list = setting([16, 32, 64, 128], "unet channels per level", kind="ints")
+    feature_size: int = setting(24, "swinunetr feature size; a multiple of 12", range=(12, 1024))
+    num_classes: int = setting(2, "segmentation classes (binary tasks)", range=(2, 2))
+    rl_grad_into_shared: bool = setting(True, "value / policy losses train the shared encoder (the paper)")
+
+
+@dataclass
+class Train:
+    """The training loop."""
+
+    iterations: int = setting(1000, "total optimiser steps (the budget)", range=(1, 1e9))
+    steps_per_epoch: int = setting(50, "steps between validations and checkpoints", range=(1, 1e9))
+    patch: int = setting(64, "cubic patch side", range=(8, 1024))
+    batch: int = setting(2, "patches per step and rank (torchrun: x world size)", range=(1, 4096))
+    lr: float = setting(3e-3, "initial learning rate", range=(0.0, 10.0))
+    weight_decay: float = setting(3e-5, "weight decay", range=(0.0, 1.0))
+    optimizer: str = setting("adamw", "adamw | sgd (momentum 0.99, Nesterov)", choices=("adamw", "sgd"))
+    scheduler: str = setting(
+        "poly", "poly (nnU-Net) | cosine | constant", choices=("poly", "cosine", "constant")
+    )
+    val_every: int = setting(1, "epochs between validations", range=(1, 1e9))
+    checkpoint_select: str = setting(
+        "final",
+        "checkpoint predict uses: final | val (best Dice on the validation masks)",
+        choices=("final", "val"),
+    )
+    amp: Any = setting(
+        "auto",
+        "bf16 autocast of the training forward; auto: where the hardware has bf16 kernels (CUDA GPUs with bf16, "
+        "CPUs with AMX or AVX512-BF16: 1.6-1.9x faster training at the same Dice, benchmarks/results/cpu_speed)",
+        kind="amp",
+        choices=("auto", True, False),
+    )
+    compile: bool = setting(False, "torch.compile the network; the first epoch pays the compile")
+    deterministic: bool = setting(False, "deterministic algorithms: one seed gives identical weights on CPU")
+    threads: int = setting(0, "torch intra-op threads; 0 leaves torch's default", range=(0, 1024))
+    keep_freed_memory: bool = setting(True, "CPU: glibc keeps freed blocks for reuse (engine/allocator.py)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+
+
+@dataclass
+class Loss:
+    """The segmentation loss (MONAI's DiceCELoss)."""
+
+    dice_weight: float = setting(1.0, "weight of the Dice term", range=(0.0, 100.0))
+    ce_weight: float = setting(1.0, "weight of the cross-entropy term", range=(0.0, 100.0))
+
+
+@dataclass
+class RL:
+    """SVL-DRL's settings (docs/method.md sections 3 to 6 and 9)."""
+
+    action_space: str = setting(
+        "intensity",
+        "intensity (the paper) | label (agents refine the target, section 9)",
+        choices=("intensity", "label"),
+    )
+    reward: str = setting(
+        "voxel",
+        "voxel: our per-voxel reward | paper: one global dDice - C(f') per step (section 4)",
+        choices=("voxel", "paper"),
+    )
+    paper_w_cc: float = setting(0.01, "paper reward: weight of max(N_cc - 1, 0) in C", range=(0.0, 100.0))
+    paper_w_tv: float = setting(
+        0.1, "paper reward: weight of the mean local total variation in C", range=(0.0, 100.0)
+    )
+    t_max: int = setting(3, "steps per episode", range=(1, 100))
+    action_scale: float = setting(0.3, "step size of enhance / weaken", range=(0.0, 1.0))
+    gamma: float = setting(0.95, "discount", range=(0.0, 1.0))
+    reward_conv: bool = setting(True, "learnable reward-map kernel K, initialised to identity")
+    reward_conv_size: int = setting(3, "side of K (odd)", range=(1, 15))
+    entropy_coef: float = setting(0.001, "entropy bonus beta_H", range=(0.0, 10.0))
+    w_dice: float = setting(1.0, "weight of the global Dice change", range=(0.0, 100.0))
+    w_vox: float = setting(1.0, "weight of the per-voxel improvement", range=(0.0, 100.0))
+    w_cont: float = setting(0.1, "weight of the local continuity change", range=(0.0, 100.0))
+    w_cc: float = setting(0.0, "weight of the component-count change (per voxel reward)", range=(0.0, 100.0))
+    reward_norm: bool = setting(True, "divide rewards by a running standard deviation")
+    warmup: float = setting(0.3, "share of the budget in stage 1 (segmentation only)", range=(0.0, 1.0))
+    transition: float = setting(0.2, "share of the budget in stage 2 (+ value)", range=(0.0, 1.0))
+    lam: float = setting(0.3, "stage 2 weight of L_value", range=(0.0, 1.0))
+    alpha: float = setting(0.2, "stage 3 weight of L_value", range=(0.0, 1.0))
+    beta: float = setting(0.1, "stage 3 weight of L_policy", range=(0.0, 1.0))
+    seg_on_refined: bool = setting(True, "L_seg also on the segmentation of the refined state x^(T)")
+    target_update: str = setting(
+        "none",
+        "confident: confident disagreeing voxels take the model's label after warmup",
+        choices=("none", "confident"),
+    )
+    tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0))
+    async_workers: int = setting(
+        0, "Hogwild workers sharing the model (A3C); 0: synchronous, batched, DDP-ready", range=(0, 256)
+    )
+    label_step: float = setting(0.25, "label actions: step on the soft target q", range=(0.0, 1.0))
+    w_prior: float = setting(0.5, "label actions: weight of staying near the given mask", range=(0.0, 100.0))
+    w_teacher: float = setting(
+        1.0, "label actions: weight of the EMA teacher's agreement", range=(0.0, 100.0)
+    )
+    ema: float = setting(0.99, "label actions: EMA teacher decay", range=(0.0, 1.0))
+
+
+@dataclass
+class Infer:
+    """Sliding-window inference (validation, prediction, the audit)."""
+
+    refine_steps: int = setting(
+        0, "SVL-DRL: greedy policy steps per window before segmenting", range=(0, 100)
+    )
+    overlap: float = setting(0.25, "window overlap", range=(0.0, 0.95))
+    sw_batch: int = setting(2, "windows per forward pass", range=(1, 4096))
+    mode: str = setting("gaussian", "blending of overlapping windows", choices=("gaussian", "constant"))
+
+
+@dataclass
+class CoTeaching:
+    """``coteaching`` (methods/coteaching.py)."""
+
+    forget_rate: float = setting(0.2, "final share of voxels each network drops", range=(0.0, 1.0))
+    forget_ramp: float = setting(0.3, "share of the budget the forget rate ramps up over", range=(0.0, 1.0))
+
+
+@dataclass
+class Adele:
+    """``adele`` (methods/adele.py)."""
+
+    threshold: float = setting(0.7, "confidence above which a voxel's label is corrected", range=(0.5, 1.0))
+    consistency: float = setting(1.0, "weight of the two-scale consistency loss", range=(0.0, 100.0))
+
+
+@dataclass
+class MTCL:
+    """``mtcl`` (methods/mtcl.py)."""
+
+    clean_cases: int = setting(
+        0,
+        "the first K training cases are a clean subset (their clean masks, never corrected)",
+        range=(0, 1e9),
+    )
+    soft: bool = setting(False, "soft correction (move flagged voxels 0.8 towards the other class)")
+    ema: float = setting(0.99, "mean-teacher decay (after its early ramp)", range=(0.0, 1.0))
+    consistency: float = setting(
+        0.1, "weight of the student-teacher MSE after its ramp-up", range=(0.0, 100.0)
+    )
+    warmup: float = setting(
+        0.3, "share of the budget before the first correction (the consistency ramp-up)", range=(0.0, 1.0)
+    )
+    noise: float = setting(0.1, "std of the Gaussian noise on the teacher's input", range=(0.0, 10.0))
+
+
+@dataclass
+class TLoss:
+    """``tloss`` (methods/tloss.py)."""
+
+    init: float = setting(1.0, "initial log-tolerance nu of the Student-t loss", range=(-100.0, 100.0))
+
+
+@dataclass
+class Config:
+    """A run's whole configuration."""
+
+    method: str = setting("supervised", "the method (trainer) by name")
+    labels: str = setting("clean", "training masks: clean | noisy/NAME")
+    seed: int = setting(0, "training seed", range=(0, 2**63 - 1))
+    data: Data = field(default_factory=Data)
+    nets: Nets = field(default_factory=Nets)
+    train: Train = field(default_factory=Train)
+    loss: Loss = field(default_factory=Loss)
+    rl: RL = field(default_factory=RL)
+    infer: Infer = field(default_factory=Infer)
+    coteaching: CoTeaching = field(default_factory=CoTeaching)
+    adele: Adele = field(default_factory=Adele)
+    mtcl: MTCL = field(default_factory=MTCL)
+    tloss: TLoss = field(default_factory=TLoss)
+
+
+def _schema(cls: type = Config, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Dotted key -> {default, meaning, kind, choices, range} of every leaf field."""
+    out: dict[str, dict[str, Any]] = {}
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_schema(type(value), f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = {"default": value, **f.metadata}
+    return out
+
+
+#: Every key with its default, meaning, kind, choices and range.
+SCHEMA: dict[str, dict[str, Any]] = _schema()
+#: The defaults as the nested dict a run's config is.
+DEFAULTS: dict[str, Any] = dataclasses.asdict(Config())
+CHOICES: dict[str, tuple] = {k: v["choices"] for k, v in SCHEMA.items() if v["choices"]}
+RANGES: dict[str, tuple[float, float]] = {k: v["range"] for k, v in SCHEMA.items() if v["range"]}
+#: Keys that do not change what a run computes (a rerun on another machine may differ in them).
+NEUTRAL_KEYS = frozenset(
+    {
+        "train.threads",
+        "train.keep_freed_memory",
+        "train.device",
+        "data.workers",
+        "data.cache",
+        "infer.sw_batch",
+    }
+)
+#: The methods each method section belongs to: a run of another method may not set them (they would do nothing).
+SECTION_OWNERS = {
+    "rl": ("svldrl", "supervised_confident"),
+    "coteaching": ("coteaching",),
+    "adele": ("adele",),
+    "mtcl": ("mtcl",),
+    "tloss": ("tloss",),
 }
-RANGES: dict[str, tuple[float, float]] = {
-    "train.iterations": (1, 1e9),
-    "train.steps_per_epoch": (1, 1e9),
-    "train.patch": (8, 1024),
-    "train.batch": (1, 4096),
-    "train.lr": (0.0, 10.0),
-    "train.val_every": (1, 1e9),
-    "data.fold": (0, 99),
-    "data.num_folds": (2, 100),
-    "data.pos_fraction": (0.0, 1.0),
-    "data.workers": (0, 256),
-    "rl.t_max": (1, 100),
-    "rl.action_scale": (0.0, 1.0),
-    "rl.gamma": (0.0, 1.0),
-    "rl.warmup": (0.0, 1.0),
-    "rl.transition": (0.0, 1.0),
-    "rl.lam": (0.0, 1.0),
-    "rl.alpha": (0.0, 1.0),
-    "rl.beta": (0.0, 1.0),
-    "rl.tau": (0.5, 1.0),
-    "rl.label_step": (0.0, 1.0),
-    "rl.ema": (0.0, 1.0),
-    "rl.async_workers": (0, 256),
-    "rl.entropy_coef": (0.0, 10.0),
-    "infer.refine_steps": (0, 100),
-    "infer.overlap": (0.0, 0.95),
-    "method_args.forget_rate": (0.0, 1.0),
-    "method_args.forget_ramp": (0.0, 1.0),
-    "method_args.adele_threshold": (0.5, 1.0),
-    "nets.num_classes": (2, 2),
+#: Keys renamed since runs were first saved: old config.yaml files still load.
+RENAMED = {
+    "method_args.forget_rate": "coteaching.forget_rate",
+    "method_args.forget_ramp": "coteaching.forget_ramp",
+    "method_args.adele_threshold": "adele.threshold",
+    "method_args.adele_consistency": "adele.consistency",
+    "method_args.clean_cases": "mtcl.clean_cases",
+    "method_args.mtcl_soft": "mtcl.soft",
+    "method_args.tloss_init": "tloss.init",
 }
 
 
@@ -171,6 +319,7 @@ def get(cfg: dict, key: str) -> Any:
 
 
 def _set(cfg: dict, key: str, value: Any, source: str) -> None:
+    key = RENAMED.get(key, key)
     parts = key.split(".")
     node: Any = cfg
     for i, part in enumerate(parts):
@@ -181,15 +330,21 @@ def _set(cfg: dict, key: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"train.patch": 64, ...}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        name = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, name + "."))
         else:
-            out[key] = v
+            out[name] = v
     return out
+
+
+def migrate(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config with renamed keys (:data:`RENAMED`) under their current names."""
+    return {RENAMED.get(k, k): v for k, v in flat.items()}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -211,50 +366,76 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def validate(cfg: dict) -> dict:
-    """Check types, choices and ranges of every key; return ``cfg``."""
-    flat_default = _flatten(DEFAULTS)
-    for key, value in _flatten(cfg).items():
-        if key not in flat_default:
-            raise UserError(f"unknown config key '{key}'")
-        default = flat_default[key]
-        if key == "data.fold" and value == "all":
-            continue  # nnU-Net's fold 'all': every training case, no validation
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise UserError(f"config key '{key}' expects true/false, got {value!r}")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"config key '{key}' expects a number, got {value!r}")
-            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
-                if not value.is_integer():
-                    raise UserError(f"config key '{key}' expects an integer, got {value!r}")
-                _set(cfg, key, int(value), "validation")
-        elif isinstance(default, list):
-            if not isinstance(value, list):
-                raise UserError(f"config key '{key}' expects a list like {default!r}, got {value!r}")
-            kinds = {type(v) for v in default}
-            if kinds and not all(type(v) in kinds or (float in kinds and type(v) is int) for v in value):
-                raise UserError(
-                    f"config key '{key}' expects a list of numbers like {default!r}, got {value!r}"
-                )
-        if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(
-                f"config key '{key}' must be one of {', '.join(map(str, CHOICES[key]))}, got {value!r}"
-            )
-        if key in RANGES:
-            lo, hi = RANGES[key]
-            if not (lo <= value <= hi):
-                raise UserError(f"config key '{key}' = {value!r} is out of range [{lo:g}, {hi:g}]")
-    for key in ("data.ct_window", "data.intensity_range"):
-        value = get(cfg, key)
-        if value is not None and not (
-            isinstance(value, (list, tuple))
-            and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            and value[0] < value[1]
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_value(key: str, value: Any, spec: dict[str, Any]) -> Any:
+    """``value`` checked against the key's kind, choices and range (an integral float becomes an int)."""
+    kind = spec["kind"]
+
+    def fail(expected: str) -> UserError:
+        return UserError(f"config key '{key}' expects {expected}, got {value!r}")
+
+    if kind == "bool" and not isinstance(value, bool):
+        raise fail("true/false")
+    if kind in ("int", "float"):
+        if not _is_number(value):
+            raise fail("a number")
+        if kind == "int" and isinstance(value, float):
+            if not value.is_integer():
+                raise fail("an integer")
+            value = int(value)
+    if kind in ("ints", "floats"):
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            raise fail(f"a list of numbers like {spec['default']!r}")
+        if kind == "ints" and not all(float(v).is_integer() for v in value):
+            raise fail(f"a list of integers like {spec['default']!r}")
+        value = [int(v) for v in value] if kind == "ints" else value
+    if kind == "window" and value is not None:
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+            raise fail("[low, high] or null")
+        if not value[0] < value[1]:
+            raise fail("[low, high] with low < high")
+    if kind == "labels" and value is not None:
+        if not (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         ):
-            raise UserError(f"config key '{key}' expects [low, high] with low < high, got {value!r}")
+            raise fail("a list of label values or null")
+    if (
+        kind == "fold"
+        and value != "all"
+        and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+    ):
+        raise fail("a fold number or all")
+    if spec["choices"] and value not in spec["choices"]:
+        raise UserError(
+            f"config key '{key}' must be one of {', '.join(map(str, spec['choices']))}, got {value!r}"
+        )
+    if spec["range"] and kind in ("int", "float"):
+        lo, hi = spec["range"]
+        if not lo <= value <= hi:
+            raise UserError(f"config key '{key}' = {value!r} is out of range [{lo:g}, {hi:g}]")
+    return value
+
+
+def validate(cfg: dict) -> dict:
+    """Check every key's type, choices and range, and the rules between keys; return ``cfg``."""
+    for name, value in flatten(cfg).items():
+        if name not in SCHEMA:
+            raise UserError(f"unknown config key '{name}'")
+        checked = _check_value(name, value, SCHEMA[name])
+        if checked is not value:
+            _set(cfg, name, checked, "validation")
+        section = name.split(".")[0]
+        owners = SECTION_OWNERS.get(section)
+        if owners and cfg.get("method") not in owners and checked != SCHEMA[name]["default"]:
+            raise UserError(
+                f"config key '{name}' is a setting of {' / '.join(owners)}; this run's method is "
+                f"{cfg.get('method')}, which would ignore it"
+            )
     if get(cfg, "rl.warmup") + get(cfg, "rl.transition") > 1.0:
         raise UserError("config keys rl.warmup + rl.transition must not exceed 1")
     if get(cfg, "rl.alpha") + get(cfg, "rl.beta") > 1.0:
@@ -294,8 +475,8 @@ def load_config(
             raise UserError(f"malformed YAML ({str(exc).splitlines()[0]})", path) from None
         if not isinstance(data, dict):
             raise UserError("config file must hold a mapping of keys", path)
-        for key, value in _flatten(data).items():
-            _set(cfg, key, value, str(path))
+        for name, value in flatten(data).items():
+            _set(cfg, name, value, str(path))
     for text in overrides or []:
         key, value = parse_override(text)
         _set(cfg, key, value, "--set")

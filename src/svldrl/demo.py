@@ -70,11 +70,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the table rows."""
     from svldrl.data.synth import synthesize
-    from svldrl.engine.predict import predict_folder
-    from svldrl.engine.train import train
     from svldrl.eval.summary import evaluate_folders, markdown_table
     from svldrl.methods import get_method
-    from svldrl.noise import run_noise
+    from svldrl.runs import predict_folder, run_noise, train
 
     t_start = time.monotonic()
     s = SETTINGS["quick" if quick else "full"]
@@ -170,7 +168,7 @@ def _action_map(ds: Path, run: Path, report: Path) -> None:
 
     from svldrl.data.io import atomic_write
     from svldrl.data.normalize import normalize_intensity
-    from svldrl.engine.predict import load_run
+    from svldrl.runs import load_run
 
     method, net, cfg = load_run(run)
     ref = sorted((ds / "labelsTs").glob("*.nii.gz"))[0]

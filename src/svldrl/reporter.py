@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from typing import Any
 
 
 class Reporter:
@@ -29,6 +31,24 @@ class Reporter:
             file=self.stream,
             flush=True,
         )
+
+
+def fmt_number(value: Any, digits: int | None = None, nan: str = "nan") -> str:
+    """One number as text: a float with ``digits`` decimals (None: 6 significant digits, the CSV form),
+    ``nan`` for NaN, anything else as ``str``."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return nan
+        return f"{value:.6g}" if digits is None else f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_mean_std(mean: float, std: float | None, digits: int, scale: float = 1.0, nan: str = "n/a") -> str:
+    """``mean ± std`` (each times ``scale``, ``digits`` decimals); the mean alone when ``std`` is None."""
+    if mean is None or math.isnan(mean):
+        return nan
+    text = fmt_number(mean * scale, digits)
+    return text if std is None else f"{text} ± {fmt_number(std * scale, digits)}"
 
 
 def fmt_seconds(seconds: float) -> str:

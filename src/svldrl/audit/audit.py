@@ -41,7 +41,6 @@ from svldrl.data.dataset import Case, Dataset, check_grid, check_mask, load_case
 from svldrl.data.io import Volume, read_volume, write_nifti
 from svldrl.data.outputs import check_output_dir, mark_output_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
-from svldrl.engine.predict import load_run
 from svldrl.errors import UserError
 from svldrl.reporter import QUIET, Reporter
 from svldrl.rules import (
@@ -52,6 +51,7 @@ from svldrl.rules import (
     dice_from_counts,
     relabel,
 )
+from svldrl.runs import load_run
 
 DETECTORS = ("threshold", "cl")
 #: Values of the suspected-error map.

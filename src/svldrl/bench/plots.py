@@ -10,7 +10,7 @@ from typing import Any
 
 from svldrl.data.io import atomic_write
 
-#: (setting, method) -> {"dice": (mean, std), ..., "n": seeds}, as made by runner.aggregate.
+#: (setting, method) -> {"dice": (mean, std), ..., "n": seeds}, as made by report.aggregate.
 Stats = dict[tuple[str, str], dict[str, Any]]
 
 

@@ -49,7 +49,9 @@ class Case:
     """One volume and its mask.
 
     ``image_key`` / ``label_key`` pick the datasets of HDF5 files. ``modality`` is the dataset's
-    ("mr" / "ct"), used when the config says ``data.modality: auto``.
+    ("mr" / "ct"), used when the config says ``data.modality: auto``. With a noisy label set, ``label`` is
+    the noisy mask and ``clean_label`` / ``clean_label_key`` the dataset's own (methods with a clean subset,
+    such as MTCL's, train those cases on it).
     """
 
     case_id: str
@@ -58,6 +60,14 @@ class Case:
     image_key: str = "image"
     label_key: str = "label"
     modality: str | None = None
+    clean_label: Path | None = None
+    clean_label_key: str = "label"
+
+    def with_clean_label(self) -> Case:
+        """This case with the dataset's own mask (itself when no other label set was chosen)."""
+        if self.clean_label is None:
+            return self
+        return replace(self, label=self.clean_label, label_key=self.clean_label_key)
 
 
 @dataclass
@@ -497,7 +507,9 @@ def _apply_label_set(ds: Dataset, labels: str) -> Dataset:
         f = folder / f"{case.case_id}{NOISY_ENDING}"
         if not f.is_file():
             raise UserError(f"noisy mask missing for training case '{case.case_id}'", f)
-        train.append(replace(case, label=f, label_key="label"))
+        train.append(
+            replace(case, label=f, label_key="label", clean_label=case.label, clean_label_key=case.label_key)
+        )
     return replace(ds, train=train, label_set=labels)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -301,6 +302,42 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, header:
         nib.save(img, tmp)
 
     return atomic_write(path, _write)
+
+
+_REQUIRED = object()
+
+
+def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
+    """The JSON document in ``path``.
+
+    With ``default`` given, a missing, unreadable or malformed file gives ``default`` (for svldrl's own
+    bookkeeping files, where absence means "not done yet"); without it, a :class:`UserError` naming the file
+    and the problem (for files the user gives).
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        if default is not _REQUIRED:
+            return default
+        raise UserError(f"malformed JSON (line {exc.lineno}: {exc.msg})", path) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if default is not _REQUIRED:
+            return default
+        raise UserError(f"cannot read file ({type(exc).__name__})", path) from None
+
+
+def json_default(x: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays and paths as plain JSON."""
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def write_text(path: str | Path, text: str) -> Path:

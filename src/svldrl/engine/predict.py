@@ -1,9 +1,11 @@
-"""``svldrl predict``: sliding-window inference over a folder, NIfTI out with the input's affine."""
+"""Sliding-window inference: a trained network's checkpoint, windows stitched in bounded memory.
+
+The command ``svldrl predict`` (a run folder by method name, a folder of images, NIfTI out with each input's
+affine) is :func:`svldrl.runs.predict_folder`; this module is the method-agnostic part it stands on.
+"""
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +14,15 @@ import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from svldrl import config as C
 from svldrl.data.io import (
-    NIFTI_ENDINGS,
     READABLE_ENDINGS,
-    check_volume_header,
     file_ending,
-    read_volume,
-    write_nifti,
 )
-from svldrl.data.normalize import normalize_intensity
-from svldrl.data.outputs import check_output_dir, output_dir_for_first_write
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.engine.distributed import unwrap
 from svldrl.engine.trainer import resolve_device
 from svldrl.errors import UserError
-from svldrl.methods import get_method
 from svldrl.nets.factory import build_network
-from svldrl.reporter import QUIET, Reporter
 
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
 
@@ -40,16 +33,15 @@ def case_id_of(path: Path) -> str:
     return name[:-5] if name.endswith("_0000") else name
 
 
-def load_run(
-    run_dir: str | Path, checkpoint: str = "auto", device: str = "auto"
-) -> tuple[type, torch.nn.Module, dict]:
-    """The method class, the network with the chosen checkpoint's weights (eval mode) and the run's config."""
-    run = Path(run_dir)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError("not a run folder (no config.yaml)", run)
-    cfg = C.load_config([cfg_path])
-    method = get_method(cfg["method"])
+def load_network(
+    method: type, cfg: dict, run: Path, checkpoint: str = "auto", device: str = "auto"
+) -> torch.nn.Module:
+    """The network of ``method`` for ``cfg`` with the weights of the run's chosen checkpoint, in eval mode.
+
+    Raises:
+        UserError: an unknown checkpoint name, a missing, foreign or code-carrying checkpoint, or weights that
+            do not fit the network the config describes.
+    """
     if checkpoint == "auto":
         checkpoint = "final" if cfg["train"]["checkpoint_select"] == "final" else "best"
     if checkpoint not in CHECKPOINTS:
@@ -59,10 +51,9 @@ def load_run(
     net = build_network(cfg["nets"], **method.network_kwargs(cfg))
     mismatch = _weights_mismatch(net, ckpt, cfg["nets"])
     if mismatch:  # e.g. a checkpoint copied from a run with other nets.features; torch's own message is long
-        raise UserError(f"checkpoint weights do not fit the network of {cfg_path.name} ({mismatch})", path)
+        raise UserError(f"checkpoint weights do not fit the network of config.yaml ({mismatch})", path)
     net.load_state_dict(ckpt["model"])
-    net.to(resolve_device(device)).eval()
-    return method, net, cfg
+    return net.to(resolve_device(device)).eval()
 
 
 def _weights_mismatch(net: torch.nn.Module, ckpt: dict, nets_cfg: dict) -> str:
@@ -171,66 +162,3 @@ def segment_volume(
         device,
     )
     return label, {}
-
-
-def predict_folder(
-    run_dir: str | Path,
-    input_dir: str | Path,
-    out_dir: str | Path,
-    device: str = "auto",
-    batch: int | None = None,
-    checkpoint: str = "auto",
-    save_refined: bool = False,
-    reporter: Reporter = QUIET,
-    overwrite: bool = False,
-) -> list[Path]:
-    """Predict every volume of ``input_dir`` into ``out_dir/{case}.nii.gz``.
-
-    ``out_dir`` may not be a dataset's image or mask folder, nor hold files a prediction would replace
-    unless svldrl wrote them as predictions or ``overwrite`` is given (:mod:`svldrl.data.outputs`).
-    """
-    input_dir, out_dir = Path(input_dir), Path(out_dir)
-    files = list_inputs(input_dir)
-    if out_dir.resolve() == input_dir.resolve():
-        raise UserError(
-            "output folder is the input folder; predictions would sit among (or over) the inputs", out_dir
-        )
-    names = [f"{case_id_of(p)}.nii.gz" for p in files]
-    extras = [f"inspect/{n[: -len('.nii.gz')]}_{k}.nii.gz" for n in names for k in ("refined", "actions")]
-    check_output_dir(out_dir, "predictions", names + (extras if save_refined else []), overwrite, "OUTPUT")
-    for path in files:  # header problems stop the run before the first prediction is written
-        check_volume_header(path)
-    method, net, cfg = load_run(run_dir, checkpoint, device)
-    dcfg = cfg["data"]
-    written = []
-    t0 = time.monotonic()
-    for n, path in enumerate(files, 1):
-        vol = read_volume(path)
-        # The raw array goes as soon as it is normalised: one full-size copy less at the peak.
-        raw, vol.array = vol.array, None
-        image = normalize_intensity(
-            raw, dcfg["modality"], dcfg["clip_percentiles"], dcfg["ct_window"], dcfg["intensity_range"]
-        )
-        del raw
-        label, extras = segment_volume(method, net, cfg, image, batch)
-        if save_refined and hasattr(method, "inspect_volume"):
-            extras = method.inspect_volume(net, cfg, image, batch)
-        header = vol.header if file_ending(path) in NIFTI_ENDINGS else None
-        cid = case_id_of(path)
-        # The folder is created and marked with the first prediction (a failure before it leaves nothing).
-        with output_dir_for_first_write(out_dir, "predictions", "OUTPUT") if n == 1 else nullcontext():
-            written.append(write_nifti(out_dir / f"{cid}.nii.gz", label, vol.affine, header))
-        for name, arr in extras.items():
-            write_nifti(out_dir / "inspect" / f"{cid}_{name}.nii.gz", arr, vol.affine, None)
-        reporter.progress("predict", n, len(files), t0, extra=cid)
-    return written
-
-
-def describe(run_dir: Path) -> dict[str, Any]:
-    """Small summary of a run for reports."""
-    cfg = C.load_config([Path(run_dir) / "config.yaml"])
-    return {
-        "method": cfg["method"],
-        "backbone": cfg["nets"]["backbone"],
-        "iterations": cfg["train"]["iterations"],
-    }

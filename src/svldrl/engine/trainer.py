@@ -1,16 +1,20 @@
-"""The base trainer: patches, the loop, validation, checkpoints, logs and resume.
+"""The base trainer: the loop, validation, checkpoints, logs and resume.
 
 It knows no method. A method is a small subclass (nnU-Net's trainer-variant pattern) that changes
-one or two hooks:
+one or two hooks. The lifecycle, as nnU-Net's:
 
-- ``build_network()``: the network (default: the factory's network for ``nets.*``),
-- ``train_step(batch)``: one optimiser step on a batch, returns scalar logs,
-- ``on_epoch_end(epoch)``: e.g. update training targets,
-- ``extra_state()`` / ``load_extra_state(state)``: method state kept in checkpoints,
-- ``make_predictor(network, cfg)``: how a window is segmented at validation and prediction.
+1. construct: settings, data (``training_case(position, case)`` picks the mask a case trains with),
+2. ``build_network()``, then ``build_method_state()``: what the method keeps beside the network (a peer
+   network and its optimiser, an EMA teacher, extra learnable parameters ...),
+3. ``build_optimizer(trainable_parameters())``, ``build_scheduler(optimizer)``, ``build_loss()``,
+4. restore: with ``resume``, the checkpoint's model, optimiser, scheduler, random streams, the metric log and
+   the attributes the method names in ``checkpointed`` (saved and restored by the base, none hand-written),
+5. ``fit()``: ``train_step(batch)`` per step, ``on_epoch_end(epoch)`` per epoch, validation with
+   ``make_predictor(network, cfg)`` (also what ``svldrl predict`` uses).
 
 The training target of every case lives in ``self.targets`` (float32 foreground probability,
-initially the given mask), so label-correcting methods change it in one place and resume keeps it.
+initially the given mask), so label-correcting methods change it in one place; a method that changes it
+lists ``"targets"`` in ``checkpointed`` and resume keeps it.
 
 Patches come from a data stream (``self.rng``) that is the same on every rank: each step draws one
 global batch of ``train.batch x world size`` patches (a case and a seed per patch; cases are dealt
@@ -23,12 +27,12 @@ makes them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +53,7 @@ from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
 from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
+from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, crop_patch, pad_to_patch
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, Reporter, fmt_seconds
@@ -95,103 +100,6 @@ def seg_target(q: torch.Tensor) -> torch.Tensor:
     return torch.cat([1.0 - q, q], dim=1)
 
 
-def pad_to_patch(arr: np.ndarray, patch: int) -> np.ndarray:
-    """Zero-pad at the far end of each axis shorter than ``patch``."""
-    pad = [(0, max(0, patch - s)) for s in arr.shape]
-    return np.pad(arr, pad) if any(p[1] for p in pad) else arr
-
-
-class LazyImages(Sequence):
-    """Normalised images read from disk at each access (``data.cache: none``): RAM holds one at a time.
-
-    Args:
-        cases: the cases, in order.
-        data_cfg: the ``data`` config section (normalisation).
-        patch: pad each image to at least this side (0: no padding).
-    """
-
-    def __init__(self, cases: list[Case], data_cfg: dict, patch: int = 0) -> None:
-        self.cases, self.data_cfg, self.patch = list(cases), dict(data_cfg), patch
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        image, _, _ = load_case(self.cases[i], self.data_cfg, need_label=False)
-        return pad_to_patch(image, self.patch) if self.patch else image
-
-
-@dataclass
-class Crop:
-    """One training patch before its targets are attached: the augmented image and where it came from."""
-
-    case: int
-    box: tuple[slice, ...]
-    flip: tuple[int, ...]
-    image: torch.Tensor  # (1, p, p, p) float32
-
-
-def crop_patch(
-    image: np.ndarray,
-    fg_idx: np.ndarray,
-    patch: int,
-    pos_fraction: float,
-    aug: Sequence[Any],
-    case: int,
-    seed: int,
-) -> Crop:
-    """A foreground-aware random crop (RandCropByPosNegLabel's rule), random flips and intensity jitter,
-    all drawn from ``seed`` alone, so the same (case, seed) gives the same patch in any process."""
-    rng = np.random.default_rng(seed)
-    shape = np.array(image.shape)
-    if rng.random() < pos_fraction and fg_idx.size:
-        center = np.array(np.unravel_index(fg_idx[rng.integers(fg_idx.size)], shape))
-    else:
-        center = rng.integers(0, shape)
-    start = np.clip(center - patch // 2, 0, shape - patch)
-    box = tuple(slice(int(s), int(s) + patch) for s in start)
-    flip = tuple(int(a) for a, r in enumerate(rng.random(3)) if r < 0.5)
-    img = image[box]
-    if flip:
-        img = np.flip(img, flip)
-    img_t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
-    for t, s in zip(aug, rng.integers(2**31, size=len(aug)), strict=True):
-        t.set_random_state(seed=int(s))
-        img_t = t(img_t)
-        # MONAI may hand back a MetaTensor; the network gets plain tensors
-        img_t = img_t.as_tensor() if hasattr(img_t, "as_tensor") else torch.as_tensor(img_t)
-    return Crop(case, box, flip, img_t.clamp(0, 1))
-
-
-class _StepCrops(torch.utils.data.Dataset):
-    """Item k = the crops of step k, for DataLoader workers (``data.workers``); specs drawn beforehand."""
-
-    def __init__(
-        self,
-        images: Sequence[np.ndarray],
-        fg_idx: list[np.ndarray],
-        specs: list[list[tuple[int, int]]],
-        patch: int,
-        pos_fraction: float,
-        aug: Sequence[Any],
-    ) -> None:
-        self.images, self.fg_idx, self.specs = images, fg_idx, specs
-        self.patch, self.pos_fraction, self.aug = patch, pos_fraction, aug
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-    def __getitem__(self, k: int) -> list[Crop]:
-        return [
-            crop_patch(self.images[c], self.fg_idx[c], self.patch, self.pos_fraction, self.aug, c, seed)
-            for c, seed in self.specs[k]
-        ]
-
-
-def _as_is(x: Any) -> Any:
-    return x
-
-
 class Trainer:
     """Plain supervised training (Dice + CE on the given masks); the base of every method."""
 
@@ -199,6 +107,12 @@ class Trainer:
     #: How gradients are averaged across ranks: ``auto`` (DistributedDataParallel for networks without the RL
     #: heads, else an explicit all-reduce), ``ddp`` or ``allreduce``; see :mod:`svldrl.engine.distributed`.
     distributed_mode: ClassVar[str] = "auto"
+
+    #: Attributes the method keeps in checkpoints beside the network, optimiser and scheduler (each an object
+    #: with ``state_dict`` / ``load_state_dict``, a tensor, plain data, or ``"targets"``); built in
+    #: :meth:`build_method_state`, saved and restored by the base trainer. A property where it depends on the
+    #: config.
+    checkpointed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -208,9 +122,11 @@ class Trainer:
         reporter: Reporter = QUIET,
         resume: bool = False,
     ) -> None:
+        # 1. construct
         self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir)
+        self.resume = resume
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
         self.reporter = reporter if self.is_main else QUIET
@@ -230,18 +146,15 @@ class Trainer:
         self.iterations = int(tc["iterations"])
         self.steps_per_epoch = int(tc["steps_per_epoch"])
         self.num_epochs = math.ceil(self.iterations / self.steps_per_epoch)
-        if self.world > 1 and int(cfg["rl"]["async_workers"]) > 0:
-            # Hogwild workers are forked processes sharing one model; they cannot join the ranks' collectives.
-            raise UserError("rl.async_workers > 0 runs in one process; set it to 0 to train with torchrun")
         self._check_run_folder(resume)
         self._load_data()
+        # 2. network and method state, 3. optimiser, schedule and loss
         self.network = self.build_network().to(self.device)
         D.broadcast_parameters(self.network)
-        self.optimizer = self.build_optimizer(self.network.parameters())
+        self.build_method_state()
+        self.optimizer = self.build_optimizer(self.trainable_parameters())
         self.scheduler = self.build_scheduler(self.optimizer)
-        self.seg_loss = DiceCELoss(
-            softmax=True, lambda_dice=cfg["loss"]["dice_weight"], lambda_ce=cfg["loss"]["ce_weight"]
-        )
+        self.seg_loss = self.build_loss()
         self.aug = [
             RandScaleIntensity(factors=0.1, prob=0.3),
             RandShiftIntensity(offsets=0.1, prob=0.3),
@@ -258,10 +171,10 @@ class Trainer:
         self._overhead_seconds, self._overhead_epochs = 0.0, 0
         self._epoch_t0 = time.monotonic()
         self._rank_rngs: list[dict[str, Any]] | None = None
-        if resume:
-            self._resume()
         self._ddp_params: frozenset[int] = frozenset()
-        self._wrap_network()
+        # 4. restore
+        if resume:
+            self.restore()
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -282,14 +195,36 @@ class Trainer:
         return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate schedule: :meth:`lr_factor` of the step times the initial rate."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+
+    def lr_factor(self, iteration: int) -> float:
+        """``train.scheduler`` in closed form (also what Hogwild workers set the rate from): poly, nnU-Net's
+        ``(1 - it / total) ** 0.9``; cosine ``(1 + cos(pi it / total)) / 2``; constant 1."""
         kind, total = self.cfg["train"]["scheduler"], self.iterations
         if kind == "poly":  # nnU-Net's PolyLR
-            return torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda it: (1 - min(it, total - 1) / total) ** 0.9
-            )
+            return (1 - min(iteration, total - 1) / total) ** 0.9
         if kind == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * min(iteration, total) / total))
+        return 1.0
+
+    def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The segmentation loss: MONAI's Dice + CE on softmax logits and a two-class (soft) one-hot target."""
+        lc = self.cfg["loss"]
+        return DiceCELoss(softmax=True, lambda_dice=lc["dice_weight"], lambda_ce=lc["ce_weight"])
+
+    def build_method_state(self) -> None:
+        """Build what the method keeps beside the network, after the network and before the optimiser (and
+        before a resume restores it); default nothing."""
+
+    def trainable_parameters(self) -> Any:
+        """What the main optimiser trains (parameters or param groups): the network's; methods add their own
+        learnable parameters here (SVL-DRL's reward kernel, T-Loss's tolerance)."""
+        return self.network.parameters()
+
+    def training_case(self, position: int, case: Case) -> Case:
+        """The case (its mask) training case number ``position`` (sorted ids) trains with; default as given."""
+        return case
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """One optimiser step of Dice + CE on the current targets."""
@@ -302,20 +237,45 @@ class Trainer:
         """Called after each epoch's steps, before validation; returns extra logs."""
         return {}
 
-    def extra_state(self) -> dict[str, Any]:
-        """Method state to keep in checkpoints (plain tensors / numbers / containers only)."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` saved."""
-
     def targets_state(self) -> list[torch.Tensor]:
-        """The per-case training targets as tensors, for methods that update them (kept in checkpoints)."""
+        """The per-case training targets as tensors (a method lists ``"targets"`` in ``checkpointed``)."""
         return [torch.from_numpy(t.copy()) for t in self.targets]
 
     def load_targets_state(self, saved: list[torch.Tensor]) -> None:
         """Restore what :meth:`targets_state` returned."""
         self.targets = [t.numpy().astype(np.float32) for t in saved]
+
+    def method_state(self) -> dict[str, Any]:
+        """The ``checkpointed`` attributes as plain data (``state_dict`` where they have one), plus the stage."""
+        state: dict[str, Any] = {"stage": self.stage_of(min(self.iteration, self.iterations - 1))}
+        for name in self.checkpointed:
+            value = getattr(self, name, None)
+            if name == "targets":
+                state[name] = self.targets_state()
+            elif hasattr(value, "state_dict"):
+                state[name] = value.state_dict()
+            elif isinstance(value, torch.Tensor):
+                state[name] = value.detach().cpu().clone()
+            elif value is not None:
+                state[name] = copy.deepcopy(value)
+        return state
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Restore the ``checkpointed`` attributes from :meth:`method_state`'s output (the stage derives from
+        the iteration and is not restored)."""
+        for name in self.checkpointed:
+            if name not in state:
+                continue
+            value = getattr(self, name, None)
+            if name == "targets":
+                self.load_targets_state(state[name])
+            elif hasattr(value, "load_state_dict"):
+                value.load_state_dict(state[name])
+            elif isinstance(value, torch.Tensor):
+                with torch.no_grad():
+                    value.copy_(state[name].to(value.device))
+            else:
+                setattr(self, name, copy.deepcopy(state[name]))
 
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -367,32 +327,6 @@ class Trainer:
         network.train(was_training)
         return torch.softmax(logits, 1)[0, 1].cpu().numpy()
 
-    def confident_target_update(self, tau: float) -> dict[str, float]:
-        """Voxels where the model is confident (p > tau or p < 1 - tau) and disagrees with the target take
-        the model's label (method.md section 6, ``rl.target_update = confident``).
-
-        Returns:
-            The share of voxels changed, as ``charts/target_changed``.
-        """
-        changed = total = 0
-        for i, img in enumerate(self.images):
-            p = self.predict_probs(img)
-            t = self.targets[i]
-            flip = ((p > tau) & (t < 0.5)) | ((p < 1 - tau) & (t >= 0.5))
-            t[flip] = (p[flip] > 0.5).astype(np.float32)
-            changed += int(flip.sum())
-            total += t.size
-        return {"charts/target_changed": changed / max(total, 1)}
-
-    def write_targets(self, batch: Batch, q: torch.Tensor) -> None:
-        """Write patch targets ``q`` (B,1,p,p,p, in the batch's flipped frame) back into ``self.targets``."""
-        q_np = q.detach().float().cpu().numpy()
-        for b, (case, box, flips) in enumerate(zip(batch["case"], batch["box"], batch["flip"], strict=True)):
-            patch = q_np[b, 0]
-            if flips:
-                patch = np.flip(patch, axis=flips)
-            self.targets[case][box] = patch
-
     # ------------------------------------------------------------------ data
     def _check_run_folder(self, resume: bool) -> None:
         # Decided on rank 0 and shared, so that every rank stops with the same message.
@@ -440,11 +374,11 @@ class Trainer:
         images: list[np.ndarray] = []
         self.given: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
-        for cid in self.train_ids:
+        for position, cid in enumerate(self.train_ids):
             # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
             # A mask without foreground is a case where the structure is absent (a multi-organ set binarised
             # for one organ): a negative example, trained on like any other.
-            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True)
+            img, lab, _ = load_case(self.training_case(position, cases[cid]), dcfg, allow_empty=True)
             if in_ram:
                 images.append(self._pad(img))
             lab = self._pad(lab)
@@ -547,7 +481,7 @@ class Trainer:
         # The epoch's (case, seed) specs are drawn up front from self.rng, so the stream (and the checkpointed
         # RNG state) is the same with and without workers, and the workers' own seeds do not matter.
         specs = [self._next_specs() for _ in range(steps)]
-        data = _StepCrops(
+        data = StepCrops(
             self.images, self.fg_idx, specs, self.patch, float(self.cfg["data"]["pos_fraction"]), self.aug
         )
         import torch.multiprocessing as mp
@@ -558,7 +492,7 @@ class Trainer:
             batch_size=None,
             shuffle=False,
             num_workers=min(workers, steps),
-            collate_fn=_as_is,
+            collate_fn=as_is,
             multiprocessing_context=ctx,
             generator=torch.Generator().manual_seed(0),
         )  # leave the global torch RNG alone
@@ -587,6 +521,8 @@ class Trainer:
         that copies and checkpoints see plain parameter names; :func:`D.unwrap` gets back to it.
         """
         net = self.network
+        if net is not D.unwrap(net):
+            return  # wrapped already (fit called again)
         if self.world > 1 and self.use_ddp():
             net = D.wrap_ddp(net, self.device)
             self._ddp_params = frozenset(id(p) for p in net.parameters())
@@ -699,7 +635,8 @@ class Trainer:
         return total / count if count else math.nan
 
     def fit(self) -> Path:
-        """Train to ``train.iterations`` steps; returns the run folder."""
+        """Train to ``train.iterations`` steps (lifecycle step 5); returns the run folder."""
+        self._wrap_network()
         if self.is_main:
             write_text(self.out / "config.yaml", C.dump_config(self.cfg))  # creates the run folder
             if (
@@ -789,13 +726,14 @@ class Trainer:
                 "case_queue": list(self._case_queue),
                 **({"ranks": self._rank_rngs} if self._rank_rngs else {}),
             },
-            "extra": self.extra_state(),
+            "extra": self.method_state(),
         }
 
     def _save(self, name: str) -> None:
         save_checkpoint(self.out / name, self._state())
 
-    def _resume(self) -> None:
+    def restore(self) -> None:
+        """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4)."""
         path = self.out / "checkpoint_latest.pt"
         meta = (self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
 
@@ -828,7 +766,7 @@ class Trainer:
             self.generator.set_state(own["generator"])
             if "cuda" in own and self.device.type == "cuda":
                 torch.cuda.set_rng_state(own["cuda"], self.device)
-        self.load_extra_state(ckpt["extra"])
+        self.load_method_state(ckpt["extra"])
         self.reporter.info(f"resumed {self.out} at epoch {self.epoch}, iteration {self.iteration}")
 
     def _seed_own(self, seed: int) -> None:

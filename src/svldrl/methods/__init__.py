@@ -9,6 +9,7 @@ from svldrl.errors import UserError
 #: name -> "module:Class"; imported lazily so that ``svldrl --help`` stays fast.
 METHODS: dict[str, str] = {
     "supervised": "svldrl.methods.supervised:SupervisedTrainer",
+    "supervised_confident": "svldrl.methods.confident:SupervisedConfidentTrainer",
     "svldrl": "svldrl.methods.svldrl:SVLDRLTrainer",
     "coteaching": "svldrl.methods.coteaching:CoTeachingTrainer",
     "adele": "svldrl.methods.adele:ADELETrainer",

@@ -20,8 +20,8 @@ Rules (each a pure function below):
   ``SCALE`` (rescaled input, logits resized back) from their average (the Jensen-Shannon form of the
   paper's multi-scale consistency).
 
-Config keys: ``method_args.adele_threshold`` (confidence for a correction, default 0.7),
-``method_args.adele_consistency`` (weight of the consistency loss, default 1.0).
+Config keys: ``adele.threshold`` (confidence for a correction, default 0.7), ``adele.consistency`` (weight of
+the consistency loss, default 1.0).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def adele_correct(
     Args:
         target: current training target (foreground probability / mask), any shape.
         probs: the model's foreground probability, same shape.
-        threshold: confidence above which a voxel is corrected (``method_args.adele_threshold``).
+        threshold: confidence above which a voxel is corrected (``adele.threshold``).
         classes: ``(background, foreground)``: which classes' curves have flattened; only their confident
             voxels change (``1 - p > threshold`` -> 0, ``p > threshold`` -> 1).
 
@@ -132,13 +132,12 @@ class ADELETrainer(Trainer):
     """Dice + CE on targets corrected per class once that class's training IoU curve flattens."""
 
     name = "adele"
+    checkpointed = ("iou_history", "correcting", "targets")
 
-    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
-        # Method state lives next to the optimiser because __init__ resumes right after this hook.
+    def build_method_state(self) -> None:
         self.iou_history: list[list[float]] = []  # per epoch: [IoU background, IoU foreground]
         self.correcting = [False, False]  # once a class's curve has flattened it stays corrected
         self._inter, self._union = np.zeros(2), np.zeros(2)
-        return super().build_optimizer(params)
 
     def _scaled_size(self) -> int:
         # The rescaled patch must still be a multiple of the network's divisor.
@@ -158,7 +157,7 @@ class ADELETrainer(Trainer):
             align_corners=False,
         )
         cons = scale_consistency(logits, back)
-        loss = seg + float(self.cfg["method_args"]["adele_consistency"]) * cons
+        loss = seg + float(self.cfg["adele"]["consistency"]) * cons
         self.optimise(loss)
         # Training IoU per class against the GIVEN masks: the curve ADELE watches.
         pred, given = logits.detach().argmax(1), batch["given"][:, 0] > 0.5
@@ -186,7 +185,7 @@ class ADELETrainer(Trainer):
             "charts/target_changed": 0.0,
         }
         if any(self.correcting):
-            thr, changed, total = float(self.cfg["method_args"]["adele_threshold"]), 0, 0
+            thr, changed, total = float(self.cfg["adele"]["threshold"]), 0, 0
             for i, img in enumerate(self.images):  # one case at a time: memory stays bounded
                 new = adele_correct(self.targets[i], self.predict_probs(img), thr, self.correcting)
                 changed += int((new != self.targets[i]).sum())
@@ -194,15 +193,3 @@ class ADELETrainer(Trainer):
                 self.targets[i] = new
             logs["charts/target_changed"] = changed / max(total, 1)
         return logs
-
-    def extra_state(self) -> dict[str, Any]:
-        return {
-            "iou_history": self.iou_history,
-            "correcting": list(self.correcting),
-            "targets": self.targets_state(),
-        }
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.iou_history = [list(map(float, h)) for h in state["iou_history"]]
-        self.correcting = [bool(c) for c in state["correcting"]]
-        self.load_targets_state(state["targets"])

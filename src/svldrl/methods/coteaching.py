@@ -8,7 +8,7 @@ kept, so that the two filter each other's mistakes instead of confirming their o
 the likely clean ones while the networks are still in their early-learning phase, which is why the forget
 rate starts at 0 and ramps up linearly.
 
-Config keys: ``method_args.forget_rate`` (final forget rate, default 0.2), ``method_args.forget_ramp``
+Config keys: ``coteaching.forget_rate`` (final forget rate, default 0.2), ``coteaching.forget_ramp``
 (share of ``train.iterations`` over which the rate ramps linearly from 0, default 0.3). The loss on the
 kept voxels is the run's Dice + CE restricted to those voxels (CE alone ranks them, as in the paper and
 PyMIC's ``NLLCoTeaching``), so that a forget rate of 0 is exactly two independent ``supervised`` runs.
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.losses import MaskedDiceLoss
 
 from svldrl.engine import distributed as D
 from svldrl.engine.trainer import Batch, Trainer, seg_target
@@ -51,8 +52,8 @@ def forget_rate_at(iteration: int, total: int, final_rate: float, ramp: float) -
     Args:
         iteration: optimiser steps done.
         total: the budget (``train.iterations``).
-        final_rate: ``method_args.forget_rate``.
-        ramp: ``method_args.forget_ramp``, share of the budget the ramp lasts (0: the final rate at once).
+        final_rate: ``coteaching.forget_rate``.
+        ramp: ``coteaching.forget_ramp``, share of the budget the ramp lasts (0: the final rate at once).
     """
     ramp_steps = ramp * total
     if ramp_steps <= 0:
@@ -60,10 +61,14 @@ def forget_rate_at(iteration: int, total: int, final_rate: float, ramp: float) -
     return float(final_rate) * min(1.0, iteration / ramp_steps)
 
 
+_MASKED_DICE = MaskedDiceLoss(softmax=True)  # MONAI's defaults: per sample and class, smooth 1e-5, mean
+
+
 def masked_dice_ce(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, dice_w: float, ce_w: float
 ) -> torch.Tensor:
-    """Soft Dice (per sample and class, MONAI's DiceLoss defaults) + CE over the voxels where ``mask`` holds.
+    """Dice (MONAI's ``MaskedDiceLoss``: softmax, then input and target masked) + CE over the voxels where
+    ``mask`` holds.
 
     Args:
         logits: (B, C, ...) network output.
@@ -73,13 +78,10 @@ def masked_dice_ce(
         ce_w: ``loss.ce_weight``.
     """
     m = mask.to(logits.dtype)
-    probs = torch.softmax(logits, 1)
-    dims = tuple(range(2, logits.ndim))
-    inter = (m * probs * target).sum(dims)
-    denom = (m * probs).sum(dims) + (m * target).sum(dims)
-    dice = 1.0 - (2.0 * inter + 1e-5) / (denom + 1e-5)
+    dice = _MASKED_DICE(logits, target, m)
+    # MONAI has no masked cross-entropy: the mean CE of the kept voxels, written out
     ce = -(target * F.log_softmax(logits, 1)).sum(1, keepdim=True)
-    return dice_w * dice.mean() + ce_w * (ce * m).sum() / m.sum().clamp_min(1.0)
+    return dice_w * dice + ce_w * (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
 def coteaching_losses(
@@ -117,18 +119,16 @@ class CoTeachingTrainer(Trainer):
     """Two networks; each trains on the small-loss voxels chosen by the other."""
 
     name = "coteaching"
+    checkpointed = ("peer", "peer_optimizer", "peer_scheduler")
 
-    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
-        # The peer must exist before a resume restores it, and __init__ resumes right after this hook,
-        # so it is built here (a base ``build_extra`` hook called before resume would be cleaner).
+    def build_method_state(self) -> None:
         self.peer = self.build_network().to(self.device)
         D.broadcast_parameters(self.peer)
-        self.peer_optimizer = super().build_optimizer(self.peer.parameters())
+        self.peer_optimizer = self.build_optimizer(self.peer.parameters())
         self.peer_scheduler = self.build_scheduler(self.peer_optimizer)
-        return super().build_optimizer(params)
 
     def forget_rate(self) -> float:
-        ma = self.cfg["method_args"]
+        ma = self.cfg["coteaching"]
         return forget_rate_at(self.iteration, self.iterations, ma["forget_rate"], ma["forget_ramp"])
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
@@ -149,15 +149,3 @@ class CoTeachingTrainer(Trainer):
             "charts/forget_rate": 1.0 - keep,
             "charts/selection_disagreement": disagree,
         }
-
-    def extra_state(self) -> dict[str, Any]:
-        return {
-            "peer": self.peer.state_dict(),
-            "peer_optimizer": self.peer_optimizer.state_dict(),
-            "peer_scheduler": self.peer_scheduler.state_dict(),
-        }
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.peer.load_state_dict(state["peer"])
-        self.peer_optimizer.load_state_dict(state["peer_optimizer"])
-        self.peer_scheduler.load_state_dict(state["peer_scheduler"])

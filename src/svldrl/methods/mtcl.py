@@ -18,11 +18,14 @@ Rules (each a pure function below):
   towards it (soft: MTCL's ``smooth`` correction, ``label + flag * (-1)^label * 0.8``). The correction is
   redone from the given masks at every epoch end with the current teacher, so it never drifts.
 
-Schedule: the first ``WARMUP`` (30%) of the iterations train on the given masks; corrections start after.
-Config keys: ``method_args.clean_cases`` = K: the first K training cases (sorted ids) are the clean subset
-of the original method. They are never corrected and, when K > 0, the thresholds come from them (else from
-all cases). When the run trains on noisy masks, those K cases use their clean masks (the original's small
-high-quality set). ``method_args.mtcl_soft``: soft instead of hard correction (default false).
+Schedule: the first ``mtcl.warmup`` (30%) of the iterations train on the given masks; corrections start after.
+Config keys: ``mtcl.clean_cases`` = K: the first K training cases (sorted ids) are the clean subset of the
+original method. They are never corrected and, when K > 0, the thresholds come from them (else from all
+cases). When the run trains on noisy masks, those K cases use their clean masks (the original's small
+high-quality set). ``mtcl.soft``: soft instead of hard correction (default false). ``mtcl.ema`` (0.99, the
+teacher's decay), ``mtcl.consistency`` (0.1, the weight of the consistency loss after its sigmoid ramp-up over
+the warm-up), ``mtcl.noise`` (0.1, std of the noise on the teacher's input, clipped at 2 std), as in MTCL and
+UA-MT.
 Memory stays bounded: the teacher segments one case at a time, thresholds are accumulated as per-class sums
 and counts, and the flags are computed per case (never one (voxels x classes) table of all cases, which is
 what makes cleanlab on whole datasets run out of memory). Between the threshold pass and the flagging pass
@@ -32,22 +35,17 @@ float32 targets already held) rather than segmenting every case twice.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from svldrl.data.dataset import load_case, load_dataset
+from svldrl.data.dataset import Case
+from svldrl.engine.ema import ema_teacher
 from svldrl.engine.trainer import Batch, Trainer, seg_target
-from svldrl.errors import UserError
 from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags, relabel
 
-EMA = 0.99  # teacher decay (mean teacher / MTCL default)
-CONSISTENCY = 0.1  # weight of the student-teacher MSE after its sigmoid ramp-up
-WARMUP = 0.3  # share of the iterations before the first correction (the ramp-up of the consistency weight)
-NOISE = 0.1  # std of the Gaussian noise on the teacher's input (clipped at 2 std), as in MTCL / UA-MT
 SOFT_STEP = 0.8  # how far a soft correction moves a flagged voxel towards the other class
 
 
@@ -76,62 +74,38 @@ class MTCLTrainer(Trainer):
     """Student trained on confident-learning-corrected targets, plus a mean-teacher consistency loss."""
 
     name = "mtcl"
+    checkpointed = ("teacher", "targets")
 
     def num_clean(self) -> int:
-        return min(int(self.cfg["method_args"]["clean_cases"]), len(self.train_ids))
+        return min(int(self.cfg["mtcl"]["clean_cases"]), len(self.train_ids))
 
-    def _load_data(self) -> None:
-        # The clean subset trains on clean masks. The base trainer has no hook for per-case masks, so the
-        # loader is extended here (a ``load_training_masks`` hook would be cleaner).
-        super()._load_data()
-        k = self.num_clean()
-        if not k or self.dataset.label_set == "clean":
-            return
-        try:
-            clean = {c.case_id: c for c in load_dataset(self.dataset.root, "clean").train}
-        except UserError as exc:
-            raise UserError(
-                f"mtcl: method_args.clean_cases={k} needs the clean masks, but the dataset could "
-                f"not be re-read from {self.dataset.root} ({exc})"
-            ) from None
-        for i in range(k):
-            _, lab, _ = load_case(clean[self.train_ids[i]], self.cfg["data"], allow_empty=True)
-            lab = self._pad(lab)
-            self.given[i], self.targets[i], self.fg_idx[i] = lab, lab.astype(np.float32), np.flatnonzero(lab)
+    def training_case(self, position: int, case: Case) -> Case:
+        # The clean subset trains on the dataset's own (clean) masks, whatever label set the run uses.
+        return case.with_clean_label() if position < self.num_clean() else case
 
-    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
-        # Built here because __init__ resumes right after this hook and the resume restores the teacher.
-        self.teacher = copy.deepcopy(self.network)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        return super().build_optimizer(params)
+    def build_method_state(self) -> None:
+        self.teacher = ema_teacher(self.network, float(self.cfg["mtcl"]["ema"]), ramp=True)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
+        mc = self.cfg["mtcl"]
         x = batch["image"]
         logits = self.network(x, heads=("seg",))["seg"]
         seg = self.seg_loss(logits, seg_target(batch["target"]))
         with torch.no_grad():
-            noise = (torch.randn(x.shape, generator=self.generator) * NOISE).clamp(-2 * NOISE, 2 * NOISE)
+            sd = float(mc["noise"])
+            noise = (torch.randn(x.shape, generator=self.generator) * sd).clamp(-2 * sd, 2 * sd)
             teacher_p = torch.softmax(self.teacher(x + noise.to(x.device), heads=("seg",))["seg"], 1)
         cons = torch.mean((torch.softmax(logits, 1) - teacher_p) ** 2)
-        weight = CONSISTENCY * sigmoid_rampup(self.iteration, WARMUP * self.iterations)
+        weight = float(mc["consistency"]) * sigmoid_rampup(
+            self.iteration, float(mc["warmup"]) * self.iterations
+        )
         loss = seg + weight * cons
         self.optimise(loss)
-        self._update_teacher()
+        self.teacher.update_parameters(self.network)
         return {"train_loss": loss.detach(), "losses/seg": seg.detach(), "losses/consistency": cons.detach()}
 
-    @torch.no_grad()
-    def _update_teacher(self) -> None:
-        # The early ramp 1 - 1/(step + 1) keeps the teacher from averaging in its random initialisation.
-        ema = min(1.0 - 1.0 / (self.iteration + 1), EMA)
-        for t, s in zip(self.teacher.state_dict().values(), self.network.state_dict().values(), strict=True):
-            if t.dtype.is_floating_point:
-                t.mul_(ema).add_(s.detach(), alpha=1.0 - ema)
-            else:
-                t.copy_(s)
-
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        if self.iteration < WARMUP * self.iterations:
+        if self.iteration < float(self.cfg["mtcl"]["warmup"]) * self.iterations:
             return {"charts/target_changed": 0.0}
         k, n = self.num_clean(), len(self.images)
         # Thresholds from the clean subset if there is one, else from all cases (cleanlab's default).
@@ -152,7 +126,7 @@ class MTCLTrainer(Trainer):
                 else self.predict_probs(self.images[i], self.teacher)
             )
             flags = confident_learning_flags(np.stack([1.0 - p, p]), self.given[i].astype(np.int64), t)
-            self.targets[i] = mtcl_correct(self.given[i], flags, bool(self.cfg["method_args"]["mtcl_soft"]))
+            self.targets[i] = mtcl_correct(self.given[i], flags, bool(self.cfg["mtcl"]["soft"]))
             flagged += int(flags.sum())
             total += flags.size
         return {
@@ -160,13 +134,3 @@ class MTCLTrainer(Trainer):
             "charts/threshold_bg": float(t[0]),
             "charts/threshold_fg": float(t[1]),
         }
-
-    def extra_state(self) -> dict[str, Any]:
-        return {
-            "teacher": self.teacher.state_dict(),
-            "targets": self.targets_state(),
-        }
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.load_targets_state(state["targets"])

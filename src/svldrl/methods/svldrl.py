@@ -15,26 +15,24 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 
 from __future__ import annotations
 
-import copy
-import os
-import warnings
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 from monai.inferers import sliding_window_inference
 
-from svldrl.engine.trainer import Batch, Trainer, seg_target
+from svldrl.engine.ema import ema_teacher
+from svldrl.engine.hogwild import run_hogwild
+from svldrl.engine.trainer import Batch, seg_target
+from svldrl.methods.confident import ConfidentTargetUpdate
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
 from svldrl.rl.reward import RunningStd
 from svldrl.rl.stages import stage_at
 
 
-class SVLDRLTrainer(Trainer):
+class SVLDRLTrainer(ConfidentTargetUpdate):
     """Three-decoder network trained in stages with voxel-level A3C."""
 
     name = "svldrl"
@@ -44,19 +42,26 @@ class SVLDRLTrainer(Trainer):
         # label-space agents see the current soft target q beside the image (method.md section 9)
         return {"in_channels": 1, "aux_channels": int(cfg["rl"]["action_space"] == "label"), "rl_heads": True}
 
-    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
+    @property
+    def checkpointed(self) -> tuple[str, ...]:  # type: ignore[override]
+        rl = self.cfg["rl"]
+        keeps_targets = rl["action_space"] == "label" or rl["target_update"] != "none"
+        return ("reward_conv", "reward_norm", "teacher") + (("targets",) if keeps_targets else ())
+
+    def build_method_state(self) -> None:
         rl = self.cfg["rl"]
         self.reward_conv = (
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
         self.reward_norm = RunningStd() if rl["reward_norm"] else None
-        self.teacher = None
-        if rl["action_space"] == "label":
-            self.teacher = copy.deepcopy(self.network).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
-        params = list(params) + (list(self.reward_conv.parameters()) if self.reward_conv is not None else [])
-        return super().build_optimizer(params)
+        # label actions: an EMA teacher of the segmentation, started from a copy of the network
+        self.teacher = (
+            ema_teacher(self.network, float(rl["ema"]), ramp=False) if rl["action_space"] == "label" else None
+        )
+
+    def trainable_parameters(self) -> Any:
+        extra = list(self.reward_conv.parameters()) if self.reward_conv is not None else []
+        return list(self.network.parameters()) + extra
 
     def stage(self, iteration: int | None = None) -> int:
         """Stage of ``iteration`` (default: the next step)."""
@@ -123,102 +128,29 @@ class SVLDRLTrainer(Trainer):
             )
             self.optimise(res.loss)
             if stage == 3:  # the refined targets persist per case across epochs: the dynamic iterative update
-                self.write_targets(batch, res.q_final)
+                self.write_targets(batch, res.final)
             logs = {"train_loss": res.loss.detach(), **res.logs}
         if self.teacher is not None:
-            self._update_teacher(float(rl["ema"]))
+            self.teacher.update_parameters(self.network)
         logs["charts/stage"] = stage
         return logs
 
-    # ------------------------------------------------------------------ asynchronous (Hogwild) mode
+    def write_targets(self, batch: Batch, q: torch.Tensor) -> None:
+        """Write patch targets ``q`` (B,1,p,p,p, in the batch's flipped frame) back into ``self.targets``."""
+        q_np = q.detach().float().cpu().numpy()
+        for b, (case, box, flips) in enumerate(zip(batch["case"], batch["box"], batch["flip"], strict=True)):
+            patch = q_np[b, 0]
+            if flips:
+                patch = np.flip(patch, axis=flips)
+            self.targets[case][box] = patch
+
     def run_steps(self, steps: int) -> dict[str, float]:
         """Synchronous and batched by default; with ``rl.async_workers = N > 0`` the epoch's steps are
-        shared among N Hogwild workers (A3C): forked processes updating one model, one optimiser state,
-        the EMA teacher and the per-case targets, all in shared memory, without locks."""
+        shared among N Hogwild workers (A3C, :mod:`svldrl.engine.hogwild`)."""
         n = int(self.cfg["rl"]["async_workers"])
         if n <= 0 or steps == 0:
             return super().run_steps(steps)
-        self._share_memory()
-        ctx = mp.get_context("fork")  # workers inherit the in-memory cases copy-on-write
-        queue = ctx.SimpleQueue()
-        share = [steps // n + (k < steps % n) for k in range(n)]
-        seeds = [int(v) for v in self.rng.integers(2**31, size=n)]
-        threads = max(1, torch.get_num_threads() // n)
-        procs = [
-            ctx.Process(target=self._worker, args=(k, share[k], seeds[k], threads, queue), daemon=True)
-            for k in range(n)
-            if share[k]
-        ]
-        for p in procs:
-            p.start()
-        results = [queue.get() for _ in procs]
-        for p in procs:
-            p.join()
-        errors = [r["error"] for r in results if "error" in r]
-        if errors:
-            raise RuntimeError(f"async worker failed: {errors[0]}")
-        with warnings.catch_warnings():  # the workers stepped the optimiser, not this process
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(steps):
-                self.scheduler.step()
-        self.iteration += steps
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        for r in results:
-            for k, v in r["sums"].items():
-                sums[k] += v
-                counts[k] += r["counts"][k]
-        return {k: v / counts[k] for k, v in sums.items()} | {"charts/async_workers": float(len(procs))}
-
-    def _share_memory(self) -> None:
-        if getattr(self, "_shared", False):
-            return
-        for module in (self.network, self.reward_conv, self.teacher):
-            if module is not None:
-                module.share_memory()
-        # Optimiser statistics are shared as in A3C's shared Adam: created now (zeros) so that every
-        # worker updates the same tensors.
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                state = self.optimizer.state[p]
-                if not state:
-                    state["step"] = torch.zeros(())
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                for v in state.values():
-                    if torch.is_tensor(v):
-                        v.share_memory_()
-        self.targets = [torch.from_numpy(t).share_memory_().numpy() for t in self.targets]
-        self._shared = True
-
-    def _worker(self, k: int, steps: int, seed: int, threads: int, queue: Any) -> None:
-        try:
-            torch.set_num_threads(threads)
-            self.rng = np.random.default_rng(seed)
-            self.generator = torch.Generator(device="cpu").manual_seed(seed)
-            lr_lambda = (
-                self.scheduler.lr_lambdas[0] if hasattr(self.scheduler, "lr_lambdas") else (lambda it: 1.0)
-            )
-            base = self.iteration
-            sums: dict[str, float] = defaultdict(float)
-            counts: dict[str, int] = defaultdict(int)
-            n = int(self.cfg["rl"]["async_workers"])
-            for i in range(steps):
-                # interleaved global step index of this worker, for the stage and the learning rate
-                self.iteration = base + i * n + k
-                for g, lr0 in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                    g["lr"] = lr0 * lr_lambda(self.iteration)
-                for key, v in self.train_step(self.sample_batch()).items():
-                    sums[key] += float(v)
-                    counts[key] += 1
-            queue.put({"sums": dict(sums), "counts": dict(counts), "pid": os.getpid()})
-        except BaseException as exc:  # reported to the parent, which raises
-            queue.put({"error": f"{type(exc).__name__}: {exc}"})
-
-    @torch.no_grad()
-    def _update_teacher(self, ema: float) -> None:
-        for t, s in zip(self.teacher.parameters(), self.network.parameters()):
-            t.mul_(ema).add_(s.detach(), alpha=1 - ema)
+        return run_hogwild(self, steps, n)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         stage = self.stage(self.iteration - 1)  # the stage of the epoch's last step
@@ -230,28 +162,6 @@ class SVLDRLTrainer(Trainer):
             changed = [float(np.mean((t >= 0.5) != (g > 0))) for t, g in zip(self.targets, self.given)]
             logs["charts/target_changed"] = float(np.mean(changed))
         return logs
-
-    def extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"stage": self.stage()}
-        if self.reward_conv is not None:
-            state["reward_conv"] = self.reward_conv.state_dict()
-        if self.reward_norm is not None:
-            state["reward_norm"] = self.reward_norm.state_dict()
-        if self.teacher is not None:
-            state["teacher"] = self.teacher.state_dict()
-        if self.cfg["rl"]["action_space"] == "label" or self.cfg["rl"]["target_update"] != "none":
-            state["targets"] = self.targets_state()
-        return state
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        if "reward_conv" in state and self.reward_conv is not None:
-            self.reward_conv.load_state_dict(state["reward_conv"])
-        if "reward_norm" in state and self.reward_norm is not None:
-            self.reward_norm.load_state_dict(state["reward_norm"])
-        if "teacher" in state and self.teacher is not None:
-            self.teacher.load_state_dict(state["teacher"])
-        if "targets" in state:
-            self.load_targets_state(state["targets"])
 
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:

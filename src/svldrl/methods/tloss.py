@@ -17,7 +17,7 @@ fixed at 1 as in the public code, ``e`` = 1e-8 and the learnable parameter ``nu`
 public code, divided by ``D``: a constant factor that leaves the minimiser unchanged and keeps gradients on
 the scale of the other methods' losses (gradient clipping, learning rate) for 3D patches of any size.
 
-Config keys: ``method_args.tloss_init`` (initial ``nu``, default 1.0 as the public code). ``nu`` is in the
+Config keys: ``tloss.init`` (initial ``nu``, default 1.0 as the public code). ``nu`` is in the
 optimiser and in the checkpoint (``extra.nu``) and logged as ``charts/nu``.
 """
 
@@ -69,23 +69,19 @@ class TLossTrainer(Trainer):
     """Segmentation trained with the T-Loss on the softmax foreground probability; ``nu`` learned with it."""
 
     name = "tloss"
+    checkpointed = ("nu",)
 
-    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
-        self.nu = nn.Parameter(torch.tensor(float(self.cfg["method_args"]["tloss_init"]), device=self.device))
+    def build_method_state(self) -> None:
+        self.nu = nn.Parameter(torch.tensor(float(self.cfg["tloss"]["init"]), device=self.device))
         # One module holding both, for the base optimise() (gradient averaging across ranks and clipping).
         self._trainable = nn.ModuleDict({"net": self.network})
         self._trainable.register_parameter("nu", self.nu)
-        return super().build_optimizer([{"params": list(params)}, {"params": [self.nu], "weight_decay": 0.0}])
+
+    def trainable_parameters(self) -> Any:
+        return [{"params": list(self.network.parameters())}, {"params": [self.nu], "weight_decay": 0.0}]
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         logits = self.network(batch["image"], heads=("seg",))["seg"]
         loss = t_loss(torch.softmax(logits, 1)[:, 1], batch["target"][:, 0], self.nu)
         self.optimise(loss, network=self._trainable)
         return {"train_loss": loss.detach(), "charts/nu": self.nu.detach()}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"nu": self.nu.detach().cpu()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.nu.copy_(state["nu"].to(self.device))

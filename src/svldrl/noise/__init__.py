@@ -4,7 +4,8 @@ The protocol functions are pure (binary uint8 mask and a ``numpy.random.Generato
 uint8 mask and a dict of the operation and its parameters out); :func:`run_noise` applies one
 to a dataset's training cases and writes ``labelsTr_noisy/<name>/`` with a noise report. SFDA-style
 noise (:mod:`svldrl.noise.sfda`) needs the images and a source model, so it is not in PROTOCOLS (the
-pure mask functions) but in ALL_PROTOCOLS, and run_noise prepares it once.
+pure mask functions) but in ALL_PROTOCOLS; its source model trains, so it is prepared above the methods
+(:func:`svldrl.runs.run_noise`) and handed to run_noise.
 """
 
 from __future__ import annotations

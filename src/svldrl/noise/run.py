@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import read_grid, read_volume, write_nifti, write_text
+from svldrl.data.io import json_default, read_grid, read_json, read_volume, write_nifti, write_text
 from svldrl.errors import UserError
 from svldrl.noise.markov import check_markov_params, markov_noise
 from svldrl.noise.mt import check_mt_params, mt_noise
 from svldrl.noise.report import build_report, mask_dice, voxel_error_rate
-from svldrl.noise.sfda import SOURCE_SUFFIX, check_sfda_params, prepare_sfda, sfda_noise
+from svldrl.noise.sfda import SOURCE_SUFFIX, check_sfda_params, sfda_defaults
 from svldrl.noise.spg import check_spg_params, spg_noise
 
 PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
@@ -32,18 +32,18 @@ PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
     "markov": markov_noise,
     "spg": spg_noise,
 }
-# Protocols that need the images, not just a mask (their registry function only carries the parameters
-# and defaults): ``prepare(ds, cases, params, seed, noisy_dir, foreground, info)`` is called once, lazily,
-# before the first corrupted case still to do, and returns ``per_case(index, case, clean) -> (noisy, op)``.
-IMAGE_PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {"sfda": sfda_noise}
-ALL_PROTOCOLS = {**PROTOCOLS, **IMAGE_PROTOCOLS}
+# Protocols that need the images and a model, not just a mask: their parameters and defaults. The caller
+# hands run_noise a ``prepare(ds, cases, params, seed, noisy_dir, foreground, info)`` for each (svldrl.runs
+# does, for SFDA's source model, which trains); it is called once, lazily, before the first corrupted case
+# still to do, and returns ``per_case(index, case, clean) -> (noisy, op)``.
+IMAGE_PROTOCOLS: dict[str, Callable[[], dict[str, Any]]] = {"sfda": sfda_defaults}
+ALL_PROTOCOLS = [*PROTOCOLS, *IMAGE_PROTOCOLS]
 _CHECKS: dict[str, Callable[..., None]] = {
     "mt": check_mt_params,
     "markov": check_markov_params,
     "spg": check_spg_params,
     "sfda": check_sfda_params,
 }
-_PREPARE: dict[str, Callable[..., Callable[..., tuple[np.ndarray, dict[str, Any]]]]] = {"sfda": prepare_sfda}
 
 REPORT_NAME = "noise_report.json"
 SETTINGS_NAME = ".settings.json"
@@ -53,8 +53,10 @@ FORMAT_VERSION = 1
 
 
 def protocol_defaults(protocol: str) -> dict[str, Any]:
-    """The keyword parameters of a protocol function and their defaults."""
-    sig = inspect.signature(ALL_PROTOCOLS[protocol])
+    """The parameters of a protocol and their defaults (a mask protocol's keyword arguments)."""
+    if protocol in IMAGE_PROTOCOLS:
+        return IMAGE_PROTOCOLS[protocol]()
+    sig = inspect.signature(PROTOCOLS[protocol])
     return {k: p.default for k, p in list(sig.parameters.items())[2:]}
 
 
@@ -163,30 +165,11 @@ def _binary(array: np.ndarray, path: Path, foreground: list[int] | None) -> np.n
 
 def _json(obj: Any) -> Any:
     """Round-trip through JSON so settings compare equal to what was stored (tuples -> lists)."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=_to_builtin))
-
-
-def _to_builtin(x: Any) -> Any:
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    return json.loads(json.dumps(obj, sort_keys=True, default=json_default))
 
 
 def _dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n"
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -213,6 +196,7 @@ def run_noise(
     params: dict[str, Any] | None = None,
     foreground: Any = None,
     reporter: Any = None,
+    prepare: dict[str, Callable[..., Any]] | None = None,
 ) -> Path:
     """Corrupt a seeded fraction of a dataset's clean training masks and write them with a report.
 
@@ -229,6 +213,8 @@ def run_noise(
             ``"auto"``) is each case's own voxel size, so MT-Noise sizes are in mm.
         foreground: label value(s) counted as foreground (default: the mask must be binary).
         reporter: object with ``.info(str)`` for progress; silent when None.
+        prepare: protocol -> its preparer, for the image protocols (:data:`IMAGE_PROTOCOLS`);
+            :func:`svldrl.runs.run_noise` passes SFDA's.
 
     Returns:
         The folder of the complete noisy set.
@@ -274,7 +260,7 @@ def run_noise(
     final = Path(ds.noisy_dir(name))
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     if final.exists():
-        report = _read_json(final / REPORT_NAME)
+        report = read_json(final / REPORT_NAME, None)
         old = report.get("settings") if isinstance(report, dict) else None
         if old is None:
             raise UserError(
@@ -292,7 +278,7 @@ def run_noise(
         return final
 
     if partial.exists():
-        old = _read_json(partial / SETTINGS_NAME)
+        old = read_json(partial / SETTINGS_NAME, None)
         # A leftover without any finished case (e.g. a run stopped by a bad first mask) holds
         # nothing to mix up and is simply restarted with the new settings.
         started = any(partial.glob("*.nii.gz"))
@@ -311,14 +297,17 @@ def run_noise(
     (partial / CASES_DIR).mkdir(parents=True, exist_ok=True)
     write_text(partial / SETTINGS_NAME, _dump(settings))
 
-    fn = ALL_PROTOCOLS[protocol]
+    if protocol in IMAGE_PROTOCOLS and protocol not in (prepare or {}):
+        raise UserError(
+            f"noise protocol {protocol!r} trains a model: run it through svldrl.runs.run_noise (svldrl noise)"
+        )
     prepared: Callable[..., tuple[np.ndarray, dict[str, Any]]] | None = None
     per_case: dict[str, dict[str, Any]] = {}
     n = len(cases)
     for index, case in enumerate(cases):
         out = partial / f"{case.case_id}.nii.gz"
         meta = partial / CASES_DIR / f"{case.case_id}.json"
-        entry = _read_json(meta) if meta.exists() and out.exists() else None
+        entry = read_json(meta, None) if meta.exists() and out.exists() else None
         if entry is not None:
             per_case[case.case_id] = entry
             info(f"noise {name}: {index + 1}/{n} {case.case_id} done earlier, skipped")
@@ -330,12 +319,14 @@ def run_noise(
             kwargs = dict(resolved)
             if "spacing" in kwargs and kwargs["spacing"] in (None, "auto"):
                 kwargs["spacing"] = list(vol.spacing)  # sizes in mm: each case's own voxel size
-            if protocol in _PREPARE:
+            if protocol in IMAGE_PROTOCOLS:
                 if prepared is None:
-                    prepared = _PREPARE[protocol](ds, cases, resolved, int(seed), final, foreground, info)
+                    prepared = prepare[protocol](ds, cases, resolved, int(seed), final, foreground, info)
                 noisy, op = prepared(index, case, clean)
             else:
-                noisy, op = fn(clean, np.random.default_rng(case_seed(int(seed), index)), **kwargs)
+                noisy, op = PROTOCOLS[protocol](
+                    clean, np.random.default_rng(case_seed(int(seed), index)), **kwargs
+                )
             op = {k: v for k, v in op.items() if k not in ("dice", "protocol")}
         else:
             noisy, op = clean, {"operation": "none"}

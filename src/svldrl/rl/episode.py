@@ -50,8 +50,7 @@ class EpisodeResult:
     Attributes:
         loss: the stage-weighted scalar loss (call ``backward()`` once).
         logs: float scalars named CleanRL style (``losses/value``, ``charts/reward`` ...).
-        final: the last state, detached: x^(T) (intensity) or q^(T) (label); also as
-            ``x_final`` / ``q_final``.
+        final: the last state, detached: x^(T) (intensity) or q^(T) (label).
         actions_last: a^(T-1), (B, 1, D, H, W) long.
     """
 
@@ -59,16 +58,6 @@ class EpisodeResult:
     logs: dict[str, float]
     final: torch.Tensor
     actions_last: torch.Tensor
-
-    @property
-    def x_final(self) -> torch.Tensor:
-        """The refined image x^(T) of an intensity episode."""
-        return self.final
-
-    @property
-    def q_final(self) -> torch.Tensor:
-        """The refined soft target q^(T) of a label episode."""
-        return self.final
 
 
 def _check_stage(stage: int) -> None:

@@ -1,0 +1,106 @@
+"""The matrix of runs (settings x methods x seeds x folds) with validated configs, and the check that a run
+folder found on disk was made with the same settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from svldrl import config as C
+from svldrl.bench.spec import CLEAN, Benchmark, MethodEntry
+from svldrl.data.io import read_json
+from svldrl.errors import UserError
+
+RESULT_NAME = "result.json"
+
+
+@dataclass
+class Run:
+    """One training run of the matrix."""
+
+    noise: str
+    method: MethodEntry
+    seed: int
+    fold: int | None
+    dir: Path
+    cfg: dict
+
+    @property
+    def labels(self) -> str:
+        """The training masks: ``clean`` or ``noisy/<setting>``."""
+        return "clean" if self.noise == CLEAN else f"noisy/{self.noise}"
+
+    @property
+    def label(self) -> str:
+        """``<setting>/<method>/seed<k>[/fold<f>]``, as in the run folder's path."""
+        fold = "" if self.fold is None else f"/fold{self.fold}"
+        return f"{self.noise}/{self.method.name}/seed{self.seed}{fold}"
+
+
+def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
+    """Every run of the matrix with its validated config, seed-major (a full table exists after one seed).
+
+    Raises:
+        UserError: an override with an unknown config key or a bad value (from ``load_config``).
+    """
+    folds: list[int | None] = list(range(bench.cv)) if bench.cv else [None]
+    settings = [CLEAN, *(n.name for n in bench.noise)]
+    runs: list[Run] = []
+    for seed in bench.seeds:
+        for noise in settings:
+            names = bench.methods_on_clean if noise == CLEAN else [m.name for m in bench.methods]
+            for name in names:
+                entry = bench.method(name)
+                labels = "clean" if noise == CLEAN else f"noisy/{noise}"
+                overrides = [
+                    *bench.base,
+                    f"method={entry.method}",
+                    f"labels={labels}",
+                    f"seed={seed}",
+                    *entry.overrides,
+                ]
+                try:
+                    cfg = C.load_config(overrides=overrides)
+                except UserError as exc:
+                    raise UserError(f"method '{name}' on '{noise}': {exc}", bench.path) from None
+                for fold in folds:
+                    d = out_dir / "runs" / noise / name / f"seed{seed}"
+                    runs.append(Run(noise, entry, seed, fold, d if fold is None else d / f"fold{fold}", cfg))
+    return runs
+
+
+def config_differences(asked: dict, saved: dict) -> list[str]:
+    """``key: saved there, asked here`` for every setting that changes what a run computes (neither a
+    :data:`svldrl.config.NEUTRAL_KEYS` key, nor a key newer than the saved run at its default, nor a value the
+    trainer resolves from the data)."""
+    a, s, defaults = C.flatten(asked), C.migrate(C.flatten(saved)), C.flatten(C.DEFAULTS)
+    diffs = []
+    for key in sorted(set(a) | set(s)):
+        if key in C.NEUTRAL_KEYS or a.get(key) == s.get(key):
+            continue
+        if key not in s and key in defaults and a.get(key) == defaults[key]:
+            continue  # the run predates this key and was made with what is now its default
+        if key in ("data.modality", "data.intensity_range") and a.get(key) in ("auto", None):
+            continue  # the trainer writes what it resolved from the dataset (modality, CT fingerprint range)
+        diffs.append(f"{key}: {s.get(key)!r} there, {a.get(key)!r} asked")
+    return diffs
+
+
+def check_existing(run: Run) -> None:
+    """Refuse to skip or resume a run folder made with other settings (its results would be stale)."""
+    result = read_json(run.dir / RESULT_NAME, None)
+    saved = result.get("config") if isinstance(result, dict) else None
+    if saved is None and (run.dir / "config.yaml").is_file():
+        try:
+            saved = C.load_config([run.dir / "config.yaml"])
+        except UserError:
+            saved = None
+    if saved is None:
+        return
+    diffs = config_differences(run.cfg, saved)
+    if diffs:
+        raise UserError(
+            f"run {run.label} was made with other settings ({'; '.join(diffs[:4])}"
+            f"{' ...' if len(diffs) > 4 else ''}); delete that run folder or choose another --out",
+            run.dir,
+        )

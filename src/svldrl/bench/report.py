@@ -1,0 +1,388 @@
+"""The report of a benchmark folder: ``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds,
+the gap each noise setting opens, all metrics, the settings, peer rows) and ``plots/``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svldrl import __version__
+from svldrl import config as C
+from svldrl.bench.data import Data
+from svldrl.bench.plan import RESULT_NAME, Run
+from svldrl.bench.run import now, num
+from svldrl.bench.spec import CLEAN, Benchmark
+from svldrl.data.io import read_json, write_text
+from svldrl.reporter import fmt_mean_std, fmt_number, fmt_seconds
+
+ERROR_NAME = "error.txt"
+#: One row per run; ``fold`` is empty without cross-validation. Dice/IoU are fractions, HD95/ASD mm.
+CSV_COLUMNS = (
+    "method",
+    "noise",
+    "seed",
+    "fold",
+    "base_method",
+    "labels",
+    "dice",
+    "iou",
+    "hd95",
+    "asd",
+    "label_dice",
+    "n_test",
+    "dice_val_selected",
+    "iou_val_selected",
+    "hd95_val_selected",
+    "asd_val_selected",
+    "best_epoch",
+    "epochs",
+    "iterations",
+    "train_seconds",
+    "predict_seconds",
+)
+METRICS = (
+    "dice",
+    "iou",
+    "hd95",
+    "asd",
+    "dice_val_selected",
+    "iou_val_selected",
+    "hd95_val_selected",
+    "asd_val_selected",
+    "train_seconds",
+    "predict_seconds",
+)
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(setting, method) -> ``n`` and per metric ``(mean, std)`` over seeds; folds averaged within a seed."""
+    per_seed: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in results:
+        per_seed[(r["noise"], r["method"], r["seed"])].append(r)
+    grouped: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for (noise, method, _seed), rows in per_seed.items():
+        grouped[(noise, method)].append(
+            {m: _nanmean([num(r.get(m), math.nan) for r in rows]) for m in METRICS}
+        )
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, seeds in grouped.items():
+        stats: dict[str, Any] = {"n": len(seeds)}
+        for m in METRICS:
+            vals = [s[m] for s in seeds if not math.isnan(s[m])]
+            mean = float(np.mean(vals)) if vals else math.nan
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else math.nan)
+            stats[m] = (mean, std)
+        out[key] = stats
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def write_csv(path: Path, results: list[dict[str, Any]]) -> Path:
+    """``results.csv``: one row per completed run."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        writer.writerow(["" if r.get(c) is None else fmt_number(r.get(c)) for c in CSV_COLUMNS])
+    return write_text(path, buf.getvalue())
+
+
+def _pct(stat: tuple[float, float] | None, n: int = 1) -> str:
+    """A Dice / IoU fraction as ``mean ± std`` in %, the mean alone for one seed."""
+    return "n/a" if stat is None else fmt_mean_std(stat[0], stat[1] if n > 1 else None, 2, scale=100.0)
+
+
+def _mm(stat: tuple[float, float] | None, n: int = 1) -> str:
+    """A distance in mm as ``mean ± std``, the mean alone for one seed."""
+    return "n/a" if stat is None else fmt_mean_std(stat[0], stat[1] if n > 1 else None, 2)
+
+
+def machine_description() -> str:
+    """One line naming the platform, CPUs, torch threads, versions and device (for reports)."""
+    import torch
+
+    device = "CPU"
+    if torch.cuda.is_available():
+        device = f"GPU {torch.cuda.get_device_name(0)}"
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
+        f"Python {platform.python_version()}, torch {torch.__version__}, svldrl {__version__}, {device}"
+    )
+
+
+def write_report(
+    bench: Benchmark,
+    out: Path,
+    data: Data,
+    runs: list[Run],
+    results: list[dict[str, Any]],
+    started: float,
+    trained: int,
+    command: str | None,
+    failed: list[tuple[Run, str]] | None = None,
+) -> Path:
+    """Write ``results.csv``, ``results.md`` and ``plots/``; returns the path of ``results.md``."""
+    from svldrl.bench import plots
+    from svldrl.eval.summary import markdown_table
+
+    write_csv(out / "results.csv", results)
+    agg = aggregate(results)
+    settings = [CLEAN, *(n.name for n in bench.noise)]
+    methods = list(dict.fromkeys([*(m.name for m in bench.methods), *bench.methods_on_clean]))
+
+    def stat(setting: str, method: str, metric: str) -> tuple[float, float] | None:
+        s = agg.get((setting, method))
+        return None if s is None else s[metric]
+
+    def n_of(setting: str, method: str) -> int:
+        s = agg.get((setting, method))
+        return 0 if s is None else s["n"]
+
+    sup = "supervised"
+    gap_rows, gaps = [], {}
+    for s in bench.noise:
+        clean, noisy = stat(CLEAN, sup, "dice"), stat(s.name, sup, "dice")
+        gap = None if clean is None or noisy is None else clean[0] - noisy[0]
+        gaps[s.name] = gap
+        best = max(
+            (
+                (m, stat(s.name, m, "dice"))
+                for m in methods
+                if m != sup and stat(s.name, m, "dice") is not None
+            ),
+            key=lambda t: t[1][0] if not math.isnan(t[1][0]) else -1.0,
+            default=(None, None),
+        )
+        gap_rows.append(
+            {
+                "setting": s.name,
+                "label Dice": f"{100 * data.label_dice[s.name]:.2f}",
+                "supervised on clean": _pct(clean, n_of(CLEAN, sup)),
+                "supervised on noisy": _pct(noisy, n_of(s.name, sup)),
+                "gap (clean − noisy)": "n/a" if gap is None else f"{100 * gap:+.2f}",
+                "best other method": best[0] or "n/a",
+                "its Dice": _pct(best[1], n_of(s.name, best[0]) if best[0] else 0),
+                "gain over supervised": "n/a"
+                if best[1] is None or noisy is None
+                else f"{100 * (best[1][0] - noisy[0]):+.2f}",
+            }
+        )
+
+    noise_rows = [
+        {
+            "setting": f"{CLEAN} (oracle)",
+            "protocol": "-",
+            "ratio": "0",
+            "params": "-",
+            "label Dice": "100.00",
+            "voxel error rate": "0",
+        }
+    ] + [
+        {
+            "setting": s.name,
+            "protocol": s.protocol,
+            "ratio": f"{s.ratio:g}",
+            "params": ", ".join(f"{k}={v}" for k, v in s.params.items()) or "-",
+            "label Dice": f"{100 * data.label_dice[s.name]:.2f}",
+            "voxel error rate": f"{data.voxel_error[s.name]:.4f}",
+        }
+        for s in bench.noise
+    ]
+
+    wide_rows = []
+    for m in methods:
+        row = {"method": m}
+        for s in settings:
+            row[s] = _pct(stat(s, m, "dice"), n_of(s, m)) if (s, m) in agg else ""
+        wide_rows.append(row)
+    label_row = {"method": "*label Dice of the training masks*"}
+    label_row.update({s: f"{100 * data.label_dice[s]:.2f}" for s in settings})
+    wide_rows.append(label_row)
+
+    long_rows = []
+    for s in settings:
+        for m in methods:
+            if (s, m) not in agg:
+                continue
+            n = n_of(s, m)
+            long_rows.append(
+                {
+                    "setting": f"{s} (oracle)" if s == CLEAN else s,
+                    "method": m,
+                    "Dice": _pct(stat(s, m, "dice"), n),
+                    "IoU": _pct(stat(s, m, "iou"), n),
+                    "HD95 (mm)": _mm(stat(s, m, "hd95"), n),
+                    "ASD (mm)": _mm(stat(s, m, "asd"), n),
+                    "Dice, val-selected": _pct(stat(s, m, "dice_val_selected"), n),
+                    "IoU, val-selected": _pct(stat(s, m, "iou_val_selected"), n),
+                    "seeds": str(n),
+                    "train s/run": f"{stat(s, m, 'train_seconds')[0]:.0f}",
+                }
+            )
+
+    plot_files = plots.write_plots(out / "plots", bench, agg, settings, methods, data.label_dice)
+
+    cfg0 = runs[0].cfg if runs else C.load_config()
+    tc, nc = cfg0["train"], cfg0["nets"]
+    budget = (
+        f"{tc['iterations']} iterations per run for every method "
+        f"(batch {tc['batch']}, patch {tc['patch']}^3, "
+        f"{tc['steps_per_epoch']} steps per epoch, validation every {tc['val_every']} epoch(s)); "
+        f"backbone {nc['backbone']}"
+        + (
+            f" features {nc['features']}"
+            if nc["backbone"] == "unet"
+            else f" feature_size {nc['feature_size']}"
+        )
+    )
+    missing = [r for r in runs if read_json(r.dir / RESULT_NAME, None) is None]
+    run_time = sum(num(r.get("train_seconds")) + num(r.get("predict_seconds")) for r in results)
+    wall = time.monotonic() - started
+    cmd = command or f"svldrl.bench.run_benchmark({str(bench.path)!r}, {str(out)!r})"
+
+    lines = [f"# Benchmark: {bench.name}", ""]
+    if bench.description:
+        lines += [bench.description, ""]
+    lines += [
+        f"- Command: `{cmd}`",
+        f"- Config: `{bench.path}`",
+        f"- Date: {now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
+        f"{len(results)}/{len(runs)} complete); summed training + prediction time of all runs "
+        f"{fmt_seconds(run_time)}",
+        f"- Machine: {machine_description()}",
+        f"- Dataset: {data.description}",
+        f"- Budget: {budget}",
+        f"- Seeds: {', '.join(map(str, bench.seeds))} (training); noise seed {bench.noise_seed} "
+        "(every method sees the same noisy masks)",
+        "",
+        "Scores are on the clean test masks: Dice and IoU in %, HD95 and ASD in mm, mean ± sample std over "
+        "seeds of each seed's mean over test cases"
+        + (" (folds averaged within a seed)" if bench.cv else "")
+        + ". The primary columns use the final checkpoint, as nnU-Net reports; *val-selected* uses the "
+        "checkpoint with the best Dice on the validation split carved from the training cases, scored "
+        "against their noisy masks as a user would have them (never the test set).",
+        "",
+        "## Where noise hurts",
+        "",
+        "The gap is supervised training on clean masks minus supervised training on the noisy masks "
+        "(Dice points): a method can only recover what this gap leaves.",
+        "",
+        markdown_table(gap_rows, list(gap_rows[0]) if gap_rows else ["setting"]),
+        "",
+        "## Dice by method and setting (final checkpoint)",
+        "",
+        "The `clean` column is the oracle (trained on the clean masks).",
+        "",
+        markdown_table(wide_rows, ["method", *settings]),
+        "",
+        "## All metrics",
+        "",
+        markdown_table(long_rows, list(long_rows[0]) if long_rows else ["setting", "method"]),
+        "",
+        "## Noise settings",
+        "",
+        "Label Dice: mean Dice (%) of the noisy training masks against the clean ones, from each set's "
+        "noise report; a noise level is only comparable between papers through this number.",
+        "",
+        markdown_table(noise_rows, list(noise_rows[0])),
+        "",
+    ]
+    overrides = [
+        {"method": m.name, "registered method": m.method, "overrides": " ".join(m.overrides) or "-"}
+        for m in bench.methods
+    ]
+    lines += [
+        "## Methods",
+        "",
+        markdown_table(overrides, ["method", "registered method", "overrides"]),
+        "",
+        f"Shared overrides (`base`): `{' '.join(bench.base) or '-'}`",
+        "",
+    ]
+    lines += _peer_section(out, agg)
+    if failed:
+        lines += ["## Failed runs", ""] + [
+            f"- {r.label}: {msg} (`{r.dir / ERROR_NAME}`)" for r, msg in failed
+        ]
+        lines += [""]
+    if missing:
+        shown = ", ".join(r.label for r in missing[:10])
+        lines += [
+            "## Missing runs",
+            "",
+            f"{len(missing)} run(s) have no result yet: {shown}" + (" ..." if len(missing) > 10 else ""),
+            "",
+        ]
+    if plot_files:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plot_files] + [""]
+    lines += [
+        "Per-run numbers: `results.csv`; each run's folder holds its training logs, predictions and "
+        "`summary.json` files.",
+        "",
+    ]
+    return write_text(out / "results.md", "\n".join(lines))
+
+
+def _peer_section(out: Path, agg: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """External reference rows: ``OUT/peers/<peer>/<setting>/seed<k>/*_row.json`` (e.g. written by
+    ``scripts/pymic_peer.py``), mean ± std over seeds beside our method of the same name's suffix."""
+    from svldrl.eval.summary import markdown_table
+
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    commands = []
+    for path in sorted((out / "peers").glob("*/*/seed*/*_row.json")):
+        row = read_json(path, None)
+        if isinstance(row, dict) and {"method", "noise", "dice"} <= set(row):
+            rows[(row["noise"], row["method"])].append(row)
+            commands.append(row.get("command"))
+    if not rows:
+        return []
+    table = []
+    for (noise, method), rs in sorted(rows.items()):
+        n = len(rs)
+
+        def ms(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float]:
+            v = [num(r.get(key), math.nan) for r in rs]
+            return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+        ours = method.split("_", 1)[-1]  # pymic_coteaching -> coteaching
+        table.append(
+            {
+                "setting": noise,
+                "peer": method,
+                "Dice": _pct(ms("dice"), n),
+                "IoU": _pct(ms("iou"), n),
+                "HD95 (mm)": _mm(ms("hd95"), n),
+                "Dice, val-selected": _pct(ms("dice_val_selected"), n),
+                "seeds": str(n),
+                f"ours ({ours})": _pct(agg[(noise, ours)]["dice"], agg[(noise, ours)]["n"])
+                if (noise, ours) in agg
+                else "n/a",
+                "details": rs[0].get("peer", ""),
+            }
+        )
+    example = next((c for c in commands if c), None)
+    return [
+        "## External reference (peer implementations)",
+        "",
+        "Not part of the matrix: another library's implementation run on the same split (fold 0 of the "
+        "dataset's splits), the same noisy masks and the same clean test cases, scored by the same evaluator"
+        + (f"; e.g. `{example}`" if example else "")
+        + ".",
+        "",
+        markdown_table(table, list(table[0])),
+        "",
+    ]
