@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from svldrl import config as C
+from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.methods.svldrl import SVLDRLTrainer
 from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
 
@@ -137,3 +139,35 @@ def test_refined_inference_and_save_refined(dataset: Path, tmp_path: Path) -> No
     r = np.asarray(refined.dataobj)
     assert r.min() >= 0 and r.max() <= 1
     assert set(np.unique(actions)) <= {0, 1, 2}
+
+
+def test_episode_share_and_teacher_reward_target(dataset: Path, tmp_path: Path) -> None:
+    """rl.episode_share spreads episodes evenly over the RL stages (the other steps are plain segmentation
+    steps); rl.reward_target=teacher measures rewards against the EMA teacher's confident labels."""
+    cfg = C.load_config(
+        overrides=[
+            *TINY,
+            "method=svldrl",
+            "train.iterations=4",
+            "rl.warmup=0",
+            "rl.transition=0",
+            "rl.episode_share=0.5",
+            "rl.reward_target=teacher",
+            "rl.tau=0.6",
+        ]
+    )
+    trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
+    assert [trainer.episode_due(i) for i in range(6)] == [False, True, False, True, False, True]
+    assert trainer.teacher is not None and "teacher" in trainer.checkpointed
+    batch = trainer.sample_batch()
+    target = trainer._teacher_target(batch)
+    with torch.no_grad():
+        p = torch.softmax(trainer.teacher(batch["image"], heads=("seg",))["seg"], 1)[:, 1:2]
+    confident = (p > 0.6) | (p < 0.4)
+    assert torch.equal(target[confident], (p[confident] > 0.5).float())
+    assert torch.equal(target[~confident], batch["target"][~confident])
+    trainer.fit()
+    rows = _rows(tmp_path / "run")
+    # each 2-step epoch ran one episode: the RL charts are logged, averaged over the steps that logged them
+    assert all(float(r["charts/entropy"]) > 0 for r in rows)
+    assert SVLDRLTrainer.stage_cost(cfg, 3) == pytest.approx(0.5 * 6.0 + 0.5)

@@ -148,11 +148,22 @@ class RL:
         "voxel: our per-voxel reward | paper: one global dDice - C(f') per step (section 4)",
         choices=("voxel", "paper"),
     )
+    reward_target: str = setting(
+        "given",
+        "what the intensity reward measures agreement with: given (the training target, the paper) | teacher "
+        "(the EMA teacher's confident labels, rl.tau; the given target elsewhere)",
+        choices=("given", "teacher"),
+    )
     paper_w_cc: float = setting(0.01, "paper reward: weight of max(N_cc - 1, 0) in C", range=(0.0, 100.0))
     paper_w_tv: float = setting(
         0.1, "paper reward: weight of the mean local total variation in C", range=(0.0, 100.0)
     )
     t_max: int = setting(3, "steps per episode", range=(1, 100))
+    episode_share: float = setting(
+        1.0,
+        "share of the stage 2 and 3 steps that run an episode; the others are plain segmentation steps (cost)",
+        range=(0.0, 1.0),
+    )
     action_scale: float = setting(0.3, "step size of enhance / weaken", range=(0.0, 1.0))
     gamma: float = setting(0.95, "discount", range=(0.0, 1.0))
     reward_conv: bool = setting(True, "learnable reward-map kernel K, initialised to identity")
@@ -183,7 +194,9 @@ class RL:
     w_teacher: float = setting(
         1.0, "label actions: weight of the EMA teacher's agreement", range=(0.0, 100.0)
     )
-    ema: float = setting(0.99, "label actions: EMA teacher decay", range=(0.0, 1.0))
+    ema: float = setting(
+        0.99, "EMA teacher decay (label actions, rl.reward_target=teacher)", range=(0.0, 1.0)
+    )
 
 
 @dataclass

@@ -54,10 +54,9 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
         self.reward_norm = RunningStd() if rl["reward_norm"] else None
-        # label actions: an EMA teacher of the segmentation, started from a copy of the network
-        self.teacher = (
-            ema_teacher(self.network, float(rl["ema"]), ramp=False) if rl["action_space"] == "label" else None
-        )
+        # label actions and teacher-referenced rewards: an EMA teacher of the segmentation, from a copy of the net
+        needs_teacher = rl["action_space"] == "label" or rl["reward_target"] == "teacher"
+        self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
 
     def trainable_parameters(self) -> Any:
         extra = list(self.reward_conv.parameters()) if self.reward_conv is not None else []
@@ -79,10 +78,12 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         the encoder once and only the heads' tails per step."""
         if stage == 1:
             return 1.0
-        t_max = int(cfg["rl"]["t_max"])
+        t_max, share = int(cfg["rl"]["t_max"]), float(cfg["rl"]["episode_share"])
         if cfg["rl"]["action_space"] == "label":
-            return 1.5 + 0.2 * t_max
-        return (t_max + 1) * (1.5 if cfg["nets"]["heads"] == "decoders" else 1.1)
+            episode = 1.5 + 0.2 * t_max
+        else:
+            episode = (t_max + 1) * (1.5 if cfg["nets"]["heads"] == "decoders" else 1.1)
+        return share * episode + (1.0 - share)
 
     @classmethod
     def run_cost(cls, cfg: dict) -> float:
@@ -92,9 +93,15 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
     def _seg_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self.seg_loss(logits, seg_target(q))
 
+    def episode_due(self, iteration: int) -> bool:
+        """Whether step ``iteration`` of stage 2 or 3 runs an episode (``rl.episode_share`` of them, evenly
+        spread: step i does when floor((i + 1) * share) > floor(i * share))."""
+        share = float(self.cfg["rl"]["episode_share"])
+        return int((iteration + 1) * share) > int(iteration * share)
+
     def train_step(self, batch: Batch) -> dict[str, Any]:
         rl, stage = self.cfg["rl"], self.stage()
-        if stage == 1:
+        if stage == 1 or not self.episode_due(self.iteration):
             logs = super().train_step(batch)
         elif rl["action_space"] == "intensity":
             res = intensity_episode(
@@ -107,6 +114,7 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
                 self._seg_loss,
                 self.reward_norm,
                 self.reward_conv,
+                self._teacher_target(batch) if rl["reward_target"] == "teacher" else None,
             )
             self.optimise(res.loss)
             logs = {"train_loss": res.loss.detach(), **res.logs}
@@ -134,6 +142,17 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             self.teacher.update_parameters(self.network)
         logs["charts/stage"] = stage
         return logs
+
+    @torch.no_grad()
+    def _teacher_target(self, batch: Batch) -> torch.Tensor:
+        """The reward's reference for ``rl.reward_target = teacher`` (our extension): the EMA teacher's label
+        where it is confident (p > rl.tau: 1, p < 1 - rl.tau: 0), the training target elsewhere. The teacher
+        averages the student over many steps and cases, so where the given masks disagree at random (MT-Noise)
+        its confident voxels are closer to the truth than a case's own mask."""
+        p = torch.softmax(self.teacher(batch["image"], heads=("seg",))["seg"].float(), 1)[:, 1:2]
+        tau = float(self.cfg["rl"]["tau"])
+        y = batch["target"]
+        return torch.where(p > tau, torch.ones_like(y), torch.where(p < 1 - tau, torch.zeros_like(y), y))
 
     def write_targets(self, batch: Batch, q: torch.Tensor) -> None:
         """Write patch targets ``q`` (B,1,p,p,p, in the batch's flipped frame) back into ``self.targets``."""

@@ -108,6 +108,7 @@ def intensity_episode(
     seg_loss_fn: SegLoss,
     reward_norm: RunningStd | None = None,
     reward_conv: RewardConv | None = None,
+    reward_target: torch.Tensor | None = None,
 ) -> EpisodeResult:
     """intensity_episode: one episode of intensity actions (method.md sections 3 to 6).
 
@@ -122,6 +123,8 @@ def intensity_episode(
         seg_loss_fn: ``(logits, y) -> scalar``, e.g. Dice + CE with one-hot y.
         reward_norm: divides rewards by their running std (``rl.reward_norm``), or None.
         reward_conv: K of the returns (``rl.reward_conv``), or None.
+        reward_target: the mask the rewards measure agreement with (``rl.reward_target = teacher``: the EMA
+            teacher's confident labels); None: ``y``, the training target (the paper).
 
     Cost: T + 1 network passes (no redundant encoder pass), rewards under no_grad, one sync.
     """
@@ -130,6 +133,7 @@ def intensity_episode(
     w_seg, w_value, w_policy = stage_weights(stage, rl_cfg["lam"], rl_cfg["alpha"], rl_cfg["beta"])
     train_policy = stage == 3
 
+    y_r = y if reward_target is None else reward_target  # what the rewards measure agreement with
     values, logits, actions, rewards, terms = [], [], [], [], []
     x = x0
     out = net(x, heads=ALL_HEADS)  # s^(0)
@@ -150,11 +154,11 @@ def intensity_episode(
         f_t, f_next = foreground_prob(out["seg"].detach()), foreground_prob(out_next["seg"].detach())
         if rl_cfg["reward"] == "paper":
             r, r_terms = paper_reward(
-                f_t, f_next, y, rl_cfg["w_dice"], rl_cfg["paper_w_cc"], rl_cfg["paper_w_tv"]
+                f_t, f_next, y_r, rl_cfg["w_dice"], rl_cfg["paper_w_cc"], rl_cfg["paper_w_tv"]
             )
         else:
             r, r_terms = intensity_reward(
-                f_t, f_next, y, rl_cfg["w_dice"], rl_cfg["w_vox"], rl_cfg["w_cont"], rl_cfg["w_cc"]
+                f_t, f_next, y_r, rl_cfg["w_dice"], rl_cfg["w_vox"], rl_cfg["w_cont"], rl_cfg["w_cc"]
             )
         values.append(out["value"])
         logits.append(logits_t)
