@@ -14,6 +14,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 SECTIONS = [
     (
+        "phantom_converged",
+        "Methods where models are trained out (`benchmarks/phantom_converged.yaml`)",
+        "The comparison that counts (docs/method.md sections 10-11): the easy 40^3 phantoms, where plain training "
+        "on clean masks is on its plateau at the 2000-iteration budget (learning curve below, from "
+        "`benchmarks/phantom_converged_curve.yaml`, 3 seeds, before any other method ran on these phantoms), 40 "
+        "clean test cases, 3 seeds. Run as two 1-thread processes with disjoint `--only` lists.",
+    ),
+    (
+        "svldrl_search_converged",
+        "SVL-DRL's open decisions where models are trained out (`benchmarks/svldrl_search_converged.yaml`)",
+        "One change per row to a fast base (light heads, one-step episodes), against the paper's defaults and "
+        "plain training, 3 seeds, at phantom_converged's budget; per-epoch RL diagnostics of every run: "
+        "[rl_diagnostics.md](benchmarks/results/svldrl_search_converged/rl_diagnostics.md).",
+    ),
+    (
         "demo",
         "Demo (`svldrl demo`)",
         "The main job on phantoms: supervised on clean / noisy masks and SVL-DRL, one seed. This copy of the "
@@ -89,6 +104,23 @@ SECTIONS = [
         "git history) it was 855 -> 834 MiB over 20 epochs; `--set train.keep_freed_memory=false` restores that.",
     ),
     ("reliability", "Resume overhead", ""),
+    (
+        "cpu_speed",
+        "Training speed on the CPU (`benchmarks/cpu_speed.py`)",
+        "What PyTorch offers on this CPU, as ratios measured in one run; the accuracy at equal iterations of the "
+        "option adopted (bf16 autocast, `train.amp=auto`) is in the next section.",
+    ),
+    (
+        "cpu_speed_accuracy",
+        "bf16 autocast at equal iterations (`benchmarks/cpu_speed_accuracy.yaml`)",
+        "Plain training on the clean masks of phantom_converged's phantoms, float32 against bf16 autocast, 3 seeds.",
+    ),
+    (
+        "lung_ct_norm",
+        "Real CT: the lung tumour set before and after nnU-Net's CT normalisation (`benchmarks/lung_ct_norm.yaml`)",
+        "Six CTs, 3-fold cross-validation, one seed, a CPU budget: a sanity check that real CT trains, not a "
+        "ranking.",
+    ),
 ]
 
 
@@ -113,7 +145,12 @@ def main() -> None:
                 r"!\[([^\]]*)\]\((?!https?:|/|benchmarks/)", rf"![\1](benchmarks/results/{name}/", text
             )
             parts.append("\n" + text + "\n")
-            pngs = sorted((ROOT / "results" / name).glob("*.png"))
+            extra = ROOT / "results" / name / "learning_curve.md"
+            if extra.exists():
+                parts.append(
+                    "\n### Learning curve of plain training on clean masks\n\n" + _relink(extra, name) + "\n"
+                )
+            pngs = sorted(p for p in (ROOT / "results" / name).glob("*.png") if p.stem != "learning_curve")
             for png in pngs:
                 parts.append(f"\n![{png.stem}](benchmarks/results/{name}/{png.name})\n")
         else:
@@ -122,13 +159,19 @@ def main() -> None:
     update_readme()
 
 
+def _relink(md: Path, name: str) -> str:
+    """A results file's text with its relative image links made relative to the repository."""
+    text = md.read_text().strip()
+    return re.sub(r"!\[([^\]]*)\]\((?!https?:|/|benchmarks/)", rf"![\1](benchmarks/results/{name}/", text)
+
+
 def section(md: Path, heading: str) -> str:
     """The table under ``heading`` in a results.md (its first markdown table), or a placeholder."""
     if not md.exists():
         return "*not measured yet*"
     lines = md.read_text().splitlines()
     try:
-        start = lines.index(heading)
+        start = lines.index(heading) if heading else -1  # "": the file's first table
     except ValueError:
         return "*not measured yet*"
     table = []
@@ -144,7 +187,11 @@ def update_readme() -> None:
     """Copy the headline tables into README.md between ``<!-- results:NAME -->`` markers."""
     readme = ROOT.parent / "README.md"
     text = readme.read_text()
+    converged = ROOT / "results" / "phantom_converged" / "results.md"
     blocks = {
+        "phantom_converged": section(converged, "## Where noise hurts"),
+        "phantom_converged_dice": section(converged, "## Dice by method and setting (final checkpoint)"),
+        "learning_curve": section(ROOT / "results" / "phantom_converged" / "learning_curve.md", ""),
         "phantom_cpu": section(ROOT / "results" / "phantom_cpu" / "results.md", "## Where noise hurts"),
         "phantom_cpu_dice": section(
             ROOT / "results" / "phantom_cpu" / "results.md",

@@ -372,3 +372,19 @@ def test_processes_sharing_an_out_folder_prepare_the_data_one_at_a_time(tmp_path
         assert proc.poll() is None and not (out / "dataset").exists(), "data prepared without the lock"
     assert proc.wait(timeout=300) == 0
     assert {r["method"] for r in _rows(out)} == {"supervised"}
+
+
+def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
+    """methods[].config: the YAML a user passes to svldrl train --config, then the entry's set: lines."""
+    (tmp_path / "rec.yaml").write_text("rl:\n  t_max: 1\nnets:\n  heads: light\n")
+    spec = yaml.safe_load(TINY.read_text())
+    spec["methods"] = [{"name": "rec", "method": "svldrl", "config": "rec.yaml", "set": ["rl.t_max=2"]}]
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    bench = load_benchmark(path)
+    cfg = bench_plan.plan_runs(bench, tmp_path / "out")[1].cfg
+    assert cfg["nets"]["heads"] == "light" and cfg["rl"]["t_max"] == 2  # set: wins over the file
+    spec["methods"][0]["config"] = "missing.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match="missing.yaml not found"):
+        load_benchmark(path)

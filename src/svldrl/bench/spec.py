@@ -18,6 +18,8 @@ A benchmark is a YAML file (examples in ``benchmarks/``)::
     methods:                           # rows: a label, a registered method, config overrides
       - {name: supervised, method: supervised}
       - {name: svldrl_label, method: svldrl, set: [rl.action_space=label]}
+      - {name: svldrl_rec, method: svldrl, config: svldrl_recommended.yaml}   # a --config file (its folder:
+                                       # the benchmark file's, or the current one); set: lines come after
     methods_on_clean: [supervised]     # also trained on the clean masks (default: supervised = the oracle)
     base: [train.patch=32, train.iterations=400]   # overrides shared by every run (list or mapping)
     seeds: [0, 1, 2]                   # training seeds
@@ -162,9 +164,11 @@ def load_benchmark(config_path: str | Path) -> Benchmark:
     for i, entry in enumerate(data["methods"]):
         if not isinstance(entry, dict):
             raise fail(f"methods[{i}] must be a mapping with name, method and optionally set")
-        extra = sorted(set(entry) - {"name", "method", "set"})
+        extra = sorted(set(entry) - {"name", "method", "set", "config"})
         if extra:
-            raise fail(f"methods[{i}]: unknown key(s) {', '.join(extra)} (accepted: name, method, set)")
+            raise fail(
+                f"methods[{i}]: unknown key(s) {', '.join(extra)} (accepted: name, method, set, config)"
+            )
         name = entry.get("name", entry.get("method"))
         method = entry.get("method", name)
         if name is None:
@@ -177,7 +181,8 @@ def load_benchmark(config_path: str | Path) -> Benchmark:
             )
         if name in [m.name for m in methods]:
             raise fail(f"method name '{name}' appears twice")
-        overrides = _overrides(entry.get("set"), f"methods[{i}].set ({name})", fail)
+        from_file = _config_file(entry.get("config"), path, f"methods[{i}].config ({name})", fail)
+        overrides = from_file + _overrides(entry.get("set"), f"methods[{i}].set ({name})", fail)
         methods.append(MethodEntry(str(name), str(method), overrides))
 
     on_clean = data.get("methods_on_clean", ["supervised"])
@@ -307,6 +312,26 @@ def _overrides(value: Any, where: str, fail: Any) -> list[str]:
         if key in _RUNNER_KEYS:
             raise fail(f"{where} sets '{key}', which the benchmark sets per run")
     return items
+
+
+def _config_file(value: Any, bench_path: Path, where: str, fail: Any) -> list[str]:
+    """``key=value`` overrides from a config YAML file (the file a user passes to ``svldrl train --config``),
+    relative to the benchmark file's folder or the current one."""
+    if value is None:
+        return []
+    if not isinstance(value, str) or not value.strip():
+        raise fail(f"{where} must be the path of a config YAML file")
+    candidates = [Path(value), bench_path.parent / value]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise fail(f"{where}: config file {value} not found")
+    try:
+        data = yaml.safe_load(found.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"malformed YAML ({str(exc).splitlines()[0]})", found) from None
+    if not isinstance(data, dict):
+        raise UserError("config file must hold a mapping of keys", found)
+    return _overrides(data, f"{where} ({found})", fail)
 
 
 def expand_env(text: str, where: str = "dataset.path") -> str:
