@@ -301,13 +301,21 @@ def write_report(
         "",
     ]
     overrides = [
-        {"method": m.name, "registered method": m.method, "overrides": " ".join(m.overrides) or "-"}
+        {
+            "method": m.name,
+            "registered method": m.method,
+            "overrides": " ".join(m.overrides) or "-",
+            **_cost(results, m.name),
+        }
         for m in bench.methods
     ]
     lines += [
         "## Methods",
         "",
-        markdown_table(overrides, ["method", "registered method", "overrides"]),
+        markdown_table(overrides, ["method", "registered method", "overrides", "train s/run", "x plain"]),
+        "",
+        "Cost: mean training seconds per run over the completed runs (the machine's load included), and its "
+        "ratio to plain training's (`supervised`) over the runs of the same settings and seeds.",
         "",
         f"Shared overrides (`base`): `{' '.join(bench.base) or '-'}`",
         "",
@@ -334,6 +342,29 @@ def write_report(
         "",
     ]
     return write_text(out / "results.md", "\n".join(lines))
+
+
+def _cost(results: list[dict[str, Any]], method: str) -> dict[str, str]:
+    """Mean training seconds of ``method``'s runs, and the ratio to ``supervised`` on the same runs' settings
+    and seeds (so both are measured under the same conditions as far as the matrix allows)."""
+    mine = {
+        (r["noise"], r["seed"], r.get("fold")): num(r.get("train_seconds"), math.nan)
+        for r in results
+        if r["method"] == method
+    }
+    plain = {
+        (r["noise"], r["seed"], r.get("fold")): num(r.get("train_seconds"), math.nan)
+        for r in results
+        if r["method"] == "supervised"
+    }
+    if not mine:
+        return {"train s/run": "", "x plain": ""}
+    both = [k for k in mine if k in plain and plain[k] > 0]
+    ratio = float(np.mean([mine[k] / plain[k] for k in both])) if both else math.nan
+    return {
+        "train s/run": f"{np.nanmean(list(mine.values())):.0f}",
+        "x plain": "" if math.isnan(ratio) else f"{ratio:.2f}",
+    }
 
 
 def _peer_section(out: Path, agg: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
