@@ -1,0 +1,92 @@
+"""Does a change of structure leave every result as it was? Two benchmark folders of the same config, made by
+two versions of the code, compared run by run.
+
+For every run in both folders: the scores of ``result.json`` (Dice, IoU, HD95, ASD, the validation-selected
+scores, best epoch, epochs, label Dice, number of test cases) and every logged value of ``metrics.csv`` per
+epoch (losses, validation Dice, learning rate, method charts; not the epoch's wall time) must be identical,
+bit for bit (the runs are deterministic on one CPU thread).
+
+    git worktree add /tmp/before COMMIT_BEFORE; git worktree add /tmp/after COMMIT_AFTER
+    PYTHONPATH=/tmp/before/src svldrl benchmark CONFIG --out /tmp/A     # and /tmp/after -> /tmp/B
+    python benchmarks/refactor_check.py /tmp/A /tmp/B --out benchmarks/results/refactor_check \\
+        --label "phantom_cpu seed 0 (29 runs)" --before COMMIT_BEFORE --after COMMIT_AFTER
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import sys
+from pathlib import Path
+
+SCORES = ("dice", "iou", "hd95", "asd", "dice_val_selected", "iou_val_selected", "best_epoch", "epochs")
+SCORES += ("label_dice", "n_test")
+
+
+def runs(folder: Path) -> dict[str, Path]:
+    """Run label (setting/method/seed[/fold]) -> run folder, for every run with a result.json."""
+    return {
+        str(p.parent.relative_to(folder / "runs")): p.parent for p in (folder / "runs").rglob("result.json")
+    }
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "epoch_time"} for row in csv.DictReader(fh)]
+
+
+def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
+    """(labels identical in both, one line per difference)."""
+    ra, rb = runs(a), runs(b)
+    same, diffs = [], []
+    for label in sorted(set(ra) & set(rb)):
+        x, y = (
+            json.loads((ra[label] / "result.json").read_text()),
+            json.loads((rb[label] / "result.json").read_text()),
+        )
+        d = {k: (x.get(k), y.get(k)) for k in SCORES if x.get(k) != y.get(k)}
+        if d:
+            diffs.append(f"{label}: scores differ {d}")
+        elif history(ra[label]) != history(rb[label]):
+            diffs.append(f"{label}: metrics.csv differs")
+        else:
+            same.append(label)
+    for label in sorted(set(ra) ^ set(rb)):
+        diffs.append(f"{label}: only in {'the first' if label in ra else 'the second'} folder")
+    return same, diffs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("before", type=Path)
+    ap.add_argument("after", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="append the verdict to OUT/results.md")
+    ap.add_argument("--label", default="", help="what was compared, for the report")
+    ap.add_argument("--before-commit", default="", help="the commit that made the first folder")
+    ap.add_argument("--after-commit", default="", help="the commit that made the second folder")
+    a = ap.parse_args()
+    same, diffs = compare(a.before, a.after)
+    verdict = (
+        f"- {a.label or a.before}: {len(same)} of {len(same) + len(diffs)} runs identical (scores and every logged "
+        f"value per epoch) between `{a.before_commit or a.before}` and `{a.after_commit or a.after}`"
+        + ("" if not diffs else "; differences: " + "; ".join(diffs[:10]))
+        + f" ({datetime.date.today().isoformat()})"
+    )
+    print(verdict)
+    if a.out is not None:
+        md = a.out / "results.md"
+        head = (
+            "Behaviour unchanged by the restructuring (layers, trainer lifecycle, rules module, typed config, "
+            "split benchmark runner): the same benchmark made by the code before and after it, compared run by "
+            "run with `python benchmarks/refactor_check.py BEFORE AFTER` (deterministic runs on one CPU thread).\n\n"
+        )
+        text = md.read_text() if md.exists() else head
+        a.out.mkdir(parents=True, exist_ok=True)
+        md.write_text(text.rstrip("\n") + "\n" + verdict + "\n")
+    sys.exit(1 if diffs else 0)
+
+
+if __name__ == "__main__":
+    main()
