@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +13,7 @@ from urllib.parse import quote
 import numpy as np
 
 from svldrl.data.io import atomic_write, write_text
+from svldrl.reporter import fmt_number
 
 #: CSV column -> key of an audit row.
 COLUMNS: dict[str, str] = {
@@ -47,19 +47,13 @@ IN_FOLD = (
 )
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     """The ranking, worst case first, one row per case (columns :data:`COLUMNS`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow([_fmt(row[k]) for k in COLUMNS.values()])
+        writer.writerow([fmt_number(row[k], 4, nan="") for k in COLUMNS.values()])
     return write_text(path, buf.getvalue())
 
 
@@ -91,7 +85,8 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
         lines += [f"> {IN_FOLD.format(n=meta['n_in_fold'])}", ""]
     lines += [COLUMN_HELP, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[k]).replace("|", "\\|") for k in COLUMNS.values()) + " |")
+        cells = (fmt_number(row[k], 4, nan="").replace("|", "\\|") for k in COLUMNS.values())
+        lines.append("| " + " | ".join(cells) + " |")
     shown = [r for r in rows if r.get("figure")]
     if shown:
         lines += [
@@ -148,7 +143,7 @@ def write_html(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
             cls = "text" if col in text_cols else ""
             if key == "dice" and row["dice"] < 0.9:
                 cls = "bad"
-            value = _fmt(row[key])
+            value = fmt_number(row[key], 4, nan="")
             if key == "case" and row.get("figure"):
                 value = f'<a href="#{e(quote(row["case"]))}">{e(value)}</a>'
             else:

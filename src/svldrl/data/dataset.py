@@ -17,7 +17,6 @@ with ``labels="noisy/<name>"``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -29,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import H5_ENDINGS, NIFTI_ENDINGS, SITK_ENDINGS, Grid, Volume, file_ending, read_volume
+from svldrl.data.io import (
+    H5_ENDINGS,
+    NIFTI_ENDINGS,
+    SITK_ENDINGS,
+    Grid,
+    Volume,
+    file_ending,
+    read_json,
+    read_volume,
+)
 from svldrl.data.normalize import map_foreground, normalize_intensity
 from svldrl.errors import UserError
 
@@ -168,12 +176,8 @@ def _load_folder(root: Path) -> Dataset:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"malformed JSON (line {exc.lineno}: {exc.msg})", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read file ({type(exc).__name__})", path) from None
+    """A JSON object the user gave (dataset.json, a datalist): one-line errors for anything else."""
+    data = read_json(path)
     if not isinstance(data, dict):
         raise UserError("malformed JSON: expected an object at the top level", path)
     return data

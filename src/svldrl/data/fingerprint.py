@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import read_volume, write_text
+from svldrl.data.io import read_json, read_volume, write_text
 from svldrl.errors import UserError
 
 FINGERPRINT_FILE = "svldrl_fingerprint.json"
@@ -108,10 +108,7 @@ def dataset_fingerprint(
     key = _key(label_set, foreground, [c.case_id for c in cases])
     cache: dict[str, Any] = {}
     if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = None
+        data = read_json(path, None)
         if not isinstance(data, dict) or data.get("written_by") != "svldrl":
             path = None  # a file of that name svldrl did not write: use it for nothing, write nothing
         else:

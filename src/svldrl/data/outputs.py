@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from svldrl.data.io import write_text
+from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
 
 #: Marker written into every output folder svldrl claims: ``{"written_by": "svldrl", "kind": ...}``.
@@ -59,10 +59,7 @@ def dataset_folder_of(path: str | Path) -> Path | None:
 def owner_kind(folder: str | Path) -> str | None:
     """The kind recorded in ``folder``'s marker (``predictions``, ``audit`` ...), or None when svldrl did not
     write it (no marker, or an unreadable one)."""
-    try:
-        data = json.loads((Path(folder) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
+    data = read_json(Path(folder) / MARKER, None)
     if isinstance(data, dict) and data.get("written_by") == "svldrl" and isinstance(data.get("kind"), str):
         return data["kind"]
     return None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import write_text
+from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
 
 SPLITS_FILE = "splits_final.json"
@@ -151,12 +151,7 @@ def load_or_create_splits(
 
 
 def _read_splits(path: Path, known: set[str]) -> list[dict[str, list[str]]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read splits file ({exc})", path) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"malformed JSON (line {exc.lineno}: {exc.msg})", path) from None
+    data = read_json(path)
     if not isinstance(data, list) or not data:
         raise UserError('expected a non-empty list of {"train": [...], "val": [...]} folds', path)
     for i, fold in enumerate(data):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from svldrl.data.io import write_nifti, write_text
+from svldrl.data.io import read_json, write_nifti, write_text
 from svldrl.data.outputs import check_writable_dir, refuse_dataset_folder
 from svldrl.errors import UserError
 
@@ -443,10 +443,8 @@ def _check_out(out: Path, settings: dict) -> None:
     dataset_json = out / "dataset.json"
     previous = None
     if dataset_json.is_file():
-        try:
-            previous = json.loads(dataset_json.read_text()).get("synth")
-        except (OSError, ValueError, AttributeError):
-            previous = None
+        data = read_json(dataset_json, None)
+        previous = data.get("synth") if isinstance(data, dict) else None
         if not isinstance(previous, dict) or previous.get("generator") != GENERATOR:
             raise UserError(
                 "output folder holds a dataset.json not written by svldrl synth; refusing to overwrite", out

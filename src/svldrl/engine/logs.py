@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from svldrl.data.io import atomic_write, write_text
+from svldrl.reporter import fmt_number
 
 
 def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -23,12 +24,8 @@ def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, restval="")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
+        writer.writerow({k: fmt_number(v) if isinstance(v, float) else v for k, v in row.items()})
     write_text(path, buf.getvalue())
-
-
-def _fmt(v: Any) -> Any:
-    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def plot_progress(path: Path, history: list[dict[str, Any]], title: str) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import file_ending, read_volume, write_text
+from svldrl.data.io import file_ending, read_json, read_volume, write_text
 from svldrl.data.outputs import check_writable_file, refuse_dataset_folder
 from svldrl.errors import UserError
 from svldrl.eval.metrics import METRIC_KEYS, case_metrics, empty_metrics
+from svldrl.reporter import fmt_mean_std, fmt_number
 
 #: Files paired by case id; anything else in the folders (summary.json, plans.json, .npz) is ignored.
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd")
@@ -220,10 +221,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _is_summary_json(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
+    data = read_json(path, None)
     return isinstance(data, dict) and {"metric_per_case", "foreground_mean"} <= set(data)
 
 
@@ -303,14 +301,8 @@ def _csv_text(per_case: list[dict]) -> str:
     writer.writerow(CSV_COLUMNS)
     for entry in per_case:
         for label, m in entry["metrics"].items():
-            writer.writerow([entry["case"], label, *(_csv_value(m[k]) for k in CSV_COLUMNS[2:])])
+            writer.writerow([entry["case"], label, *(fmt_number(m[k]) for k in CSV_COLUMNS[2:])])
     return buf.getvalue()
-
-
-def _csv_value(value: float | int) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return str(value)
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
@@ -330,7 +322,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         row = [label]
         for key, digits in _TABLE_METRICS:
             values = [float(entry["metrics"][label][key]) for entry in per_case]
-            row.append(_pm(_nanmean(values), _nanstd(values), digits))
+            row.append(fmt_mean_std(_nanmean(values), _nanstd(values), digits, nan="nan"))
         rows.append([*row, str(len(per_case))])
         one = summary.get("case_counts", {}).get(label, {}).get("one_side_empty", 0)
         if one:
@@ -339,19 +331,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
             )
     if len(rows) > 1:
         fg = summary["foreground_mean"]
-        rows.append(["foreground", *(_fmt(fg[key], digits) for key, digits in _TABLE_METRICS), ""])
+        rows.append(["foreground", *(fmt_number(fg[key], digits) for key, digits in _TABLE_METRICS), ""])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + notes)
-
-
-def _fmt(value: float, digits: int) -> str:
-    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _pm(mean: float, std: float, digits: int) -> str:
-    return "nan" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(
