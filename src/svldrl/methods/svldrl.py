@@ -25,6 +25,7 @@ from monai.inferers import sliding_window_inference
 from svldrl.engine.ema import ema_teacher
 from svldrl.engine.hogwild import run_hogwild
 from svldrl.engine.trainer import Batch, seg_target
+from svldrl.errors import UserError
 from svldrl.methods.confident import ConfidentTargetUpdate
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
@@ -50,6 +51,9 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
 
     def build_method_state(self) -> None:
         rl = self.cfg["rl"]
+        if self.world > 1 and int(rl["async_workers"]) > 0:
+            # Hogwild workers are forked processes sharing one model; they cannot join the ranks' collectives.
+            raise UserError("rl.async_workers > 0 runs in one process; set it to 0 to train with torchrun")
         self.reward_conv = (
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
