@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from svldrl.data.dataset import NOISY_DIR
 from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
 
@@ -31,7 +32,6 @@ from svldrl.errors import UserError
 MARKER = ".svldrl_output.json"
 #: Folders of an nnU-Net raw dataset that hold the user's images and masks.
 DATASET_DIRS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
-NOISY_DIR = "labelsTr_noisy"
 
 
 def dataset_folder_of(path: str | Path) -> Path | None:
@@ -49,9 +49,7 @@ def dataset_folder_of(path: str | Path) -> Path | None:
             or any((parent / d).is_dir() for d in DATASET_DIRS if d != folder.name)
         ):
             return folder
-        if parent.name == NOISY_DIR:
-            return folder
-        if folder.name == NOISY_DIR:
+        if NOISY_DIR in (folder.name, parent.name):  # labelsTr_noisy itself, or one noisy set in it
             return folder
     return None
 
