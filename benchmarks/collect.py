@@ -193,6 +193,11 @@ def update_readme() -> None:
         "phantom_converged_dice": section(converged, "## Dice by method and setting (final checkpoint)"),
         "learning_curve": section(ROOT / "results" / "phantom_converged" / "learning_curve.md", ""),
         "phantom_cpu": section(ROOT / "results" / "phantom_cpu" / "results.md", "## Where noise hurts"),
+        "demo": section(ROOT / "results" / "demo" / "results.md", ""),
+        "svldrl_search_converged": section(
+            ROOT / "results" / "svldrl_search_converged" / "results.md",
+            "## Dice by method and setting (final checkpoint)",
+        ),
         "phantom_cpu_dice": section(
             ROOT / "results" / "phantom_cpu" / "results.md",
             "## Dice by method and setting (final checkpoint)",

@@ -1,9 +1,10 @@
 """Does a change of structure leave every result as it was? Two benchmark folders of the same config, made by
 two versions of the code, compared run by run.
 
-For every run in both folders: the scores of ``result.json`` (Dice, IoU, HD95, ASD, the validation-selected
-scores, best epoch, epochs, label Dice, number of test cases) and every logged value of ``metrics.csv`` per
-epoch (losses, validation Dice, learning rate, method charts; not the epoch's wall time) must be identical,
+For every run in both folders (benchmark folders, or two ``svldrl demo --out`` folders): the scores of
+``result.json`` (Dice, IoU, HD95, ASD, the validation-selected scores, best epoch, epochs, label Dice, number of
+test cases; the demo's report rows) and every logged value of ``metrics.csv`` per epoch (losses, validation
+Dice, learning rate, method charts; not the epoch's wall time) must be identical,
 bit for bit (the runs are deterministic on one CPU thread).
 
     git worktree add /tmp/before COMMIT_BEFORE; git worktree add /tmp/after COMMIT_AFTER
@@ -23,13 +24,25 @@ from pathlib import Path
 
 SCORES = ("dice", "iou", "hd95", "asd", "dice_val_selected", "iou_val_selected", "best_epoch", "epochs")
 SCORES += ("label_dice", "n_test")
+DEMO_SCORES = ("label Dice", "Dice", "IoU", "HD95 (mm)", "ASD (mm)")
 
 
 def runs(folder: Path) -> dict[str, Path]:
-    """Run label (setting/method/seed[/fold]) -> run folder, for every run with a result.json."""
-    return {
-        str(p.parent.relative_to(folder / "runs")): p.parent for p in (folder / "runs").rglob("result.json")
-    }
+    """Run label (setting/method/seed[/fold], or the demo's run name) -> run folder, for every finished run."""
+    marker = "checkpoint_final.pt" if is_demo(folder) else "result.json"
+    return {str(p.parent.relative_to(folder / "runs")): p.parent for p in (folder / "runs").rglob(marker)}
+
+
+def is_demo(folder: Path) -> bool:
+    """A ``svldrl demo --out`` folder: scores in report/results.json, one row per run."""
+    return (folder / "report" / "results.json").exists()
+
+
+def scores(folder: Path, label: str, run: Path) -> dict:
+    if is_demo(folder):
+        rows = json.loads((folder / "report" / "results.json").read_text())
+        return next((r for r in rows if r["run"] == label), {})
+    return json.loads((run / "result.json").read_text())
 
 
 def history(run: Path) -> list[dict[str, str]]:
@@ -42,11 +55,9 @@ def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
     ra, rb = runs(a), runs(b)
     same, diffs = [], []
     for label in sorted(set(ra) & set(rb)):
-        x, y = (
-            json.loads((ra[label] / "result.json").read_text()),
-            json.loads((rb[label] / "result.json").read_text()),
-        )
-        d = {k: (x.get(k), y.get(k)) for k in SCORES if x.get(k) != y.get(k)}
+        x, y = scores(a, label, ra[label]), scores(b, label, rb[label])
+        keys = DEMO_SCORES if is_demo(a) else SCORES
+        d = {k: (x.get(k), y.get(k)) for k in keys if x.get(k) != y.get(k) or k not in x}
         if d:
             diffs.append(f"{label}: scores differ {d}")
         elif history(ra[label]) != history(rb[label]):
