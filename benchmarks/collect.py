@@ -118,8 +118,10 @@ SECTIONS = [
     (
         "lung_ct_norm",
         "Real CT: the lung tumour set before and after nnU-Net's CT normalisation (`benchmarks/lung_ct_norm.yaml`)",
-        "Six CTs, 3-fold cross-validation, one seed, a CPU budget: a sanity check that real CT trains, not a "
-        "ranking.",
+        "Six CTs, 3-fold cross-validation, one seed, a CPU budget (1000 iterations, 32^3 patches). Neither "
+        "variant learns the tumours at this budget (Dice 3-6%, several held-out cases near 0; tumours of 382 to "
+        "106,030 voxels, 4 training cases per fold): real CT runs end to end with both normalisations, and the "
+        "difference between them is noise here, not a ranking.",
     ),
 ]
 

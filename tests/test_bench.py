@@ -388,3 +388,23 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError, match="missing.yaml not found"):
         load_benchmark(path)
+
+
+@pytest.mark.slow
+def test_a_clean_only_benchmark_reports_no_noise_gap(tmp_path: Path) -> None:
+    """A benchmark without noise settings (lung_ct_norm: two normalisations on the clean masks) compares
+    methods on the clean masks; its report has no empty gap table."""
+    spec = yaml.safe_load(TINY.read_text())
+    spec["dataset"]["synth"].update(cases=4, test_cases=1)
+    spec["noise"] = []
+    spec["methods"] = [
+        {"name": "before", "method": "supervised", "set": ["data.fold=0"]},
+        {"name": "after", "method": "supervised", "set": ["data.fold=all"]},
+    ]
+    spec["methods_on_clean"] = ["before", "after"]
+    path = tmp_path / "clean_only.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_benchmark(path, tmp_path / "out")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Where noise hurts" not in md and "Every method here trains on the clean masks." in md
+    assert "| before |" in md and "| after |" in md
