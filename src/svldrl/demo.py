@@ -20,7 +20,7 @@ from svldrl import config as C
 from svldrl.data.io import read_volume, write_text
 from svldrl.reporter import QUIET, Reporter, fmt_seconds
 
-#: Sizes chosen so the default demo runs in about 20 min and --quick in about 4 min on 2 CPU cores; 30 clean
+#: Sizes chosen so the default demo runs in about 20-25 min and --quick in about 2 min on 2 CPU cores; 30 clean
 #: test cases because fewer let one hard case move the mean Dice by several points.
 SETTINGS: dict[str, dict[str, Any]] = {
     "quick": {
