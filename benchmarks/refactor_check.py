@@ -1,7 +1,8 @@
 """Does a change of structure leave every result as it was? Two benchmark folders of the same config, made by
 two versions of the code, compared run by run.
 
-For every run in both folders (benchmark folders, or two ``svldrl demo --out`` folders): the scores of
+For every run in both folders (benchmark folders, two ``svldrl demo --out`` folders, or two audit_bench.py
+``--out`` folders, row by row): the scores of
 ``result.json`` (Dice, IoU, HD95, ASD, the validation-selected scores, best epoch, epochs, label Dice, number of
 test cases; the demo's report rows) and every logged value of ``metrics.csv`` per epoch (losses, validation
 Dice, learning rate, method charts; not the epoch's wall time) must be identical,
@@ -50,8 +51,28 @@ def history(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "epoch_time"} for row in csv.DictReader(fh)]
 
 
+def is_audit(folder: Path) -> bool:
+    """A ``benchmarks/audit_bench.py --out`` folder: one results.csv row per setting and detector."""
+    return (folder / "results.csv").exists() and not (folder / "runs").exists()
+
+
+def compare_audit(a: Path, b: Path) -> tuple[list[str], list[str]]:
+    """Audit figures row by row (AUROC, voxel precision / recall / F1, Dice columns); times are not in the CSV."""
+    with open(a / "results.csv") as fa, open(b / "results.csv") as fb:
+        ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    same, diffs = [], []
+    for x, y in zip(ra, rb, strict=False):
+        label = f"{x.get('setting')}/{x.get('detector')}"
+        (same if x == y else diffs).append(label if x == y else f"{label}: figures differ")
+    if len(ra) != len(rb):
+        diffs.append(f"{len(ra)} rows against {len(rb)}")
+    return same, diffs
+
+
 def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
     """(labels identical in both, one line per difference)."""
+    if is_audit(a) and is_audit(b):
+        return compare_audit(a, b)
     ra, rb = runs(a), runs(b)
     same, diffs = [], []
     for label in sorted(set(ra) & set(rb)):
@@ -79,9 +100,14 @@ def main() -> None:
     ap.add_argument("--after-commit", default="", help="the commit that made the second folder")
     a = ap.parse_args()
     same, diffs = compare(a.before, a.after)
+    what = (
+        "setting x detector rows identical (every audit figure)"
+        if is_audit(a.before)
+        else "runs identical (scores and every logged value per epoch)"
+    )
     verdict = (
-        f"- {a.label or a.before}: {len(same)} of {len(same) + len(diffs)} runs identical (scores and every logged "
-        f"value per epoch) between `{a.before_commit or a.before}` and `{a.after_commit or a.after}`"
+        f"- {a.label or a.before}: {len(same)} of {len(same) + len(diffs)} {what} "
+        f"between `{a.before_commit or a.before}` and `{a.after_commit or a.after}`"
         + ("" if not diffs else "; differences: " + "; ".join(diffs[:10]))
         + f" ({datetime.date.today().isoformat()})"
     )

@@ -95,3 +95,36 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     assert summary["predicted_wall_min"] == pytest.approx(max(loads) / 60, abs=0.06)
     assert summary["overhead_per_run_s"] >= 0 and len(summary["process_wall_s"]) == len(summary["groups"])
     assert "Predicted wall time" in (out / "results.md").read_text()
+
+
+def test_refactor_check_finds_any_changed_figure_in_benchmark_demo_and_audit_folders(tmp_path: Path) -> None:
+    check = _script("refactor_check")
+
+    def bench(root: Path, dice: float, loss: float) -> Path:
+        run = root / "runs" / "mt0.5" / "supervised" / "seed0"
+        _metrics(run / "metrics.csv", [{"epoch": 0, "loss": loss, "epoch_time": dice * 7}])
+        (run / "result.json").write_text(json.dumps({k: 1 for k in check.SCORES} | {"dice": dice}))
+        return root
+
+    def demo(root: Path, dice: float) -> Path:
+        _metrics(root / "runs" / "supervised_clean" / "metrics.csv", [{"epoch": 0, "loss": 0.5}])
+        (root / "runs" / "supervised_clean" / "checkpoint_final.pt").write_bytes(b"")
+        row = {k: 1.0 for k in check.DEMO_SCORES} | {"run": "supervised_clean", "Dice": dice}
+        (root / "report").mkdir(parents=True)
+        (root / "report" / "results.json").write_text(json.dumps([row]))
+        return root
+
+    def audit(root: Path, auroc: float) -> Path:
+        _metrics(root / "results.csv", [{"setting": "mt", "detector": "cl", "case_auroc": auroc}])
+        return root
+
+    a = bench(tmp_path / "a", 0.9, 0.3)
+    assert check.compare(a, bench(tmp_path / "b", 0.9, 0.3)) == (["mt0.5/supervised/seed0"], [])
+    assert "scores differ" in check.compare(a, bench(tmp_path / "c", 0.8, 0.3))[1][0]
+    assert "metrics.csv differs" in check.compare(a, bench(tmp_path / "d", 0.9, 0.4))[1][0]
+    d = demo(tmp_path / "e", 0.7)
+    assert check.compare(d, demo(tmp_path / "f", 0.7)) == (["supervised_clean"], [])
+    assert check.compare(d, demo(tmp_path / "g", 0.6))[1]
+    u = audit(tmp_path / "h", 0.9)
+    assert check.compare(u, audit(tmp_path / "i", 0.9)) == (["mt/cl"], [])
+    assert check.compare(u, audit(tmp_path / "j", 0.8))[1] == ["mt/cl: figures differ"]
