@@ -1,12 +1,12 @@
 """Does a change of structure leave every result as it was? Two benchmark folders of the same config, made by
 two versions of the code, compared run by run.
 
-For every run in both folders (benchmark folders, two ``svldrl demo --out`` folders, or two audit_bench.py
-``--out`` folders, row by row): the scores of
+For every run in both folders (benchmark folders, or two ``svldrl demo --out`` folders): the scores of
 ``result.json`` (Dice, IoU, HD95, ASD, the validation-selected scores, best epoch, epochs, label Dice, number of
-test cases; the demo's report rows) and every logged value of ``metrics.csv`` per epoch (losses, validation
-Dice, learning rate, method charts; not the epoch's wall time) must be identical,
-bit for bit (the runs are deterministic on one CPU thread).
+test cases; for a demo, its report row) and every logged value of ``metrics.csv`` per epoch (losses, validation
+Dice, learning rate, method charts; not the epoch's wall time) must be identical, bit for bit (the runs are
+deterministic on one CPU thread). Two audit_bench.py ``--out`` folders are compared row by row (every audit
+figure).
 
     git worktree add /tmp/before COMMIT_BEFORE; git worktree add /tmp/after COMMIT_AFTER
     PYTHONPATH=/tmp/before/src svldrl benchmark CONFIG --out /tmp/A     # and /tmp/after -> /tmp/B
@@ -63,7 +63,10 @@ def compare_audit(a: Path, b: Path) -> tuple[list[str], list[str]]:
     same, diffs = [], []
     for x, y in zip(ra, rb, strict=False):
         label = f"{x.get('setting')}/{x.get('detector')}"
-        (same if x == y else diffs).append(label if x == y else f"{label}: figures differ")
+        if x == y:
+            same.append(label)
+        else:
+            diffs.append(f"{label}: figures differ")
     if len(ra) != len(rb):
         diffs.append(f"{len(ra)} rows against {len(rb)}")
     return same, diffs
