@@ -14,6 +14,7 @@ from svldrl import config as C
 from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.methods.svldrl import SVLDRLTrainer
+from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
 from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
 
@@ -171,3 +172,45 @@ def test_episode_share_and_teacher_reward_target(dataset: Path, tmp_path: Path) 
     # each 2-step epoch ran one episode: the RL charts are logged, averaged over the steps that logged them
     assert all(float(r["charts/entropy"]) > 0 for r in rows)
     assert SVLDRLTrainer.stage_cost(cfg, 3) == pytest.approx(0.5 * 6.0 + 0.5)
+
+
+def test_cl_target_update_corrects_the_given_masks_with_the_teacher(dataset: Path, tmp_path: Path) -> None:
+    """rl.target_update=cl: after the warm-up, each epoch end sets every target to the given mask with the voxels
+    that confident learning flags (from the EMA teacher's probabilities) flipped, redone from the given masks so
+    that corrections never accumulate; the rewards are then measured against these targets."""
+    overrides = [*TINY, "method=svldrl", "train.iterations=4", "rl.target_update=cl", "nets.heads=light"]
+    cfg = C.load_config(overrides=[*overrides, "rl.warmup=0.5", "rl.transition=0"])
+    trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
+    assert trainer.teacher is not None and {"teacher", "targets"} <= set(trainer.checkpointed)
+    calls: list[object] = []
+
+    def fake_probs(image: np.ndarray, network: object = None) -> np.ndarray:
+        calls.append(network)
+        p = np.full(image.shape, 0.5, dtype=np.float32)  # confident foreground in the first half along x
+        p[: image.shape[0] // 2] = 0.99
+        return p
+
+    trainer.predict_probs = fake_probs
+    trainer.iteration = 1  # stage 1 (warm-up): nothing is corrected
+    assert "charts/target_changed" not in trainer.on_epoch_end(0)
+    assert all(
+        np.array_equal(t, g.astype(np.float32)) for t, g in zip(trainer.targets, trainer.given, strict=True)
+    )
+    trainer.iteration = 3
+    # a drifted target: the update starts again from the given mask
+    trainer.targets[0][...] = 1 - trainer.targets[0]
+    logs = trainer.on_epoch_end(1)
+    assert calls and all(c is trainer.teacher for c in calls)
+    assert logs["charts/target_changed"] > 0
+    # the same rule as mtcl (tests/test_methods.py checks it by hand), thresholds pooled over all cases
+    probs = [np.stack([1 - fake_probs(g), fake_probs(g)]) for g in trainer.given]
+    sums = sum(class_confidence_sums(pr, g)[0] for pr, g in zip(probs, trainer.given, strict=True))
+    counts = sum(class_confidence_sums(pr, g)[1] for pr, g in zip(probs, trainer.given, strict=True))
+    thresholds = cl_thresholds(sums, counts)
+    for t, g, pr in zip(trainer.targets, trainer.given, probs, strict=True):
+        flags = confident_learning_flags(pr, g.astype(np.int64), thresholds)
+        np.testing.assert_array_equal(t, np.where(flags, 1 - g, g).astype(np.float32))
+        assert (t[: g.shape[0] // 2] == 1).all()  # where the teacher is sure of foreground, the target is too
+    run = train(dataset, "clean", tmp_path / "trained", C.load_config(overrides=[*overrides, "rl.warmup=0"]))
+    rows = _rows(run)
+    assert all(float(r["charts/target_changed"]) >= 0 for r in rows) and "charts/threshold_fg" in rows[-1]

@@ -182,8 +182,9 @@ class RL:
     seg_on_refined: bool = setting(True, "L_seg also on the segmentation of the refined state x^(T)")
     target_update: str = setting(
         "none",
-        "confident: confident disagreeing voxels take the model's label after warmup",
-        choices=("none", "confident"),
+        "confident: confident disagreeing voxels take the model's label after warmup | cl: after warmup, each "
+        "epoch the given masks with the voxels confident learning flags (EMA teacher, as mtcl) corrected",
+        choices=("none", "confident", "cl"),
     )
     tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0))
     async_workers: int = setting(

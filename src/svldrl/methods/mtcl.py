@@ -62,6 +62,52 @@ def mtcl_correct(given: np.ndarray, flags: np.ndarray, soft: bool = False) -> np
     return relabel(given, flags & ~g, flags & g, SOFT_STEP if soft else 1.0)
 
 
+def cl_target_update(
+    trainer: Trainer, teacher: Any, clean_cases: int = 0, soft: bool = False
+) -> dict[str, float]:
+    """MTCL's correction pass: every noisy case's target becomes its given mask with the voxels that confident
+    learning flags, from ``teacher``'s probabilities, corrected (:func:`mtcl_correct`). Redone from the given
+    masks at each call, so corrections never drift. Also SVL-DRL's ``rl.target_update = cl``.
+
+    Args:
+        trainer: holds ``images``, ``given`` and the ``targets`` that are rewritten.
+        teacher: the network whose probabilities are trusted (MTCL: the EMA teacher).
+        clean_cases: the first K cases are a clean subset: never corrected, and the thresholds come from them
+            when K > 0 (else from all cases, cleanlab's default).
+        soft: soft instead of hard correction.
+
+    Returns:
+        ``charts/target_changed`` (share of voxels flagged) and the two class thresholds.
+    """
+    k, n = clean_cases, len(trainer.images)
+    stats_cases = range(k) if k else range(n)
+    sums, counts, cache = np.zeros(2), np.zeros(2), {}
+    for i in stats_cases:
+        p = trainer.predict_probs(trainer.images[i], teacher)
+        s, c = class_confidence_sums(np.stack([1.0 - p, p]), trainer.given[i])
+        sums, counts = sums + s, counts + c
+        if i >= k:  # half precision: the flagging pass below need not segment this case again
+            cache[i] = p.astype(np.float16)
+    t = cl_thresholds(sums, counts)
+    flagged = total = 0
+    for i in range(k, n):  # the clean subset is never corrected
+        p = (
+            cache.pop(i).astype(np.float32)
+            if i in cache
+            else trainer.predict_probs(trainer.images[i], teacher)
+        )
+        flags = confident_learning_flags(np.stack([1.0 - p, p]), trainer.given[i].astype(np.int64), t)
+        # in place: the targets may live in shared memory (rl.async_workers)
+        trainer.targets[i][...] = mtcl_correct(trainer.given[i], flags, soft)
+        flagged += int(flags.sum())
+        total += flags.size
+    return {
+        "charts/target_changed": flagged / max(total, 1),
+        "charts/threshold_bg": float(t[0]),
+        "charts/threshold_fg": float(t[1]),
+    }
+
+
 def sigmoid_rampup(current: float, length: float) -> float:
     """Laine and Aila's ramp ``exp(-5 (1 - t)^2)``, ``t = current / length`` clipped to [0, 1]."""
     if length <= 0:
@@ -107,30 +153,5 @@ class MTCLTrainer(Trainer):
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         if self.iteration < float(self.cfg["mtcl"]["warmup"]) * self.iterations:
             return {"charts/target_changed": 0.0}
-        k, n = self.num_clean(), len(self.images)
-        # Thresholds from the clean subset if there is one, else from all cases (cleanlab's default).
-        stats_cases = range(k) if k else range(n)
-        sums, counts, cache = np.zeros(2), np.zeros(2), {}
-        for i in stats_cases:
-            p = self.predict_probs(self.images[i], self.teacher)
-            s, c = class_confidence_sums(np.stack([1.0 - p, p]), self.given[i])
-            sums, counts = sums + s, counts + c
-            if i >= k:  # half precision: the flagging pass below need not segment this case again
-                cache[i] = p.astype(np.float16)
-        t = cl_thresholds(sums, counts)
-        flagged = total = 0
-        for i in range(k, n):  # the clean subset is never corrected
-            p = (
-                cache.pop(i).astype(np.float32)
-                if i in cache
-                else self.predict_probs(self.images[i], self.teacher)
-            )
-            flags = confident_learning_flags(np.stack([1.0 - p, p]), self.given[i].astype(np.int64), t)
-            self.targets[i] = mtcl_correct(self.given[i], flags, bool(self.cfg["mtcl"]["soft"]))
-            flagged += int(flags.sum())
-            total += flags.size
-        return {
-            "charts/target_changed": flagged / max(total, 1),
-            "charts/threshold_bg": float(t[0]),
-            "charts/threshold_fg": float(t[1]),
-        }
+        mc = self.cfg["mtcl"]
+        return cl_target_update(self, self.teacher, self.num_clean(), bool(mc["soft"]))

@@ -8,7 +8,8 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 ``rl.action_scale`` (0.3), ``rl.gamma`` (0.95), ``rl.reward_conv`` (true), ``rl.entropy_coef``
 (0.001), ``rl.w_dice/w_vox/w_cont/w_cc`` (1, 1, 0.1, 0), ``rl.reward_norm`` (true),
 ``rl.warmup``/``rl.transition`` (0.3, 0.2), ``rl.lam``/``rl.alpha``/``rl.beta`` (0.3, 0.2, 0.1),
-``rl.seg_on_refined`` (true), ``rl.target_update`` (none | confident, ``rl.tau`` 0.9),
+``rl.seg_on_refined`` (true), ``rl.target_update`` (none | confident, ``rl.tau`` 0.9 | cl: MTCL's
+confident-learning correction with the EMA teacher),
 ``rl.async_workers`` (0), ``rl.label_step`` (0.25), ``rl.w_prior`` (0.5), ``rl.ema`` (0.99),
 ``infer.refine_steps`` (0), ``nets.heads`` (decoders | light).
 """
@@ -27,6 +28,7 @@ from svldrl.engine.hogwild import run_hogwild
 from svldrl.engine.trainer import Batch, seg_target
 from svldrl.errors import UserError
 from svldrl.methods.confident import ConfidentTargetUpdate
+from svldrl.methods.mtcl import cl_target_update
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
 from svldrl.rl.reward import RunningStd
@@ -58,8 +60,10 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
         self.reward_norm = RunningStd() if rl["reward_norm"] else None
-        # label actions and teacher-referenced rewards: an EMA teacher of the segmentation, from a copy of the net
-        needs_teacher = rl["action_space"] == "label" or rl["reward_target"] == "teacher"
+        # label actions, teacher-referenced rewards and the CL target update: an EMA teacher of the segmentation
+        needs_teacher = (
+            rl["action_space"] == "label" or rl["reward_target"] == "teacher" or rl["target_update"] == "cl"
+        )
         self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
 
     def trainable_parameters(self) -> Any:
@@ -181,6 +185,10 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         rl = self.cfg["rl"]
         if rl["target_update"] == "confident" and stage > 1:
             logs.update(self.confident_target_update(float(rl["tau"])))
+        if rl["target_update"] == "cl" and stage > 1:
+            # targets (and so the reward, measured against them) = the given masks with confident learning's
+            # flags corrected, redone each epoch: a reference the noise shaped less than the given masks
+            logs.update(cl_target_update(self, self.teacher))
         if rl["action_space"] == "label":
             changed = [float(np.mean((t >= 0.5) != (g > 0))) for t, g in zip(self.targets, self.given)]
             logs["charts/target_changed"] = float(np.mean(changed))
