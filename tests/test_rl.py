@@ -30,6 +30,7 @@ from svldrl.rl import (
     label_step,
     local_tv,
     n_step_returns,
+    region_energy_slope,
     sample_actions,
     sample_eps,
     stage_at,
@@ -142,6 +143,36 @@ def test_label_reward_follows_a_confident_teacher_and_charges_the_prior() -> Non
     assert torch.allclose(r, zeros - 0.125) and float(terms["teacher"]) == 0
     r_back, _ = label_reward(q_next, zeros, unsure, given=zeros, w_prior=0.5)  # moving back is paid back
     assert torch.allclose(r_back, zeros + 0.125)
+
+
+def test_region_reward_lowers_labels_on_background_intensity_and_raises_them_on_the_organ() -> None:
+    """rl.w_region: a mask dilated onto background intensity is rewarded for shrinking back (slope +1 there:
+    lowering q by 0.25 earns 0.25 x w_region), organ voxels for rising (slope -1 at the organ's mean); the
+    slope is hand-computed from the q-weighted means."""
+    image = torch.zeros(1, 1, 4, 4, 4)
+    image[..., :2, :, :] = 1.0  # organ: the first two slices
+    given = torch.zeros(1, 1, 4, 4, 4)
+    given[..., :3, :, :] = 1.0  # dilated by one slice onto the background
+    # c1 = (2 x 1 + 1 x 0) / 3 = 2/3, c0 = 0; slope at x = 0: (4/9 - 0) / (4/9) = 1, at x = 1: (1/9 - 1) / (4/9) = -2
+    slope = region_energy_slope(image, given)
+    assert torch.allclose(slope[..., 2, :, :], torch.tensor(1.0)) and torch.allclose(
+        slope[..., 0, :, :], torch.tensor(-2.0)
+    )
+    lower = given.clone()
+    lower[..., 2, :, :] = 0.75
+    r, terms = label_reward(
+        given, lower, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5, image=image, w_region=1.0
+    )
+    # the dilated slice: region +0.25 against the prior's -0.125; everywhere else nothing moved
+    assert torch.allclose(r[..., 2, :, :], torch.tensor(0.125)) and torch.allclose(
+        r[..., :2, :, :], torch.tensor(0.0)
+    )
+    assert "region" in terms
+    r_off, terms_off = label_reward(
+        given, lower, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5
+    )  # default: off
+    assert torch.allclose(r_off[..., 2, :, :], torch.tensor(-0.125)) and "region" not in terms_off
+    assert (region_energy_slope(image, torch.zeros_like(given)) == 0).all()  # no foreground: no reference
 
 
 def test_running_std_matches_the_std_of_everything_seen_and_survives_a_checkpoint() -> None:
@@ -303,7 +334,7 @@ def test_label_episode_refines_the_soft_target(stage: int) -> None:
         y.clone(),
         y,
         teacher_p,
-        _rl_cfg(t_max=3, action_space="label"),
+        _rl_cfg(t_max=3, action_space="label", w_region=1.0),
         stage,
         torch.Generator().manual_seed(0),
         _soft_target_loss,
@@ -312,7 +343,8 @@ def test_label_episode_refines_the_soft_target(stage: int) -> None:
     )
     assert torch.isfinite(result.loss)
     assert decoder_passes == [1] * 3  # the image's decoders ran once; the steps ran only the aux tails
-    assert LOG_KEYS | {"charts/reward_terms/teacher", "charts/reward_terms/prior"} <= result.logs.keys()
+    terms = {"charts/reward_terms/teacher", "charts/reward_terms/prior", "charts/reward_terms/region"}
+    assert LOG_KEYS | terms <= result.logs.keys()
     q = result.final
     assert q.shape == y.shape and 0 <= q.min() and q.max() <= 1 and not torch.equal(q, y)
     result.loss.backward()

@@ -195,6 +195,12 @@ class RL:
     w_teacher: float = setting(
         1.0, "label actions: weight of the EMA teacher's agreement", range=(0.0, 100.0)
     )
+    w_region: float = setting(
+        0.0,
+        "label actions: weight of the image's region fit (Chan-Vese: a voxel's label should match the "
+        "foreground or background mean intensity it is closer to); 0: off",
+        range=(0.0, 100.0),
+    )
     ema: float = setting(
         0.99, "EMA teacher decay (label actions, rl.reward_target=teacher)", range=(0.0, 1.0)
     )

@@ -14,6 +14,7 @@ from svldrl.rl.reward import (
     local_tv,
     paper_continuity,
     paper_reward,
+    region_energy_slope,
     soft_dice,
 )
 from svldrl.rl.stages import stage_at, stage_weights
@@ -36,6 +37,7 @@ __all__ = [
     "intensity_step",
     "label_episode",
     "label_reward",
+    "region_energy_slope",
     "label_step",
     "local_tv",
     "paper_continuity",

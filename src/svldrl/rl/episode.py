@@ -199,7 +199,8 @@ def label_episode(
     State = image + current soft target q^(t) (q^(0) = ``q0``: the given mask, or the case's
     target refined in earlier epochs). Actions keep / raise / lower q by ``rl.label_step``
     (default 0.25); reward :func:`~svldrl.rl.reward.label_reward` (teacher agreement, continuity,
-    prior towards ``given``); returns and losses as in :func:`intensity_episode`.
+    prior towards ``given``, and with ``rl.w_region`` > 0 the image's region fit); returns and losses as in
+    :func:`intensity_episode`.
 
     Cost: the image's encoder and all decoders run ONCE (``net.trunk``); each step runs only the
     value / policy tails with aux = q^(t) (a residual conv block + 1x1x1 conv each), and the
@@ -237,7 +238,15 @@ def label_episode(
         a = sample_actions(logits_t, generator)
         q_next = label_step(q, a, rl_cfg["label_step"])
         r, r_terms = label_reward(
-            q, q_next, teacher_p, given, rl_cfg["w_teacher"], rl_cfg["w_cont"], rl_cfg["w_prior"]
+            q,
+            q_next,
+            teacher_p,
+            given,
+            rl_cfg["w_teacher"],
+            rl_cfg["w_cont"],
+            rl_cfg["w_prior"],
+            image=x,
+            w_region=float(rl_cfg["w_region"]),
         )
         values.append(out["value"])
         logits.append(logits_t)

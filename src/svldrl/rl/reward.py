@@ -162,12 +162,17 @@ def label_reward(
     w_teacher: float = 1.0,
     w_cont: float = 0.1,
     w_prior: float = 0.5,
+    image: torch.Tensor | None = None,
+    w_region: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """label_reward: per-voxel reward of one label step (method.md section 9, **extension**).
 
     r_i = w_teacher * |2 p_i - 1| * [|q_i^(t) - h_i| - |q_i^(t+1) - h_i|]   (teacher agreement gain)
         - w_cont    * [c_i(q^(t+1)) - c_i(q^(t))]                           (continuity of q)
         - w_prior   * [|q_i^(t+1) - g_i| - |q_i^(t) - g_i|]                 (prior: stay near g)
+        - w_region  * [e_i(q^(t+1)) - e_i(q^(t))]                           (image region fit, optional)
+
+    e is :func:`region_energy` of the image (``rl.w_region``, default 0: off).
 
     with p the EMA teacher's foreground probability, h = 1[p > 0.5] its hard label and g the
     given mask. The prior is a cost on moving away from the given mask, written as a per-step
@@ -185,7 +190,39 @@ def label_reward(
     continuity = -w_cont * (local_tv(q_next) - local_tv(q_t))
     prior = -w_prior * ((q_next - given).abs() - (q_t - given).abs())
     r = teacher + continuity + prior
-    return r, {"teacher": teacher.mean(), "continuity": continuity.mean(), "prior": prior.mean()}
+    terms = {"teacher": teacher.mean(), "continuity": continuity.mean(), "prior": prior.mean()}
+    if w_region > 0 and image is not None:
+        region = -w_region * (q_next - q_t) * region_energy_slope(image, q_t)
+        r = r + region
+        terms["region"] = region.mean()
+    return r, terms
+
+
+@torch.no_grad()
+def region_energy_slope(image: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """d e_i / d q_i of the two-phase piecewise-constant (Chan-Vese) energy of a soft labelling of the image.
+
+    e_i = q_i |x_i - c_1|^2 + (1 - q_i) |x_i - c_0|^2, with c_1 and c_0 the q-weighted mean intensities of
+    foreground and background in each patch, scaled by |c_1 - c_0|^2 so that the slope is 1 for a voxel at
+    c_0 (raising its label costs as much as one unit of evidence) and -1 at c_1, whatever the contrast.
+    A reference the label noise did not shape: the image. Patches without both classes (or without
+    contrast) give 0.
+
+    Args:
+        image: (B, C, D, H, W) intensities; q: (B, 1, D, H, W) soft labels in [0, 1].
+
+    Returns:
+        (B, 1, D, H, W) slope, negative where the voxel's intensity is closer to the foreground's mean.
+    """
+    dims = tuple(range(2, image.dim()))
+    q = q.to(image.dtype)
+    n1, n0 = q.sum(dims, keepdim=True), (1 - q).sum(dims, keepdim=True)
+    c1 = (q * image).sum(dims, keepdim=True) / n1.clamp_min(eps)
+    c0 = ((1 - q) * image).sum(dims, keepdim=True) / n0.clamp_min(eps)
+    contrast = ((c1 - c0) ** 2).sum(1, keepdim=True)
+    slope = (((image - c1) ** 2) - ((image - c0) ** 2)).sum(1, keepdim=True) / contrast.clamp_min(eps)
+    valid = (n1 >= 1) & (n0 >= 1) & (contrast > eps)
+    return torch.where(valid, slope, torch.zeros_like(slope))
 
 
 class RunningStd:
