@@ -173,6 +173,16 @@ def test_region_reward_lowers_labels_on_background_intensity_and_raises_them_on_
     )  # default: off
     assert torch.allclose(r_off[..., 2, :, :], torch.tensor(-0.125)) and "region" not in terms_off
     assert (region_energy_slope(image, torch.zeros_like(given)) == 0).all()  # no foreground: no reference
+    # the class means come from the given mask, whatever the current target: lowering a background slice that
+    # the target had raised to 0.5 earns 0.25 (region) + 0.125 (back towards the given mask)
+    q_t = given.clone()
+    q_t[..., 3, :, :] = 0.5
+    q_next = q_t.clone()
+    q_next[..., 3, :, :] = 0.25
+    r, _ = label_reward(
+        q_t, q_next, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5, image=image, w_region=1.0
+    )
+    assert torch.allclose(r[..., 3, :, :], torch.tensor(0.375))
 
 
 def test_running_std_matches_the_std_of_everything_seen_and_survives_a_checkpoint() -> None:

@@ -192,7 +192,9 @@ def label_reward(
     r = teacher + continuity + prior
     terms = {"teacher": teacher.mean(), "continuity": continuity.mean(), "prior": prior.mean()}
     if w_region > 0 and image is not None:
-        region = -w_region * (q_next - q_t) * region_energy_slope(image, q_t)
+        # class means from the given mask, not from q: with q the agents could define their own foreground
+        # (one raised background voxel becomes a class of background intensity) and feed on it
+        region = -w_region * (q_next - q_t) * region_energy_slope(image, given)
         r = r + region
         terms["region"] = region.mean()
     return r, terms
@@ -200,16 +202,17 @@ def label_reward(
 
 @torch.no_grad()
 def region_energy_slope(image: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """d e_i / d q_i of the two-phase piecewise-constant (Chan-Vese) energy of a soft labelling of the image.
+    """d e_i / d q_i of the two-phase piecewise-constant (Chan-Vese) energy of a labelling of the image.
 
-    e_i = q_i |x_i - c_1|^2 + (1 - q_i) |x_i - c_0|^2, with c_1 and c_0 the q-weighted mean intensities of
-    foreground and background in each patch, scaled by |c_1 - c_0|^2 so that the slope is 1 for a voxel at
-    c_0 (raising its label costs as much as one unit of evidence) and -1 at c_1, whatever the contrast.
-    A reference the label noise did not shape: the image. Patches without both classes (or without
-    contrast) give 0.
+    e_i = q_i |x_i - c_1|^2 + (1 - q_i) |x_i - c_0|^2, with c_1 and c_0 the mean intensities of foreground
+    and background in each patch under the reference labelling ``q`` (weighted by it), scaled by
+    |c_1 - c_0|^2 so that the slope is 1 for a voxel at c_0 (raising its label costs as much as one unit of
+    evidence) and -1 at c_1, whatever the contrast. A reference the label noise did not shape: the image.
+    Patches without both classes (or without contrast) give 0.
 
     Args:
-        image: (B, C, D, H, W) intensities; q: (B, 1, D, H, W) soft labels in [0, 1].
+        image: (B, C, D, H, W) intensities; q: (B, 1, D, H, W) reference labels in [0, 1] (the reward
+            passes the given mask).
 
     Returns:
         (B, 1, D, H, W) slope, negative where the voxel's intensity is closer to the foreground's mean.
