@@ -24,14 +24,18 @@ SECTIONS = [
         "The comparison that counts (docs/method.md sections 10-11): the easy 40^3 phantoms, where plain training "
         "on clean masks is on its plateau at the 2000-iteration budget (learning curve below, from "
         "`benchmarks/phantom_converged_curve.yaml`, 3 seeds, before any other method ran on these phantoms), 40 "
-        "clean test cases, 3 seeds. Run as two 1-thread processes with disjoint `--only` lists.",
+        "clean test cases, 3 seeds. Run as two 1-thread processes sharing the folder: disjoint `--only` lists, or "
+        "(2026-12-01) a queue of copies of the config holding one noise setting and one seed each, written to the "
+        "same folder (the same runs; the report is then rewritten by the full config with `--only supervised`).",
     ),
     (
         "svldrl_search_converged",
         "SVL-DRL's open decisions where models are trained out (`benchmarks/svldrl_search_converged.yaml`)",
         "One change per row to a fast base (light heads, one-step episodes), against the paper's defaults and "
         "plain training, 3 seeds, at phantom_converged's budget; per-epoch RL diagnostics of every run: "
-        "[rl_diagnostics.md](benchmarks/results/svldrl_search_converged/rl_diagnostics.md).",
+        "[rl_diagnostics.md](benchmarks/results/svldrl_search_converged/rl_diagnostics.md). Rows with one seed are "
+        "still running (resumable); compare them with plain training on the same seed (in `results.csv`), not "
+        "with its 3-seed mean.",
     ),
     (
         "demo",
