@@ -161,7 +161,7 @@ def test_region_reward_lowers_labels_on_background_intensity_and_raises_them_on_
     lower = given.clone()
     lower[..., 2, :, :] = 0.75
     r, terms = label_reward(
-        given, lower, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5, image=image, w_region=1.0
+        given, lower, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5, region_slope=slope, w_region=1.0
     )
     # the dilated slice: region +0.25 against the prior's -0.125; everywhere else nothing moved
     assert torch.allclose(r[..., 2, :, :], torch.tensor(0.125)) and torch.allclose(
@@ -180,7 +180,7 @@ def test_region_reward_lowers_labels_on_background_intensity_and_raises_them_on_
     q_next = q_t.clone()
     q_next[..., 3, :, :] = 0.25
     r, _ = label_reward(
-        q_t, q_next, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5, image=image, w_region=1.0
+        q_t, q_next, given * 0 + 0.5, given, w_cont=0.0, w_prior=0.5, region_slope=slope, w_region=1.0
     )
     assert torch.allclose(r[..., 3, :, :], torch.tensor(0.375))
 

@@ -36,7 +36,14 @@ from torch import nn
 
 from svldrl.rl.a3c import RewardConv, a3c_losses, n_step_returns, sample_actions
 from svldrl.rl.env import ACTION_NAMES, intensity_step, label_step, sample_eps
-from svldrl.rl.reward import RunningStd, foreground_prob, intensity_reward, label_reward, paper_reward
+from svldrl.rl.reward import (
+    RunningStd,
+    foreground_prob,
+    intensity_reward,
+    label_reward,
+    paper_reward,
+    region_energy_slope,
+)
 from svldrl.rl.stages import stage_weights
 
 ALL_HEADS = ("seg", "value", "policy")
@@ -232,6 +239,10 @@ def label_episode(
 
     values, logits, actions, rewards, terms = [], [], [], [], []
     q = q0.to(x.dtype)
+    # once per episode: it depends on the image and the given mask only. Class means from the given mask, not
+    # from q: with q the agents could define their own foreground (a few raised background voxels) and feed on it
+    w_region = float(rl_cfg["w_region"])
+    region_slope = region_energy_slope(x, given) if w_region > 0 else None
     for _ in range(T):
         out = net.tail(feats, ("value", "policy"), aux=q)  # V(s^(t)), pi(. | s^(t)) with s = (x, q^(t))
         logits_t = out["policy"] if train_policy else out["policy"].detach()
@@ -245,8 +256,8 @@ def label_episode(
             rl_cfg["w_teacher"],
             rl_cfg["w_cont"],
             rl_cfg["w_prior"],
-            image=x,
-            w_region=float(rl_cfg["w_region"]),
+            region_slope=region_slope,
+            w_region=w_region,
         )
         values.append(out["value"])
         logits.append(logits_t)

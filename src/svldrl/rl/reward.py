@@ -162,7 +162,7 @@ def label_reward(
     w_teacher: float = 1.0,
     w_cont: float = 0.1,
     w_prior: float = 0.5,
-    image: torch.Tensor | None = None,
+    region_slope: torch.Tensor | None = None,
     w_region: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """label_reward: per-voxel reward of one label step (method.md section 9, **extension**).
@@ -170,16 +170,14 @@ def label_reward(
     r_i = w_teacher * |2 p_i - 1| * [|q_i^(t) - h_i| - |q_i^(t+1) - h_i|]   (teacher agreement gain)
         - w_cont    * [c_i(q^(t+1)) - c_i(q^(t))]                           (continuity of q)
         - w_prior   * [|q_i^(t+1) - g_i| - |q_i^(t) - g_i|]                 (prior: stay near g)
-        - w_region  * [e_i(q^(t+1)) - e_i(q^(t))]                           (image region fit, optional)
+        - w_region  * [q_i^(t+1) - q_i^(t)] * de_i/dq_i                     (image region fit, optional)
 
-    e is :func:`region_energy` of the image (``rl.w_region``, default 0: off).
-
-    with p the EMA teacher's foreground probability, h = 1[p > 0.5] its hard label and g the
-    given mask. The prior is a cost on moving away from the given mask, written as a per-step
-    change so that over an episode it sums to -w_prior * |q^(T) - g| (for q^(0) = g): moving a
-    voxel by one label step pays w_prior * step, and is worth it only where the teacher's
-    confidence-weighted agreement gain is larger. Defaults ``rl.w_teacher`` = 1,
-    ``rl.w_cont`` = 0.1, ``rl.w_prior`` = 0.5.
+    with p the EMA teacher's foreground probability, h = 1[p > 0.5] its hard label, g the given mask and
+    de/dq the image's :func:`region_energy_slope` under g (``region_slope``; ``rl.w_region``, default 0: off).
+    The prior is a cost on moving away from the given mask, written as a per-step change so that over an
+    episode it sums to -w_prior * |q^(T) - g| (for q^(0) = g): moving a voxel by one label step pays
+    w_prior * step, and is worth it only where the teacher's confidence-weighted agreement gain is larger.
+    Defaults ``rl.w_teacher`` = 1, ``rl.w_cont`` = 0.1, ``rl.w_prior`` = 0.5.
 
     Returns:
         r (B, 1, D, H, W) and terms {"teacher", "continuity", "prior"} (0-dim means).
@@ -191,10 +189,8 @@ def label_reward(
     prior = -w_prior * ((q_next - given).abs() - (q_t - given).abs())
     r = teacher + continuity + prior
     terms = {"teacher": teacher.mean(), "continuity": continuity.mean(), "prior": prior.mean()}
-    if w_region > 0 and image is not None:
-        # class means from the given mask, not from q: with q the agents could define their own foreground
-        # (one raised background voxel becomes a class of background intensity) and feed on it
-        region = -w_region * (q_next - q_t) * region_energy_slope(image, given)
+    if w_region > 0 and region_slope is not None:
+        region = -w_region * (q_next - q_t) * region_slope
         r = r + region
         terms["region"] = region.mean()
     return r, terms
