@@ -63,6 +63,21 @@ def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("svldrl.runs.train", fail)
 
 
+def _record_training(monkeypatch: pytest.MonkeyPatch, out: Path) -> list[str]:
+    """Train as usual, recording each run trained (its folder relative to ``out/runs``)."""
+    import svldrl.runs as engine_train
+
+    trained: list[str] = []
+    real = engine_train.train
+
+    def spy(root, labels, run_dir, *args, **kwargs):
+        trained.append(Path(run_dir).relative_to(out / "runs").as_posix())
+        return real(root, labels, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(engine_train, "train", spy)
+    return trained
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_writes_results_report_and_plots(bench_out: Path) -> None:
     rows = _rows(bench_out)
@@ -127,6 +142,43 @@ def test_rerun_skips_done_runs_and_resumes_a_killed_one(
     assert calls == [(run, "noisy/mt0.5", True)]
     assert (run / RESULT_NAME).is_file() and (run / "checkpoint_final.pt").is_file()
     assert len(_rows(bench_out)) == 5
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_keeps_the_committed_rows_and_trains_only_what_they_lack(
+    bench_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run folders are not committed, results.csv is: resuming on a fresh clone adds to the table."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("results.csv", "results.md"):
+        shutil.copy(bench_out / name, clone / name)
+    before = _rows(bench_out)
+    _forbid_training(monkeypatch)
+    md = run_benchmark(TINY, clone)
+    assert _rows(clone) == before
+    assert "5/5 complete, 5 of them kept from the earlier results.csv" in md.read_text()
+
+    # A row made with other iterations does not count; a missing row is trained; the rest stay as they were.
+    rows = _rows(clone)
+    stale = next(r for r in rows if (r["noise"], r["method"]) == ("mt1.0", "tloss_t2"))
+    stale["iterations"] = "8"
+    rows = [r for r in rows if (r["noise"], r["method"]) != ("mt0.5", "supervised")]
+    with open(clone / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    monkeypatch.undo()
+    trained = _record_training(monkeypatch, clone)
+    run_benchmark(TINY, clone)
+    assert sorted(trained) == ["mt0.5/supervised/seed0", "mt1.0/tloss_t2/seed0"]
+    after = {(r["noise"], r["method"]): r for r in _rows(clone)}
+    assert len(after) == 5 and after[("mt1.0", "tloss_t2")]["iterations"] == "4"
+    for r in before:
+        if (r["noise"], r["method"]) not in {("mt0.5", "supervised"), ("mt1.0", "tloss_t2")}:
+            assert after[(r["noise"], r["method"])] == r
+    # the three runs still without folders are the kept rows
+    assert "kept from the earlier results.csv" in (clone / "results.md").read_text()
 
 
 @pytest.mark.slow
@@ -230,21 +282,13 @@ def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() 
 @pytest.mark.slow
 def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monkeypatch) -> None:
     """--reuse copies a finished run only when masks, method and settings are the same; the rest train."""
-    import svldrl.runs as engine_train
 
     def edit(d: dict) -> None:
         d["methods"][1]["set"] = ["tloss.init=3.0"]  # other settings: must train
         d["noise"][1]["params"] = {"mode": "dilate"}  # same name, other noisy masks: must train
 
     cfg, new = _write(tmp_path, edit), tmp_path / "new"
-    trained: list[str] = []
-    real = engine_train.train
-
-    def spy(root, labels, out, *args, **kwargs):
-        trained.append(Path(out).relative_to(new / "runs").as_posix())
-        return real(root, labels, out, *args, **kwargs)
-
-    monkeypatch.setattr(engine_train, "train", spy)
+    trained = _record_training(monkeypatch, new)
     with pytest.raises(UserError, match="not a benchmark folder"):
         run_benchmark(cfg, new, reuse=tmp_path / "nothing")
     run_benchmark(cfg, new, reuse=bench_out)

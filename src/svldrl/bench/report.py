@@ -18,7 +18,7 @@ import numpy as np
 from svldrl import __version__
 from svldrl import config as C
 from svldrl.bench.data import Data
-from svldrl.bench.plan import RESULT_NAME, Run
+from svldrl.bench.plan import Run
 from svldrl.bench.run import now, num
 from svldrl.bench.spec import CLEAN, Benchmark
 from svldrl.data.io import read_json, write_text
@@ -133,8 +133,12 @@ def write_report(
     trained: int,
     command: str | None,
     failed: list[tuple[Run, str]] | None = None,
+    carried: int = 0,
 ) -> Path:
-    """Write ``results.csv``, ``results.md`` and ``plots/``; returns the path of ``results.md``."""
+    """Write ``results.csv``, ``results.md`` and ``plots/``; returns the path of ``results.md``.
+
+    ``carried``: how many of ``results`` are rows kept from an earlier ``results.csv`` (no run folder here).
+    """
     from svldrl.bench import plots
     from svldrl.eval.summary import markdown_table
 
@@ -248,7 +252,8 @@ def write_report(
             else f" feature_size {nc['feature_size']}"
         )
     )
-    missing = [r for r in runs if read_json(r.dir / RESULT_NAME, None) is None]
+    have = {(r["noise"], r["method"], r["seed"], r.get("fold")) for r in results}
+    missing = [r for r in runs if (r.noise, r.method.name, r.seed, r.fold) not in have]
     run_time = sum(num(r.get("train_seconds")) + num(r.get("predict_seconds")) for r in results)
     wall = time.monotonic() - started
     cmd = command or f"svldrl.bench.run_benchmark({str(bench.path)!r}, {str(out)!r})"
@@ -260,7 +265,13 @@ def write_report(
         f"- Command: `{cmd}`",
         f"- Config: `{bench.path}`",
         f"- Date: {now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
-        f"{len(results)}/{len(runs)} complete); summed training + prediction time of all runs "
+        f"{len(results)}/{len(runs)} complete"
+        + (
+            f", {carried} of them kept from the earlier results.csv without their run folders"
+            if carried
+            else ""
+        )
+        + "); summed training + prediction time of all runs "
         f"{fmt_seconds(run_time)}",
         f"- Machine: {machine_description()}",
         f"- Dataset: {data.description}",

@@ -1,12 +1,18 @@
 """``svldrl benchmark``: every method on every noise setting with every seed, resumable, with reuse of
 identical runs from other benchmark folders and an ETA that weighs methods by their cost.
 
+The folder's ``results.csv`` is the record that travels (run folders are working state, too large to
+commit): a run whose folder is gone but whose row is there, made with the same method, masks, iterations
+and number of test cases, is kept as recorded and not trained again. So a committed benchmark resumed on a
+fresh clone (``--only`` the methods still missing) adds its rows to the table instead of replacing it.
+
 The file format is :mod:`svldrl.bench.spec`; the matrix :mod:`svldrl.bench.plan`; the data
 :mod:`svldrl.bench.data`; one run :mod:`svldrl.bench.run`; the report :mod:`svldrl.bench.report`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -19,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from svldrl.bench.data import LOCK_NAME, check_dataset_path, dataset_root, exclusive, prepare_data
+from svldrl.bench.data import LOCK_NAME, Data, check_dataset_path, dataset_root, exclusive, prepare_data
 from svldrl.bench.plan import RESULT_NAME, Run, check_existing, config_differences, plan_runs
-from svldrl.bench.report import ERROR_NAME, write_report
+from svldrl.bench.report import CSV_COLUMNS, ERROR_NAME, write_report
 from svldrl.bench.run import execute_run
 from svldrl.bench.spec import CLEAN, Benchmark, load_benchmark
 from svldrl.data.io import json_default, read_json, write_text
@@ -111,6 +117,12 @@ def run_benchmark(
         data = prepare_data(bench, out, reporter)
     # after prepare_data: whether the other folder's noisy masks are these is read from both noise reports
     reusers = [run_reuser(Path(o).absolute(), out, spec, bench) for o in others]
+    carried = carried_rows(out / "results.csv", runs, data)
+    todo = [r for r in todo if r.label not in carried]
+    if carried:
+        reporter.info(
+            f"{len(carried)} run(s) kept from {out / 'results.csv'} (their run folders are not here)"
+        )
     train_reporter = reporter if verbose else QUIET
     total = len(todo)
     reporter.info(f"benchmark {bench.name}: {total} runs ({len(runs)} in the matrix) -> {out}")
@@ -151,8 +163,8 @@ def run_benchmark(
         fake_start = now - (eta * done / max(total - done, 1) if total > done else now - t_runs)
         reporter.progress("benchmark runs", done, total, fake_start, extra=run.label)
 
-    results = collect_results(runs)
-    md = write_report(bench, out, data, runs, results, started, trained, command, failed)
+    results = collect_results(runs, carried)
+    md = write_report(bench, out, data, runs, results, started, trained, command, failed, len(carried))
     reporter.info(f"results: {md} ({len(results)}/{len(runs)} runs complete)")
     if failed:
         raise RuntimeError(
@@ -253,11 +265,58 @@ def _resolved_dataset(bench: Benchmark, out: Path) -> dict[str, Any]:
     return {**bench.dataset, "path": str(dataset_root(bench, out))}
 
 
-def collect_results(runs: list[Run]) -> list[dict[str, Any]]:
-    """The ``result.json`` of every completed run, in matrix order."""
+def collect_results(
+    runs: list[Run], carried: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The ``result.json`` of every completed run, else its row kept from ``results.csv``, in matrix order."""
     results = []
     for run in runs:
         r = read_json(run.dir / RESULT_NAME, None)
-        if isinstance(r, dict):
+        if not isinstance(r, dict):
+            r = (carried or {}).get(run.label)
+        if r is not None:
             results.append(r)
     return results
+
+
+def carried_rows(path: Path, runs: list[Run], data: Data) -> dict[str, dict[str, Any]]:
+    """Run label -> its row of an earlier ``results.csv``, for runs whose folder is not here.
+
+    A row counts only if it was made with the run's registered method, training masks, iterations and
+    number of clean test cases (a table from before ``n_test`` was recorded counts for nothing); anything
+    else is trained again and its row replaced. Other settings are not in the table: change them under
+    another ``--out``.
+    """
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_key = {(r.get("method"), r.get("noise"), r.get("seed"), r.get("fold") or ""): r for r in rows}
+    n_test = {fold: len(list((root / "labelsTs").glob("*.nii*"))) for fold, root in data.folds.items()}
+    kept = {}
+    for run in runs:
+        row = by_key.get(
+            (run.method.name, run.noise, str(run.seed), "" if run.fold is None else str(run.fold))
+        )
+        if row is None or run.dir.exists():  # a folder here is the run's record: resume or skip it as ever
+            continue
+        if (
+            row.get("base_method") != run.method.method
+            or row.get("labels") != run.labels
+            or row.get("iterations") != str(run.cfg["train"]["iterations"])
+            or row.get("n_test") != str(n_test[run.fold])
+        ):
+            continue
+        kept[run.label] = {c: _cell(c, row.get(c, "")) for c in CSV_COLUMNS}
+    return kept
+
+
+def _cell(column: str, text: str) -> Any:
+    """A ``results.csv`` cell as ``result.json`` holds it."""
+    if column in ("method", "noise", "base_method", "labels"):
+        return text
+    if text == "":
+        return None
+    if column in ("seed", "fold", "n_test", "best_epoch", "epochs", "iterations"):
+        return int(float(text))
+    return float(text)
