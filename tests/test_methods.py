@@ -112,6 +112,32 @@ def test_adele_trainer_corrects_the_flattened_class_at_epoch_end(dataset: Path, 
         np.testing.assert_array_equal(new[n // 2 :], old[n // 2 :])  # the rest, background included, kept
 
 
+def test_the_whole_volume_training_pass_is_one_forward_of_the_whole_volume(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """``infer.train_pass=whole``: one window per case (padded to the divisor); ``sliding``: several."""
+    calls: dict[str, list[tuple[int, ...]]] = {}
+    image = np.random.default_rng(0).normal(size=(40, 48, 40)).astype(np.float32)  # > the 32^3 patch
+    probs = {}
+    for mode in ("sliding", "whole"):
+        trainer = get_method("adele")(
+            _cfg("adele", f"infer.train_pass={mode}"), load_dataset(dataset), tmp_path / mode
+        )
+        seen = calls.setdefault(mode, [])
+        trainer.network.register_forward_hook(
+            lambda m, args, out, seen=seen: seen.append(tuple(args[0].shape))
+        )
+        probs[mode] = trainer.predict_probs(image)
+        assert probs[mode].shape == image.shape and 0 <= probs[mode].min() and probs[mode].max() <= 1
+    assert calls["whole"] == [(1, 1, 40, 48, 40)] and len(calls["sliding"]) == 8  # 2 x 2 x 2 windows of 32^3
+    # (40, 48, 40) is a multiple of the divisor 8: nothing is padded, so it is the network on the volume
+    net = trainer.network.eval()
+    with torch.no_grad():
+        direct = torch.softmax(net(torch.from_numpy(image)[None, None], heads=("seg",))["seg"], 1)[0, 1]
+    np.testing.assert_allclose(probs["whole"], direct.numpy(), atol=1e-5)
+    assert not np.allclose(probs["sliding"], probs["whole"], atol=1e-3)  # the window borders differ
+
+
 # ------------------------------------------------------------------ mtcl
 
 

@@ -216,6 +216,12 @@ class Infer:
     overlap: float = setting(0.25, "window overlap", range=(0.0, 0.95))
     sw_batch: int = setting(2, "windows per forward pass", range=(1, 4096))
     mode: str = setting("gaussian", "blending of overlapping windows", choices=("gaussian", "constant"))
+    train_pass: str = setting(
+        "sliding",
+        "how methods that segment every training case each epoch (ADELE, MTCL, rl.target_update) do it: "
+        "sliding windows of the patch size, or the whole volume as one window (padded to the network's divisor)",
+        choices=("sliding", "whole"),
+    )
 
 
 @dataclass
