@@ -24,9 +24,12 @@ SECTIONS = [
         "The comparison that counts (docs/method.md sections 10-11): the easy 40^3 phantoms, where plain training "
         "on clean masks is on its plateau at the 2000-iteration budget (learning curve below, from "
         "`benchmarks/phantom_converged_curve.yaml`, 3 seeds, before any other method ran on these phantoms), 40 "
-        "clean test cases, 3 seeds. Run as two 1-thread processes sharing the folder: disjoint `--only` lists, or "
-        "(2026-12-01) a queue of copies of the config holding one noise setting and one seed each, written to the "
-        "same folder (the same runs; the report is then rewritten by the full config with `--only supervised`).",
+        "clean test cases, 3 seeds. Run as two 1-thread processes: disjoint `--only` lists, or (2026-12-01/02) a "
+        "queue of copies of the config holding one noise setting and one seed each, each in its own folder (the "
+        "same runs), whose run folders were then moved here and the report rewritten by the full config with "
+        "`--only supervised`; rows of earlier sessions' runs are kept from the committed results.csv. ADELE and "
+        "MTCL use the test-time sliding-window pass for their per-epoch segmentation of the training cases "
+        "(`infer.train_pass=whole` cost ADELE 20 to 40 Dice points: see the config's header).",
     ),
     (
         "svldrl_search_converged",
@@ -98,9 +101,12 @@ SECTIONS = [
     (
         "noise_sweep_cpu",
         "MT-Noise ratio sweep (`benchmarks/noise_sweep_cpu.yaml`)",
-        "Three seeds; ADELE is the best baseline of the phantom benchmark, MTCL the peers' MT-Noise reference. "
-        "The mt0.5 rows and the oracle are copied from the phantom benchmark (`--reuse`); the rest ran as two "
-        "1-thread processes (`--only svldrl,supervised` and `--only adele,mtcl`)." + STALE,
+        "Three seeds, 30 clean test cases, 200 iterations: a smoke-test budget like phantom_cpu's (models far from "
+        "trained out), so read it as how the methods degrade with the ratio at that budget, not as a ranking. "
+        "ADELE is the best baseline of the phantom benchmark, MTCL the peers' MT-Noise reference. The mt0.5 rows "
+        "and the oracle are phantom_cpu's (its committed rows, copied into this folder's results.csv: same "
+        "phantoms, masks and settings); the rest ran on 2026-12-02 as two 1-thread processes (`--only "
+        "svldrl,supervised` and `--only adele,mtcl`).",
     ),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
     (

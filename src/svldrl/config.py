@@ -219,7 +219,8 @@ class Infer:
     train_pass: str = setting(
         "sliding",
         "how methods that segment every training case each epoch (ADELE, MTCL, rl.target_update) do it: "
-        "sliding windows of the patch size, or the whole volume as one window (padded to the network's divisor)",
+        "sliding windows of the patch size, or the whole volume as one window (padded to the network's divisor; "
+        "faster on small volumes, but not the test-time pass: it changed ADELE's results, docs/method.md section 12)",
         choices=("sliding", "whole"),
     )
 
