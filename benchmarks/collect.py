@@ -94,9 +94,11 @@ SECTIONS = [
     (
         "ablations_cpu",
         "SVL-DRL ablations (`benchmarks/ablations_cpu.yaml`)",
-        "Three seeds on MT-Noise 0.5 (one setting: the CPU budget allowed no more). Rows shared with the "
-        "phantom benchmark and the search are copied from them (`--reuse`); the rest ran as two 1-thread "
-        "processes with disjoint `--only` lists." + STALE,
+        "Three seeds on MT-Noise 0.5 (one setting: the CPU budget allowed no more), 30 clean test cases, 200 "
+        "iterations: a smoke-test budget (models far from trained out), so it shows what each part changes at "
+        "that budget, not what it is worth where models are trained out. The rows shared with phantom_cpu are "
+        "its committed rows (copied into this folder's results.csv); the rest ran on 2026-12-02 as two 1-thread "
+        "processes with disjoint `--only` lists.",
     ),
     (
         "noise_sweep_cpu",
