@@ -321,10 +321,10 @@ class Trainer:
         case each epoch; on 40^3 phantoms with 32^3 patches the sliding pass runs 8 overlapping windows per
         case (ADELE and MTCL ~2.8x plain training's time there; ``whole`` saved ADELE 14 %). ``whole`` runs
         the fully convolutional network once on the whole volume: real context instead of padding at the
-        window borders, but no blending of overlapping windows and instance-norm statistics of the whole volume rather than of a
-        patch, so its probabilities differ from the test-time pass. On phantom_converged that made ADELE's
-        corrections collapse faster (docs/method.md section 12): it is an option, not the default. Memory
-        grows with the volume, so ``whole`` is for volumes a few patches large.
+        window borders, but no blending of overlapping windows and instance-norm statistics of the whole
+        volume rather than of a patch, so its probabilities differ from the test-time pass. On
+        phantom_converged that made ADELE's corrections collapse faster (docs/method.md section 12): it is an
+        option, not the default. Memory grows with the volume, so ``whole`` is for volumes a few patches large.
         """
         network = D.unwrap(network or self.network)  # no DDP collectives for a forward on one rank
         was_training = network.training
