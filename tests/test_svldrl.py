@@ -14,6 +14,7 @@ from svldrl import config as C
 from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.methods.svldrl import SVLDRLTrainer
+from svldrl.methods.tloss import t_loss
 from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
 from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
@@ -214,3 +215,27 @@ def test_cl_target_update_corrects_the_given_masks_with_the_teacher(dataset: Pat
     run = train(dataset, "clean", tmp_path / "trained", C.load_config(overrides=[*overrides, "rl.warmup=0"]))
     rows = _rows(run)
     assert all(float(r["charts/target_changed"]) >= 0 for r in rows) and "charts/threshold_fg" in rows[-1]
+
+
+def test_tloss_segmentation_loss_in_every_stage(dataset: Path, tmp_path: Path) -> None:
+    """rl.seg_loss=tloss: L_seg of the warm-up steps and of the episodes is the T-Loss of methods/tloss.py on
+    the foreground probability, with its tolerance nu trained, logged and checkpointed; the default stays
+    Dice + CE."""
+    cfg = C.load_config(overrides=[*RL, "rl.seg_loss=tloss", "tloss.init=0.5"])
+    trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
+    logits = torch.randn(2, 2, 4, 4, 4)
+    q = torch.rand(2, 1, 4, 4, 4)
+    expected = t_loss(torch.softmax(logits, 1)[:, 1], q[:, 0], trainer.nu)
+    assert torch.equal(trainer._seg_loss(logits, q), expected)
+    assert any(trainer.nu is p for g in trainer.optimizer.param_groups for p in g["params"])
+    trainer.fit()
+    rows = _rows(tmp_path / "run")
+    assert [int(r["stage"]) for r in rows] == [1, 2, 3, 3, 3]
+    assert all(r["charts/nu"] != "" for r in rows)  # logged in the warm-up and in the RL stages
+    nu = float(load_checkpoint(tmp_path / "run" / "checkpoint_final.pt", method="svldrl")["extra"]["nu"])
+    assert nu != 0.5 and nu == pytest.approx(float(rows[-1]["charts/nu"]), abs=0.05)
+    default = SVLDRLTrainer(C.load_config(overrides=RL), load_dataset(dataset), tmp_path / "default")
+    assert default.nu is None and "nu" not in default.checkpointed
+    assert torch.equal(default._seg_loss(logits, q), default.seg_loss(logits, torch.cat([1 - q, q], 1)))
+    with pytest.raises(C.UserError, match="tloss.init"):
+        C.load_config(overrides=[*TINY, "method=supervised", "tloss.init=0.5"])

@@ -180,6 +180,12 @@ class RL:
     alpha: float = setting(0.2, "stage 3 weight of L_value", range=(0.0, 1.0))
     beta: float = setting(0.1, "stage 3 weight of L_policy", range=(0.0, 1.0))
     seg_on_refined: bool = setting(True, "L_seg also on the segmentation of the refined state x^(T)")
+    seg_loss: str = setting(
+        "dicece",
+        "L_seg in every stage: dicece (loss.*, the paper) | tloss (the Robust T-Loss of methods/tloss.py, its "
+        "tolerance nu learned from tloss.init)",
+        choices=("dicece", "tloss"),
+    )
     target_update: str = setting(
         "none",
         "confident: confident disagreeing voxels take the model's label after warmup | cl: after warmup, each "
@@ -323,7 +329,7 @@ SECTION_OWNERS = {
     "coteaching": ("coteaching",),
     "adele": ("adele",),
     "mtcl": ("mtcl",),
-    "tloss": ("tloss",),
+    "tloss": ("tloss", "svldrl"),  # svldrl: rl.seg_loss=tloss
 }
 #: Keys renamed since runs were first saved: old config.yaml files still load.
 RENAMED = {

@@ -8,7 +8,7 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 ``rl.action_scale`` (0.3), ``rl.gamma`` (0.95), ``rl.reward_conv`` (true), ``rl.entropy_coef``
 (0.001), ``rl.w_dice/w_vox/w_cont/w_cc`` (1, 1, 0.1, 0), ``rl.reward_norm`` (true),
 ``rl.warmup``/``rl.transition`` (0.3, 0.2), ``rl.lam``/``rl.alpha``/``rl.beta`` (0.3, 0.2, 0.1),
-``rl.seg_on_refined`` (true), ``rl.target_update`` (none | confident, ``rl.tau`` 0.9 | cl: MTCL's
+``rl.seg_on_refined`` (true), ``rl.seg_loss`` (dicece | tloss), ``rl.target_update`` (none | confident, ``rl.tau`` 0.9 | cl: MTCL's
 confident-learning correction with the EMA teacher),
 ``rl.async_workers`` (0), ``rl.label_step`` (0.25), ``rl.w_prior`` (0.5), ``rl.ema`` (0.99),
 ``infer.refine_steps`` (0), ``nets.heads`` (decoders | light).
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from torch import nn
 
 from svldrl.engine.ema import ema_teacher
 from svldrl.engine.hogwild import run_hogwild
@@ -29,6 +30,7 @@ from svldrl.engine.trainer import Batch, seg_target
 from svldrl.errors import UserError
 from svldrl.methods.confident import ConfidentTargetUpdate
 from svldrl.methods.mtcl import cl_target_update
+from svldrl.methods.tloss import t_loss
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
 from svldrl.rl.reward import RunningStd
@@ -49,13 +51,19 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
     def checkpointed(self) -> tuple[str, ...]:  # type: ignore[override]
         rl = self.cfg["rl"]
         keeps_targets = rl["action_space"] == "label" or rl["target_update"] != "none"
-        return ("reward_conv", "reward_norm", "teacher") + (("targets",) if keeps_targets else ())
+        return (
+            ("reward_conv", "reward_norm", "teacher")
+            + (("targets",) if keeps_targets else ())
+            + (("nu",) if rl["seg_loss"] == "tloss" else ())
+        )
 
     def build_method_state(self) -> None:
         rl = self.cfg["rl"]
         if self.world > 1 and int(rl["async_workers"]) > 0:
             # Hogwild workers are forked processes sharing one model; they cannot join the ranks' collectives.
             raise UserError("rl.async_workers > 0 runs in one process; set it to 0 to train with torchrun")
+        if rl["seg_loss"] == "tloss" and int(rl["async_workers"]) > 0:
+            raise UserError("rl.seg_loss=tloss learns its tolerance in this process only; set rl.async_workers=0")
         self.reward_conv = (
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
@@ -65,10 +73,37 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             rl["action_space"] == "label" or rl["reward_target"] == "teacher" or rl["target_update"] == "cl"
         )
         self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
+        # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the
+        # network (one module for the base optimise(), as methods/tloss.py does)
+        self.nu: nn.Parameter | None = None
+        self._trainable: nn.Module = self.network
+        if rl["seg_loss"] == "tloss":
+            self.nu = nn.Parameter(torch.tensor(float(self.cfg["tloss"]["init"]), device=self.device))
+            self._trainable = nn.ModuleDict({"net": self.network})
+            self._trainable.register_parameter("nu", self.nu)
 
     def trainable_parameters(self) -> Any:
         extra = list(self.reward_conv.parameters()) if self.reward_conv is not None else []
-        return list(self.network.parameters()) + extra
+        params = list(self.network.parameters()) + extra
+        if self.nu is None:
+            return params
+        return [{"params": params}, {"params": [self.nu], "weight_decay": 0.0}]
+
+    def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """L_seg of every stage: Dice + CE (the paper), or with ``rl.seg_loss=tloss`` the T-Loss of the
+        foreground probability against the (soft) target's foreground channel."""
+        if self.nu is None:
+            return super().build_loss()
+        nu = self.nu
+        return lambda logits, target: t_loss(torch.softmax(logits, 1)[:, 1], target[:, 1], nu)
+
+    def optimise(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer | None = None,
+        network: torch.nn.Module | None = None,
+    ) -> None:
+        super().optimise(loss, optimizer, network or self._trainable)
 
     def stage(self, iteration: int | None = None) -> int:
         """Stage of ``iteration`` (default: the next step)."""
@@ -149,6 +184,8 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         if self.teacher is not None:
             self.teacher.update_parameters(self.network)
         logs["charts/stage"] = stage
+        if self.nu is not None:
+            logs["charts/nu"] = self.nu.detach()
         return logs
 
     @torch.no_grad()
