@@ -8,8 +8,8 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 ``rl.action_scale`` (0.3), ``rl.gamma`` (0.95), ``rl.reward_conv`` (true), ``rl.entropy_coef``
 (0.001), ``rl.w_dice/w_vox/w_cont/w_cc`` (1, 1, 0.1, 0), ``rl.reward_norm`` (true),
 ``rl.warmup``/``rl.transition`` (0.3, 0.2), ``rl.lam``/``rl.alpha``/``rl.beta`` (0.3, 0.2, 0.1),
-``rl.seg_on_refined`` (true), ``rl.seg_loss`` (dicece | tloss), ``rl.target_update`` (none | confident, ``rl.tau`` 0.9 | cl: MTCL's
-confident-learning correction with the EMA teacher),
+``rl.seg_on_refined`` (true), ``rl.seg_loss`` (dicece | tloss), ``rl.target_update`` (none | confident,
+``rl.tau`` 0.9 | cl: MTCL's confident-learning correction with the EMA teacher),
 ``rl.async_workers`` (0), ``rl.label_step`` (0.25), ``rl.w_prior`` (0.5), ``rl.ema`` (0.99),
 ``infer.refine_steps`` (0), ``nets.heads`` (decoders | light).
 """
@@ -63,7 +63,9 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             # Hogwild workers are forked processes sharing one model; they cannot join the ranks' collectives.
             raise UserError("rl.async_workers > 0 runs in one process; set it to 0 to train with torchrun")
         if rl["seg_loss"] == "tloss" and int(rl["async_workers"]) > 0:
-            raise UserError("rl.seg_loss=tloss learns its tolerance in this process only; set rl.async_workers=0")
+            raise UserError(
+                "rl.seg_loss=tloss learns its tolerance in this process only; set rl.async_workers=0"
+            )
         self.reward_conv = (
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
