@@ -4,7 +4,8 @@ Reads ``OUT/runs/<noise>/<method>/seed<k>/metrics.csv`` of a finished (or runnin
 writes ``OUT/rl_diagnostics.csv`` (one row per noise x method x epoch) and ``OUT/rl_diagnostics.md``:
 stage, validation Dice on the (noisy) validation masks, the loss terms, the policy's entropy and action
 shares, and the reward with its terms (method.md sections 4-6). The run folders are not committed; this
-summary is.
+summary is. Rows of an earlier ``rl_diagnostics.csv`` for a noise x method with no run folder here (a fresh
+clone, a search step run elsewhere) are kept, so that a search can be extended step by step.
 
     python benchmarks/rl_diagnostics.py benchmarks/results/svldrl_search_cpu
 """
@@ -79,6 +80,28 @@ def collect(out: Path) -> list[dict[str, object]]:
     return table
 
 
+def carried(out: Path, table: list[dict[str, object]]) -> list[dict[str, object]]:
+    """``table`` plus the rows of an earlier ``rl_diagnostics.csv`` whose noise x method it does not have."""
+    path = out / "rl_diagnostics.csv"
+    if not path.is_file():
+        return table
+    have = {(row["noise"], row["method"]) for row in table}
+    with path.open(newline="") as f:
+        old = [row for row in csv.DictReader(f) if (row["noise"], row["method"]) not in have]
+    kept = [
+        {
+            "noise": row["noise"],
+            "method": row["method"],
+            "epoch": int(row["epoch"]),
+            "iteration": int(row["iteration"]),
+            "seeds": int(row["seeds"]),
+            **{key: _float(row.get(key)) for key in COLUMNS},
+        }
+        for row in old
+    ]
+    return sorted(table + kept, key=lambda row: (row["noise"], row["method"], row["epoch"]))
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.3g}"
@@ -139,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    write(args.out, table)
+    write(args.out, carried(args.out, table))
     print(f"{len(table)} rows -> {args.out / 'rl_diagnostics.md'}")
     return 0
 

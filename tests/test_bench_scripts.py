@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -54,6 +55,23 @@ def test_rl_diagnostics_averages_rl_runs_over_seeds_and_skips_the_rest(tmp_path:
     assert rows[0]["charts/entropy"] == "nan"  # stage 1 logs no policy
     md = (out / "rl_diagnostics.md").read_text()
     assert "| mt0.5 | svldrl | 1 | 100 | 2 | 3 | 0.6 |" in md and "supervised" not in md
+
+    # a later step of the search, run where the first step's folders are gone: their rows are kept, the new
+    # runs' rows are added, and a method with folders here is recomputed from them
+    _metrics(
+        out / "runs" / "markov" / "svldrl" / "seed0" / "metrics.csv",
+        [{"epoch": 0, "iteration": 50, "stage": 3, "charts/entropy": 0.5, "losses/value": 1.0}],
+    )
+    shutil.rmtree(out / "runs" / "mt0.5" / "svldrl")
+    assert diag.main([str(out)]) == 0
+    with (out / "rl_diagnostics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["noise"], r["epoch"], r["seeds"]) for r in rows] == [
+        ("markov", "0", "1"),
+        ("mt0.5", "0", "2"),
+        ("mt0.5", "1", "2"),
+    ]
+    assert float(rows[2]["charts/entropy"]) == pytest.approx(0.9)
 
 
 def test_rl_diagnostics_refuses_a_folder_without_rl_runs(
