@@ -19,7 +19,7 @@ from svldrl.methods.adele import adele_correct, iou_curve_flattened
 from svldrl.methods.coteaching import coteaching_losses, forget_rate_at, small_loss_mask
 from svldrl.methods.mtcl import mtcl_correct
 from svldrl.methods.tloss import t_loss
-from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
+from svldrl.rules import band_flags, cl_thresholds, class_confidence_sums, confident_learning_flags, overlap
 from svldrl.runs import train
 from tests.conftest import TINY
 
@@ -141,6 +141,30 @@ def test_the_whole_volume_training_pass_is_one_forward_of_the_whole_volume(
 # ------------------------------------------------------------------ mtcl
 
 
+def _ball(shape: tuple[int, ...], center: tuple[float, ...], radius: float) -> np.ndarray:
+    grid = np.indices(shape, dtype=float)
+    return sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)) <= radius**2
+
+
+@pytest.mark.parametrize("drawn", [10.0, 7.0, 8.0])  # dilated by 2 voxels, eroded by 1, as drawn
+def test_band_flags_move_a_shifted_boundary_back_to_the_intensity_edge(drawn: float) -> None:
+    rng = np.random.default_rng(0)
+    organ = _ball((40, 40, 40), (20, 20, 14), 8.0)
+    lookalike = _ball((40, 40, 40), (20, 20, 33), 4.0)  # the organ's intensity, 7 voxels beyond its surface
+    image = np.where(organ | lookalike, 1.0, 0.2) + rng.normal(0, 0.05, organ.shape)
+    given = _ball((40, 40, 40), (20, 20, 14), drawn)
+    to_fg, to_bg = band_flags(image, given, width=3)  # the errors lie within the band
+    corrected = (given | to_fg) & ~to_bg
+    assert not (to_fg & to_bg).any() and not (to_fg & given).any() and not (to_bg & ~given).any()
+    assert overlap(corrected, organ)[0] > 0.99
+    if drawn != 8.0:
+        assert overlap(given, organ)[0] < 0.9
+    assert not (corrected & lookalike).any()  # beyond the band: never annexed
+    # nothing to fit in an empty or tiny mask: no change
+    tiny = _ball((40, 40, 40), (20, 20, 14), 1.0)
+    assert not any(f.any() for f in band_flags(image, tiny, width=2))
+
+
 def test_confident_learning_flags_hand_computed() -> None:
     p1 = np.array([0.1, 0.3, 0.6, 0.9, 0.8, 0.4, 0.2, 0.05])  # foreground probability
     given = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -234,6 +258,7 @@ def _cfg(method: str, *extra: str) -> dict:
         ("tloss", ["tloss.init=0.5"], {"nu"}),
         ("supervised", [], set()),
         ("supervised_confident", ["rl.tau=0.51"], {"targets"}),
+        ("supervised_band", ["rl.band_width=1"], {"targets"}),
     ],
 )
 def test_method_trains_and_checkpoints(
@@ -252,6 +277,8 @@ def test_method_trains_and_checkpoints(
         assert not torch.equal(ckpt["model"][key], ckpt["extra"]["peer"][key])
     if method == "supervised_confident":  # the confident update (an ablation) ran after the warmup
         assert float(rows[-1]["charts/target_changed"]) > 0
+    if method == "supervised_band":  # the band update ran before the first step: every epoch trains on it
+        assert all(float(r["charts/target_changed"]) > 0 for r in rows)
     if method == "supervised":
         assert "targets" not in ckpt["extra"] and "charts/target_changed" not in rows[-1]
     if method == "mtcl":  # soft corrections ran after the warmup, never on the two clean cases

@@ -189,8 +189,13 @@ class RL:
     target_update: str = setting(
         "none",
         "confident: confident disagreeing voxels take the model's label after warmup | cl: after warmup, each "
-        "epoch the given masks with the voxels confident learning flags (EMA teacher, as mtcl) corrected",
-        choices=("none", "confident", "cl"),
+        "epoch the given masks with the voxels confident learning flags (EMA teacher, as mtcl) corrected | band: "
+        "from the start, the given masks with a band of rl.band_width voxels around their boundary relabelled "
+        "by the image's intensity (ours, for one-sided noise)",
+        choices=("none", "confident", "cl", "band"),
+    )
+    band_width: int = setting(
+        2, "band target update: half-width in voxels of the band around the given boundary", range=(1, 100)
     )
     tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0))
     async_workers: int = setting(
@@ -325,7 +330,7 @@ NEUTRAL_KEYS = frozenset(
 )
 #: The methods each method section belongs to: a run of another method may not set them (they would do nothing).
 SECTION_OWNERS = {
-    "rl": ("svldrl", "supervised_confident"),
+    "rl": ("svldrl", "supervised_confident", "supervised_band"),
     "coteaching": ("coteaching",),
     "adele": ("adele",),
     "mtcl": ("mtcl",),

@@ -7,6 +7,7 @@ Every part of svldrl that compares or corrects masks uses these functions (numpy
 - ADELE, the confident target update and the audit's threshold detector: :func:`confident_flags`;
 - MTCL and the audit's ``cl`` detector: confident learning (:func:`class_confidence_sums`,
   :func:`cl_thresholds`, :func:`confident_learning_flags`);
+- the band target update (``rl.target_update=band``, ``supervised_band``): :func:`band_flags`;
 - all of them, to change a target or a mask: :func:`relabel`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
 # ----------------------------------------------------------------------------------------------------------
 # Overlap
@@ -103,6 +105,54 @@ def confident_learning_flags(
     own_confident = np.take_along_axis(confident, given[None].astype(np.int64), axis=0)[0]
     # When the own class is not confident, any confident class is another one.
     return ~own_confident & confident.any(axis=0)
+
+
+def band_flags(image: np.ndarray, given: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels near the given boundary whose intensity says the mask is wrong there (ours, for one-sided noise).
+
+    The given mask's boundary is trusted to within ``width`` voxels: its core (mask voxels more than ``width``
+    from the background) is foreground and the ring beyond the band (background voxels ``width`` to
+    ``2 width`` from the mask) background; Euclidean distances. One Gaussian per side is fitted to the image
+    there, and every voxel of the band (within ``width`` of the boundary) takes the label of the likelier
+    one: a mask dilated or eroded by up to ``width`` voxels is moved back to where the organ's intensity
+    ends. Outside the band nothing changes, so structures of the organ's intensity elsewhere (a look-alike
+    beyond the band) cannot be annexed. No library offers this band-restricted two-class fit (scikit-image's
+    Chan-Vese works on the whole image, which other structures mislead: section 9's region reward).
+
+    Args:
+        image: the normalised image.
+        given: the given mask (non-zero or >= 0.5 is foreground).
+        width: half-width of the band in voxels.
+
+    Returns:
+        (``to_fg``, ``to_bg``): background voxels of the band to relabel foreground, and the reverse; both
+        empty when the core or the ring has fewer than 8 voxels (too small to fit).
+    """
+    m = np.asarray(given) >= 0.5
+    if not m.any() or m.all():
+        return np.zeros_like(m), np.zeros_like(m)
+    # Euclidean distances: a 6-connected erosion by w leaves voxels ~w / sqrt(3) from the surface along the
+    # diagonals, which would put the band's errors into the trusted core
+    inside = ndimage.distance_transform_edt(m)  # to the nearest background voxel
+    outside = ndimage.distance_transform_edt(~m)  # to the nearest mask voxel
+    core = inside > width
+    outer = m | (outside <= width)
+    ring = ~m & (outside > width) & (outside <= 2 * width)
+    none = np.zeros_like(m)
+    if np.count_nonzero(core) < 8 or np.count_nonzero(ring) < 8:
+        return none, none
+    x = np.asarray(image, dtype=np.float64)
+
+    def log_likelihood(region: np.ndarray) -> np.ndarray:
+        mean, std = x[region].mean(), x[region].std() + 1e-6
+        return -0.5 * ((x - mean) / std) ** 2 - math.log(std)
+
+    # One Gaussian per side, each with its own spread: an organ is one tissue (narrow), what surrounds it is
+    # many (wide, darker and brighter). A nearest-median rule, the edge of a blurred step, relabelled 9 % of
+    # clean phantom masks (it assumes one background tissue); these Gaussians 3 %.
+    fg = log_likelihood(core) > log_likelihood(ring)
+    band = outer & ~core
+    return band & fg & ~m, band & ~fg & m
 
 
 # ----------------------------------------------------------------------------------------------------------

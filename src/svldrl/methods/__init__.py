@@ -10,6 +10,7 @@ from svldrl.errors import UserError
 METHODS: dict[str, str] = {
     "supervised": "svldrl.methods.supervised:SupervisedTrainer",
     "supervised_confident": "svldrl.methods.confident:SupervisedConfidentTrainer",
+    "supervised_band": "svldrl.methods.band:SupervisedBandTrainer",
     "svldrl": "svldrl.methods.svldrl:SVLDRLTrainer",
     "coteaching": "svldrl.methods.coteaching:CoTeachingTrainer",
     "adele": "svldrl.methods.adele:ADELETrainer",

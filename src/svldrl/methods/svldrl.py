@@ -9,7 +9,8 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 (0.001), ``rl.w_dice/w_vox/w_cont/w_cc`` (1, 1, 0.1, 0), ``rl.reward_norm`` (true),
 ``rl.warmup``/``rl.transition`` (0.3, 0.2), ``rl.lam``/``rl.alpha``/``rl.beta`` (0.3, 0.2, 0.1),
 ``rl.seg_on_refined`` (true), ``rl.seg_loss`` (dicece | tloss), ``rl.target_update`` (none | confident,
-``rl.tau`` 0.9 | cl: MTCL's confident-learning correction with the EMA teacher),
+``rl.tau`` 0.9 | cl: MTCL's confident-learning correction with the EMA teacher | band: the given masks
+corrected by the image's intensity near their boundary, ``rl.band_width`` 2),
 ``rl.async_workers`` (0), ``rl.label_step`` (0.25), ``rl.w_prior`` (0.5), ``rl.ema`` (0.99),
 ``infer.refine_steps`` (0), ``nets.heads`` (decoders | light).
 """
@@ -28,6 +29,7 @@ from svldrl.engine.ema import ema_teacher
 from svldrl.engine.hogwild import run_hogwild
 from svldrl.engine.trainer import Batch, seg_target
 from svldrl.errors import UserError
+from svldrl.methods.band import band_target_update
 from svldrl.methods.confident import ConfidentTargetUpdate
 from svldrl.methods.mtcl import cl_target_update
 from svldrl.methods.tloss import t_loss
@@ -75,6 +77,10 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             rl["action_space"] == "label" or rl["reward_target"] == "teacher" or rl["target_update"] == "cl"
         )
         self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
+        # the band update needs no model: the targets are corrected once, before the first step
+        self.band_logs = (
+            band_target_update(self, int(rl["band_width"])) if rl["target_update"] == "band" else {}
+        )
         # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the
         # network (one module for the base optimise(), as methods/tloss.py does)
         self.nu: nn.Parameter | None = None
@@ -220,7 +226,7 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         stage = self.stage(self.iteration - 1)  # the stage of the epoch's last step
-        logs: dict[str, Any] = {"stage": stage}
+        logs: dict[str, Any] = {"stage": stage, **self.band_logs}
         rl = self.cfg["rl"]
         if rl["target_update"] == "confident" and stage > 1:
             logs.update(self.confident_target_update(float(rl["tau"])))
