@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from svldrl import config as C
 from svldrl.bench import cli as bench_cli
 from svldrl.bench import data as bench_data
 from svldrl.bench import plan as bench_plan
@@ -432,6 +433,28 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError, match="missing.yaml not found"):
         load_benchmark(path)
+    # the file may name the row's method (svldrl train --config FILE then picks it), not another one
+    (tmp_path / "rec.yaml").write_text("method: svldrl\nrl:\n  t_max: 1\n")
+    spec["methods"][0]["config"] = "rec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert bench_plan.plan_runs(load_benchmark(path), tmp_path / "out2")[1].cfg["method"] == "svldrl"
+    spec["methods"][0]["method"] = "supervised"
+    spec["methods"][0].pop("set")
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match="a config of method svldrl, this row's is supervised"):
+        load_benchmark(path)
+
+
+def test_the_recommended_svldrl_config_is_a_valid_train_config() -> None:
+    """benchmarks/svldrl_recommended.yaml, as the README tells users to pass it to svldrl train --config."""
+    cfg = C.load_config([Path(__file__).resolve().parents[1] / "benchmarks" / "svldrl_recommended.yaml"])
+    assert cfg["method"] == "svldrl"
+    assert (cfg["nets"]["heads"], cfg["rl"]["t_max"], cfg["rl"]["target_update"], cfg["rl"]["seg_loss"]) == (
+        "light",
+        1,
+        "band",
+        "tloss",
+    )
 
 
 @pytest.mark.slow

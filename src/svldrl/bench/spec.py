@@ -181,7 +181,7 @@ def load_benchmark(config_path: str | Path) -> Benchmark:
             )
         if name in [m.name for m in methods]:
             raise fail(f"method name '{name}' appears twice")
-        from_file = _config_file(entry.get("config"), path, f"methods[{i}].config ({name})", fail)
+        from_file = _config_file(entry.get("config"), path, f"methods[{i}].config ({name})", fail, method)
         overrides = from_file + _overrides(entry.get("set"), f"methods[{i}].set ({name})", fail)
         methods.append(MethodEntry(str(name), str(method), overrides))
 
@@ -314,9 +314,10 @@ def _overrides(value: Any, where: str, fail: Any) -> list[str]:
     return items
 
 
-def _config_file(value: Any, bench_path: Path, where: str, fail: Any) -> list[str]:
+def _config_file(value: Any, bench_path: Path, where: str, fail: Any, method: str) -> list[str]:
     """``key=value`` overrides from a config YAML file (the file a user passes to ``svldrl train --config``),
-    relative to the benchmark file's folder or the current one."""
+    relative to the benchmark file's folder or the current one. The file may name the row's ``method`` (so
+    that ``svldrl train --config FILE`` picks it), no other."""
     if value is None:
         return []
     if not isinstance(value, str) or not value.strip():
@@ -331,6 +332,10 @@ def _config_file(value: Any, bench_path: Path, where: str, fail: Any) -> list[st
         raise UserError(f"malformed YAML ({str(exc).splitlines()[0]})", found) from None
     if not isinstance(data, dict):
         raise UserError("config file must hold a mapping of keys", found)
+    if "method" in data:
+        if data["method"] != method:
+            raise fail(f"{where} ({found}) is a config of method {data['method']}, this row's is {method}")
+        data = {k: v for k, v in data.items() if k != "method"}
     return _overrides(data, f"{where} ({found})", fail)
 
 
