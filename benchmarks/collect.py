@@ -229,6 +229,13 @@ def update_readme() -> None:
             ROOT / "results" / "svldrl_search_converged" / "results.md",
             "## Dice by method and setting (final checkpoint)",
         ),
+        "svldrl_robust_converged": section(
+            ROOT / "results" / "svldrl_robust_converged" / "results.md",
+            "## Dice by method and setting (final checkpoint)",
+        ),
+        "svldrl_robust_converged_gap": section(
+            ROOT / "results" / "svldrl_robust_converged" / "results.md", "## Where noise hurts"
+        ),
         "phantom_cpu_dice": section(
             ROOT / "results" / "phantom_cpu" / "results.md",
             "## Dice by method and setting (final checkpoint)",
