@@ -47,7 +47,8 @@ SECTIONS = [
         "Step 3 of the search (docs/method.md section 12): the T-Loss as the agents' segmentation loss, targets "
         "corrected near the boundary by the image's intensity (`rl.target_update=band`, with its no-RL counterpart "
         "`supervised_band`), and both, under all three of phantom_converged's noise settings, 3 seeds, with plain "
-        "training and T-Loss run in the same session so that the cost column compares runs of one machine. Run "
+        "training run in the same session so that the cost column compares runs of one machine (the baselines' "
+        "scores: phantom_converged above). Run "
         "as a queue of copies of the config holding one noise setting and one seed each (two 1-thread processes), "
         "whose run folders were then moved here and the report rewritten by the full config. RL diagnostics: "
         "[rl_diagnostics.md](benchmarks/results/svldrl_robust_converged/rl_diagnostics.md).",
