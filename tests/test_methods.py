@@ -259,6 +259,7 @@ def _cfg(method: str, *extra: str) -> dict:
         ("supervised", [], set()),
         ("supervised_confident", ["rl.tau=0.51"], {"targets"}),
         ("supervised_band", ["rl.band_width=1"], {"targets"}),
+        ("tloss_band", ["rl.band_width=1", "tloss.init=0.5"], {"nu", "targets"}),
     ],
 )
 def test_method_trains_and_checkpoints(
@@ -270,14 +271,17 @@ def test_method_trains_and_checkpoints(
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(np.isfinite(float(r["train_loss"])) for r in rows)
-    if method == "tloss":  # nu is trained: it left its initial value
+    if method in ("tloss", "tloss_band"):  # nu is trained: it left its initial value
         assert float(ckpt["extra"]["nu"]) != 0.5
     if method == "coteaching":  # the peer is a second, differently initialised network
         key = next(iter(ckpt["model"]))
         assert not torch.equal(ckpt["model"][key], ckpt["extra"]["peer"][key])
     if method == "supervised_confident":  # the confident update (an ablation) ran after the warmup
         assert float(rows[-1]["charts/target_changed"]) > 0
-    if method == "supervised_band":  # the band update ran before the first step: every epoch trains on it
+    if method in (
+        "supervised_band",
+        "tloss_band",
+    ):  # the band update ran before the first step: every epoch trains on it
         assert all(float(r["charts/target_changed"]) > 0 for r in rows)
     if method == "supervised":
         assert "targets" not in ckpt["extra"] and "charts/target_changed" not in rows[-1]

@@ -330,11 +330,11 @@ NEUTRAL_KEYS = frozenset(
 )
 #: The methods each method section belongs to: a run of another method may not set them (they would do nothing).
 SECTION_OWNERS = {
-    "rl": ("svldrl", "supervised_confident", "supervised_band"),
+    "rl": ("svldrl", "supervised_confident", "supervised_band", "tloss_band"),
     "coteaching": ("coteaching",),
     "adele": ("adele",),
     "mtcl": ("mtcl",),
-    "tloss": ("tloss", "svldrl"),  # svldrl: rl.seg_loss=tloss
+    "tloss": ("tloss", "tloss_band", "svldrl"),  # svldrl: rl.seg_loss=tloss
 }
 #: Keys renamed since runs were first saved: old config.yaml files still load.
 RENAMED = {

@@ -1,6 +1,6 @@
-"""The band target update (ours, docs/method.md section 12): SVL-DRL's ``rl.target_update=band``, and
-``supervised_band``, plain training with that update alone (the ablation that tells the rule's share of a
-result from the agents').
+"""The band target update (ours, docs/method.md section 12): SVL-DRL's ``rl.target_update=band``;
+``supervised_band``, plain training with that update alone, and ``tloss_band``, the T-Loss baseline with it
+(the ablations that tell the rule's share of a result, and the loss's, from the agents').
 
 Before the first step, every training target becomes the given mask with the voxels of a band around its
 boundary relabelled by the image's intensity (:func:`svldrl.rules.band_flags`, half-width ``rl.band_width``
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from svldrl.engine.trainer import Trainer
+from svldrl.methods.tloss import TLossTrainer
 from svldrl.rules import band_flags, relabel
 
 
@@ -42,6 +43,21 @@ class SupervisedBandTrainer(Trainer):
     checkpointed = ("targets",)
 
     def build_method_state(self) -> None:
+        self.band_logs = band_target_update(self, int(self.cfg["rl"]["band_width"]))
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        return dict(self.band_logs)
+
+
+class TLossBandTrainer(TLossTrainer):
+    """The T-Loss baseline on the band-corrected targets (the no-RL counterpart of ``rl.target_update=band``
+    with ``rl.seg_loss=tloss``)."""
+
+    name = "tloss_band"
+    checkpointed = ("nu", "targets")
+
+    def build_method_state(self) -> None:
+        super().build_method_state()
         self.band_logs = band_target_update(self, int(self.cfg["rl"]["band_width"]))
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
