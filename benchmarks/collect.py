@@ -81,7 +81,9 @@ SECTIONS = [
         "these phantoms (see the config's header). Methods x noise settings x seeds on 30 clean test cases. Seed 0 "
         "comes from the restructuring check (the same runs made before and after it, identical); seeds 1 and 2 "
         "ran as 1-thread processes beside other benchmarks on the 2-core machine, so wall times say nothing about "
-        "an idle machine: see the config's header and the sizing below.",
+        "an idle machine: see the config's header and the sizing below. `svldrl_recommended` "
+        "(benchmarks/svldrl_recommended.yaml, unchanged) was added on 2026-12-02 on a faster machine than the other "
+        "rows': its `x plain` understates its cost (1.8x plain training in the same session on phantom_converged).",
     ),
     (
         "sizing",
@@ -122,7 +124,8 @@ SECTIONS = [
         "ADELE is the best baseline of the phantom benchmark, MTCL the peers' MT-Noise reference. The mt0.5 rows "
         "and the oracle are phantom_cpu's (its committed rows, copied into this folder's results.csv: same "
         "phantoms, masks and settings); the rest ran on 2026-12-02 as two 1-thread processes (`--only "
-        "svldrl,supervised` and `--only adele,mtcl`).",
+        "svldrl,supervised` and `--only adele,mtcl`), `svldrl_recommended` later that day on a faster machine (its "
+        "`x plain` understates its cost).",
     ),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
     (
