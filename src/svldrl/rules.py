@@ -129,8 +129,9 @@ def band_flags(image: np.ndarray, given: np.ndarray, width: int) -> tuple[np.nda
         empty when the core or the ring has fewer than 8 voxels (too small to fit).
     """
     m = np.asarray(given) >= 0.5
+    none = np.zeros_like(m)
     if not m.any() or m.all():
-        return np.zeros_like(m), np.zeros_like(m)
+        return none, none
     # Euclidean distances: a 6-connected erosion by w leaves voxels ~w / sqrt(3) from the surface along the
     # diagonals, which would put the band's errors into the trusted core
     inside = ndimage.distance_transform_edt(m)  # to the nearest background voxel
@@ -138,7 +139,6 @@ def band_flags(image: np.ndarray, given: np.ndarray, width: int) -> tuple[np.nda
     core = inside > width
     outer = m | (outside <= width)
     ring = ~m & (outside > width) & (outside <= 2 * width)
-    none = np.zeros_like(m)
     if np.count_nonzero(core) < 8 or np.count_nonzero(ring) < 8:
         return none, none
     x = np.asarray(image, dtype=np.float64)

@@ -293,15 +293,21 @@ class Trainer:
         return self.distributed_mode == "ddp"
 
     # ------------------------------------------------------------------ helpers for methods
+    def optimised_module(self) -> torch.nn.Module:
+        """What :meth:`optimise` averages across ranks and clips by default: the network; a method with
+        learnable parameters of its own (T-Loss's tolerance) returns a module holding both."""
+        return self.network
+
     def optimise(
         self,
         loss: torch.Tensor,
         optimizer: torch.optim.Optimizer | None = None,
         network: torch.nn.Module | None = None,
     ) -> None:
-        """zero_grad, backward, gradient averaging across ranks, clip, step."""
+        """zero_grad, backward, gradient averaging across ranks, clip, step (``network``: what is averaged and
+        clipped, default :meth:`optimised_module`)."""
         optimizer = optimizer or self.optimizer
-        network = network or self.network
+        network = network or self.optimised_module()
         optimizer.zero_grad(set_to_none=True)
         # Backward outside autocast (``train.amp``): its ops follow the forward's dtypes anyway.
         with torch.autocast(self.device.type, enabled=False):

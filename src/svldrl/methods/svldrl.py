@@ -32,7 +32,7 @@ from svldrl.errors import UserError
 from svldrl.methods.band import band_target_update
 from svldrl.methods.confident import ConfidentTargetUpdate
 from svldrl.methods.mtcl import cl_target_update
-from svldrl.methods.tloss import t_loss
+from svldrl.methods.tloss import learned_tolerance, t_loss
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
 from svldrl.rl.reward import RunningStd
@@ -81,14 +81,13 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         self.band_logs = (
             band_target_update(self, int(rl["band_width"])) if rl["target_update"] == "band" else {}
         )
-        # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the
-        # network (one module for the base optimise(), as methods/tloss.py does)
+        # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the network
         self.nu: nn.Parameter | None = None
-        self._trainable: nn.Module = self.network
+        self._trainable: nn.Module | None = None
         if rl["seg_loss"] == "tloss":
-            self.nu = nn.Parameter(torch.tensor(float(self.cfg["tloss"]["init"]), device=self.device))
-            self._trainable = nn.ModuleDict({"net": self.network})
-            self._trainable.register_parameter("nu", self.nu)
+            self.nu, self._trainable = learned_tolerance(
+                self.network, float(self.cfg["tloss"]["init"]), self.device
+            )
 
     def trainable_parameters(self) -> Any:
         extra = list(self.reward_conv.parameters()) if self.reward_conv is not None else []
@@ -105,13 +104,8 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         nu = self.nu
         return lambda logits, target: t_loss(torch.softmax(logits, 1)[:, 1], target[:, 1], nu)
 
-    def optimise(
-        self,
-        loss: torch.Tensor,
-        optimizer: torch.optim.Optimizer | None = None,
-        network: torch.nn.Module | None = None,
-    ) -> None:
-        super().optimise(loss, optimizer, network or self._trainable)
+    def optimised_module(self) -> nn.Module:
+        return self.network if self._trainable is None else self._trainable
 
     def stage(self, iteration: int | None = None) -> int:
         """Stage of ``iteration`` (default: the next step)."""

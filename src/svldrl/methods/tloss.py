@@ -65,6 +65,18 @@ def t_loss(pred: torch.Tensor, target: torch.Tensor, nu: torch.Tensor) -> torch.
     return ((log_norm + data).mean() / d).to(pred.dtype)
 
 
+def learned_tolerance(
+    network: nn.Module, init: float, device: torch.device
+) -> tuple[nn.Parameter, nn.Module]:
+    """T-Loss's learnable tolerance ``nu`` (from ``init``), and one module holding it with ``network``: what the
+    base ``optimise()`` averages across ranks and clips (used by ``tloss``, ``tloss_band`` and SVL-DRL's
+    ``rl.seg_loss=tloss``)."""
+    nu = nn.Parameter(torch.tensor(init, device=device))
+    holder = nn.ModuleDict({"net": network})
+    holder.register_parameter("nu", nu)
+    return nu, holder
+
+
 class TLossTrainer(Trainer):
     """Segmentation trained with the T-Loss on the softmax foreground probability; ``nu`` learned with it."""
 
@@ -72,10 +84,12 @@ class TLossTrainer(Trainer):
     checkpointed = ("nu",)
 
     def build_method_state(self) -> None:
-        self.nu = nn.Parameter(torch.tensor(float(self.cfg["tloss"]["init"]), device=self.device))
-        # One module holding both, for the base optimise() (gradient averaging across ranks and clipping).
-        self._trainable = nn.ModuleDict({"net": self.network})
-        self._trainable.register_parameter("nu", self.nu)
+        self.nu, self._trainable = learned_tolerance(
+            self.network, float(self.cfg["tloss"]["init"]), self.device
+        )
+
+    def optimised_module(self) -> nn.Module:
+        return self._trainable
 
     def trainable_parameters(self) -> Any:
         return [{"params": list(self.network.parameters())}, {"params": [self.nu], "weight_decay": 0.0}]
@@ -83,5 +97,5 @@ class TLossTrainer(Trainer):
     def train_step(self, batch: Batch) -> dict[str, Any]:
         logits = self.network(batch["image"], heads=("seg",))["seg"]
         loss = t_loss(torch.softmax(logits, 1)[:, 1], batch["target"][:, 0], self.nu)
-        self.optimise(loss, network=self._trainable)
+        self.optimise(loss)
         return {"train_loss": loss.detach(), "charts/nu": self.nu.detach()}
