@@ -132,6 +132,16 @@ def test_audit_out_is_checked(dataset: Path, trained_run: Path, tmp_path, capsys
     assert _digest(dataset) == before
 
 
+@pytest.mark.parametrize("target", ["labelsTr", "labelsTr_noisy/mt0.5", "imagesTs", "."])
+def test_train_never_writes_its_run_folder_into_the_dataset(target: str, dataset: Path, capsys) -> None:
+    run_noise(dataset, "mt", 0.5, 0, name="mt0.5")
+    before = _digest(dataset)
+    code, err = _run(["train", str(dataset), "--iterations", "2", "--out", str(dataset / target)], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "dataset" in err, err
+    assert _digest(dataset) == before
+
+
 def test_synth_and_benchmark_refuse_dataset_folders(dataset: Path, tmp_path, capsys) -> None:
     before = _digest(dataset)
     shutil.rmtree(dataset / "labelsTs")
