@@ -145,9 +145,13 @@ def resume_config(a: argparse.Namespace) -> dict:
 
 
 def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.data.outputs import refuse_dataset_folder
     from svldrl.engine import distributed as D
     from svldrl.runs import train
 
+    # checkpoints inside a dataset's image / mask folders would mix into the user's data (the SFDA noise
+    # protocol's own source model, under labelsTr_noisy/NAME.source/, is trained through runs.train, not here)
+    refuse_dataset_folder(Path(a.out), "--out")
     if a.resume and (Path(a.out) / "config.yaml").is_file():
         cfg = resume_config(a)
     else:

@@ -47,7 +47,7 @@ from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset, load_case
 from svldrl.data.fingerprint import ct_range, dataset_fingerprint
 from svldrl.data.io import write_text
-from svldrl.data.outputs import check_writable_dir, refuse_dataset_folder
+from svldrl.data.outputs import check_writable_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
 from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
@@ -353,8 +353,6 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _check_run_folder(self, resume: bool) -> None:
         # Decided on rank 0 and shared, so that every rank stops with the same message.
-        # a run folder inside a dataset's image / mask folders would mix checkpoints into the user's data
-        D.on_rank0(lambda: refuse_dataset_folder(self.out, "run folder (--out)"))
         D.on_rank0(lambda: check_writable_dir(self.out, "run folder (--out)"))
         has_run = D.on_rank0(lambda: (self.out / "checkpoint_latest.pt").exists())
         if resume and not has_run:
