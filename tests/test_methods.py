@@ -165,6 +165,47 @@ def test_band_flags_move_a_shifted_boundary_back_to_the_intensity_edge(drawn: fl
     assert not any(f.any() for f in band_flags(image, tiny, width=2))
 
 
+def test_band_margin_keeps_partial_volume_voxels_and_passes_undo_a_dilation_wider_than_the_band() -> None:
+    """band_correct: the margin leaves a correct boundary's partial-volume voxels alone, and repeated passes
+    move a mask dilated by 4 voxels back to the organ through a band of 3, without annexing the look-alike
+    beyond it, and then stop (a fixed point: more passes change nothing)."""
+    import math
+
+    from scipy import ndimage
+
+    from svldrl.rules import band_correct
+
+    rng = np.random.default_rng(0)
+    shape = (56, 56, 56)
+    organ = _ball(shape, (28, 28, 22), 12.0)
+    lookalike = _ball(shape, (28, 28, 46), 4.0)  # the organ's intensity, 4 voxels beyond the dilated mask
+    # one narrow tissue inside, a wide one around (as in CT and the phantoms), and a partial-volume layer
+    image = np.where(organ | lookalike, rng.normal(1.0, 0.1, shape), rng.normal(0.3, 0.15, shape))
+    layer = organ & (ndimage.distance_transform_edt(organ) <= 1)
+    image[layer] = 0.68  # likelier background than organ, but by less than 9x
+    lost = [np.count_nonzero(layer & ~band_correct(image, organ, 2, margin)) for margin in (0.0, math.log(9))]
+    assert lost[0] > 0.9 * layer.sum() and lost[1] == 0
+    dilated = _ball(shape, (28, 28, 22), 16.0)
+    one_pass = band_correct(image, dilated, 3, math.log(9))
+    fixed = band_correct(image, dilated, 3, math.log(9), passes=10)
+    assert (
+        overlap(dilated, organ)[0] < 0.6
+        and overlap(one_pass, organ)[0] < 0.7 < 0.97 < overlap(fixed, organ)[0]
+    )
+    assert not (fixed & lookalike).any()
+    np.testing.assert_array_equal(band_correct(image, fixed, 3, math.log(9), passes=10), fixed)
+
+
+def test_band_flags_connected_drops_islands() -> None:
+    """connected=True keeps only flagged voxels joined to the side they would join."""
+    organ = _ball((32, 32, 32), (16, 16, 16), 7.0)
+    image = np.where(organ, 1.0, 0.2)
+    image[16, 16, 25] = 1.0  # one organ-bright voxel in the band, not touching the mask
+    loose, _ = band_flags(image, organ, width=3)
+    tight, _ = band_flags(image, organ, width=3, connected=True)
+    assert loose[16, 16, 25] and not tight[16, 16, 25]
+
+
 def test_confident_learning_flags_hand_computed() -> None:
     p1 = np.array([0.1, 0.3, 0.6, 0.9, 0.8, 0.4, 0.2, 0.05])  # foreground probability
     given = np.array([0, 0, 0, 0, 1, 1, 1, 1])

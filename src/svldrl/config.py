@@ -197,6 +197,18 @@ class RL:
     band_width: int = setting(
         2, "band target update: half-width in voxels of the band around the given boundary", range=(1, 100)
     )
+    band_margin: float = setting(
+        0.0,
+        "band target update: log-likelihood ratio a band voxel needs to change label (0: the likelier side "
+        "wins; 2.2 = ln 9: the other side 9x likelier, so partial-volume voxels keep their label)",
+        range=(0.0, 100.0),
+    )
+    band_passes: int = setting(
+        1,
+        "band target update: repeat on its own result until nothing changes, at most this many passes "
+        "(more than 1: only changes connected to the side they join)",
+        range=(1, 100),
+    )
     tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0))
     async_workers: int = setting(
         0, "Hogwild workers sharing the model (A3C); 0: synchronous, batched, DDP-ready", range=(0, 256)

@@ -7,7 +7,7 @@ Every part of svldrl that compares or corrects masks uses these functions (numpy
 - ADELE, the confident target update and the audit's threshold detector: :func:`confident_flags`;
 - MTCL and the audit's ``cl`` detector: confident learning (:func:`class_confidence_sums`,
   :func:`cl_thresholds`, :func:`confident_learning_flags`);
-- the band target update (``rl.target_update=band``, ``supervised_band``): :func:`band_flags`;
+- the band target update (``rl.target_update=band``, ``supervised_band``): :func:`band_flags`, :func:`band_correct`;
 - all of them, to change a target or a mask: :func:`relabel`.
 """
 
@@ -107,7 +107,9 @@ def confident_learning_flags(
     return ~own_confident & confident.any(axis=0)
 
 
-def band_flags(image: np.ndarray, given: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def band_flags(
+    image: np.ndarray, given: np.ndarray, width: int, margin: float = 0.0, connected: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Voxels near the given boundary whose intensity says the mask is wrong there (ours, for one-sided noise).
 
     The given mask's boundary is trusted to within ``width`` voxels: its core (mask voxels more than ``width``
@@ -123,6 +125,11 @@ def band_flags(image: np.ndarray, given: np.ndarray, width: int) -> tuple[np.nda
         image: the normalised image.
         given: the given mask (non-zero or >= 0.5 is foreground).
         width: half-width of the band in voxels.
+        margin: the log-likelihood ratio a voxel needs to change label (0: the likelier side wins; ln 9: the
+            other side must be 9x likelier). Partial-volume voxels at a correct boundary lie between the two
+            sides and keep their label.
+        connected: keep only flagged voxels connected (6-neighbourhood) to the side they join, so no islands or
+            holes appear in the band (needed to repeat the update: :func:`band_correct`).
 
     Returns:
         (``to_fg``, ``to_bg``): background voxels of the band to relabel foreground, and the reverse; both
@@ -150,9 +157,45 @@ def band_flags(image: np.ndarray, given: np.ndarray, width: int) -> tuple[np.nda
     # One Gaussian per side, each with its own spread: an organ is one tissue (narrow), what surrounds it is
     # many (wide, darker and brighter). A nearest-median rule, the edge of a blurred step, relabelled 9 % of
     # clean phantom masks (it assumes one background tissue); these Gaussians 3 %.
-    fg = log_likelihood(core) > log_likelihood(ring)
+    llr = log_likelihood(core) - log_likelihood(ring)
     band = outer & ~core
-    return band & fg & ~m, band & ~fg & m
+    to_fg, to_bg = band & (llr > margin) & ~m, band & (llr < -margin) & m
+    if connected:
+        to_fg, to_bg = _touching(to_fg, m), _touching(to_bg, ~m)
+    return to_fg, to_bg
+
+
+def _touching(flags: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """The connected components of ``flags`` that touch ``side`` (6-neighbourhood)."""
+    components, count = ndimage.label(flags)
+    if count == 0:
+        return flags
+    hit = np.unique(components[ndimage.binary_dilation(side) & flags])
+    return np.isin(components, hit[hit > 0])
+
+
+def band_correct(
+    image: np.ndarray, given: np.ndarray, width: int, margin: float = 0.0, passes: int = 1
+) -> np.ndarray:
+    """The given mask with :func:`band_flags` applied, repeated on its own result until nothing changes.
+
+    One pass moves a boundary by at most ``width`` voxels, and a model fitted to a mask that is still far off
+    is blurred by it (its core holds background, or its ring organ), so a mask drawn wider than the band needs
+    several. More than one pass keeps only connected changes, and wants ``margin`` > 0: otherwise every pass
+    hands the next layer of partial-volume voxels to the surroundings and the mask erodes (the 48 clean
+    phantom_converged training masks, label Dice after one and after ten passes: width 2, no margin, not
+    connected 0.968 -> 0.856; width 4, margin ln 9, not connected 0.980 -> 0.941; connected 0.982 -> 0.976).
+
+    Returns:
+        Boolean mask; after ``passes`` passes at most.
+    """
+    mask = np.asarray(given) >= 0.5
+    for _ in range(passes):
+        to_fg, to_bg = band_flags(image, mask, width, margin, connected=passes > 1)
+        if not (to_fg.any() or to_bg.any()):
+            break
+        mask = (mask | to_fg) & ~to_bg
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------------------

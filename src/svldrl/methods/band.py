@@ -3,10 +3,11 @@
 (the ablations that tell the rule's share of a result, and the loss's, from the agents').
 
 Before the first step, every training target becomes the given mask with the voxels of a band around its
-boundary relabelled by the image's intensity (:func:`svldrl.rules.band_flags`, half-width ``rl.band_width``
-voxels): a model of the organ's intensity from the mask's core and of the background's from a ring beyond
-the band. It needs no model, so it waits for no warm-up; it targets one-sided boundary noise (masks drawn
-too large or too small by a few voxels), which no method learns from the masks alone.
+boundary relabelled by the image's intensity (:func:`svldrl.rules.band_correct`, half-width ``rl.band_width``
+voxels, once or repeated to a fixed point: ``rl.band_passes``): a model of the organ's intensity from the
+mask's core and of the background's from a ring beyond the band. It needs no model, so it waits for no
+warm-up; it targets one-sided boundary noise (masks drawn too large or too small by a few voxels), which no
+method learns from the masks alone.
 """
 
 from __future__ import annotations
@@ -17,19 +18,23 @@ import numpy as np
 
 from svldrl.engine.trainer import Trainer
 from svldrl.methods.tloss import TLossTrainer
-from svldrl.rules import band_flags, relabel
+from svldrl.rules import band_correct, relabel
 
 
-def band_target_update(trainer: Trainer, width: int) -> dict[str, float]:
-    """Set every case's target to its given mask with :func:`band_flags`' voxels relabelled.
+def band_target_update(trainer: Trainer) -> dict[str, float]:
+    """Set every case's target to its given mask corrected by :func:`band_correct` (``rl.band_width``,
+    ``rl.band_margin``, ``rl.band_passes``).
 
     Returns:
         The share of voxels changed, as ``charts/target_changed``.
     """
+    rl = trainer.cfg["rl"]
+    width, margin, passes = int(rl["band_width"]), float(rl["band_margin"]), int(rl["band_passes"])
     changed = total = 0
     for i, (image, given) in enumerate(zip(trainer.images, trainer.given, strict=True)):
-        to_fg, to_bg = band_flags(image, given, width)
-        new = relabel(given, to_fg, to_bg)
+        corrected = band_correct(image, given, width, margin, passes)
+        is_fg = np.asarray(given) >= 0.5
+        new = relabel(given, corrected & ~is_fg, is_fg & ~corrected)
         changed += int(np.count_nonzero(new != trainer.targets[i]))
         total += new.size
         trainer.targets[i][...] = new  # in place: the targets may live in shared memory (rl.async_workers)
@@ -43,7 +48,7 @@ class SupervisedBandTrainer(Trainer):
     checkpointed = ("targets",)
 
     def build_method_state(self) -> None:
-        self.band_logs = band_target_update(self, int(self.cfg["rl"]["band_width"]))
+        self.band_logs = band_target_update(self)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return dict(self.band_logs)
@@ -58,7 +63,7 @@ class TLossBandTrainer(TLossTrainer):
 
     def build_method_state(self) -> None:
         super().build_method_state()
-        self.band_logs = band_target_update(self, int(self.cfg["rl"]["band_width"]))
+        self.band_logs = band_target_update(self)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return dict(self.band_logs)

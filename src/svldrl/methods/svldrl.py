@@ -10,7 +10,8 @@ Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), 
 ``rl.warmup``/``rl.transition`` (0.3, 0.2), ``rl.lam``/``rl.alpha``/``rl.beta`` (0.3, 0.2, 0.1),
 ``rl.seg_on_refined`` (true), ``rl.seg_loss`` (dicece | tloss), ``rl.target_update`` (none | confident,
 ``rl.tau`` 0.9 | cl: MTCL's confident-learning correction with the EMA teacher | band: the given masks
-corrected by the image's intensity near their boundary, ``rl.band_width`` 2),
+corrected by the image's intensity near their boundary, ``rl.band_width`` 2, ``rl.band_margin`` 0,
+``rl.band_passes`` 1),
 ``rl.async_workers`` (0), ``rl.label_step`` (0.25), ``rl.w_prior`` (0.5), ``rl.ema`` (0.99),
 ``infer.refine_steps`` (0), ``nets.heads`` (decoders | light).
 """
@@ -78,9 +79,7 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         )
         self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
         # the band update needs no model: the targets are corrected once, before the first step
-        self.band_logs = (
-            band_target_update(self, int(rl["band_width"])) if rl["target_update"] == "band" else {}
-        )
+        self.band_logs = band_target_update(self) if rl["target_update"] == "band" else {}
         # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the network
         self.nu: nn.Parameter | None = None
         self._trainable: nn.Module | None = None
