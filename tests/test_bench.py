@@ -152,13 +152,30 @@ def test_a_fresh_clone_keeps_the_committed_rows_and_trains_only_what_they_lack(
     """Run folders are not committed, results.csv is: resuming on a fresh clone adds to the table."""
     clone = tmp_path / "clone"
     clone.mkdir()
-    for name in ("results.csv", "results.md"):
+    for name in ("results.csv", "results.md", bench_report.SETTINGS_NAME):
         shutil.copy(bench_out / name, clone / name)
     before = _rows(bench_out)
+    settings = read_json(clone / bench_report.SETTINGS_NAME)
+    assert sorted(settings) == sorted(f"{r['noise']}/{r['method']}/seed{r['seed']}" for r in before)
+    assert settings["mt1.0/tloss_t2/seed0"]["tloss.init"] == 2.0
     _forbid_training(monkeypatch)
     md = run_benchmark(TINY, clone)
-    assert _rows(clone) == before
+    assert _rows(clone) == before and read_json(clone / bench_report.SETTINGS_NAME) == settings
     assert "5/5 complete, 5 of them kept from the earlier results.csv" in md.read_text()
+
+    # A method whose settings changed in the YAML file is trained again, though its rows' columns still match.
+    changed = yaml.safe_load(TINY.read_text())
+    changed["methods"][1]["set"] = ["tloss.init=1.5"]
+    changed_yaml = tmp_path / "tiny_changed.yaml"
+    changed_yaml.write_text(yaml.safe_dump(changed))
+    copy = tmp_path / "copy"
+    shutil.copytree(clone, copy)
+    monkeypatch.undo()
+    trained = _record_training(monkeypatch, copy)
+    run_benchmark(changed_yaml, copy)
+    assert sorted(trained) == ["mt0.5/tloss_t2/seed0", "mt1.0/tloss_t2/seed0"]
+    assert read_json(copy / bench_report.SETTINGS_NAME)["mt1.0/tloss_t2/seed0"]["tloss.init"] == 1.5
+    monkeypatch.undo()
 
     # A row made with other iterations does not count; a missing row is trained; the rest stay as they were.
     rows = _rows(clone)

@@ -69,6 +69,14 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
     return runs
 
 
+def non_default_settings(cfg: dict) -> dict[str, object]:
+    """A run's settings that are not at their default, flattened (``train.iterations``: 2000, ...), without
+    :data:`svldrl.config.NEUTRAL_KEYS`: what a benchmark keeps of each row's run beside ``results.csv``, so that
+    a row whose run folder is gone still tells which settings made it (:func:`config_differences` reads it)."""
+    flat, defaults = C.flatten(cfg), C.flatten(C.DEFAULTS)
+    return {k: v for k, v in sorted(flat.items()) if k not in C.NEUTRAL_KEYS and v != defaults.get(k)}
+
+
 def config_differences(asked: dict, saved: dict) -> list[str]:
     """``key: saved there, asked here`` for every setting that changes what a run computes (neither a
     :data:`svldrl.config.NEUTRAL_KEYS` key, nor a key newer than the saved run at its default, nor a value the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import platform
@@ -18,7 +19,7 @@ import numpy as np
 from svldrl import __version__
 from svldrl import config as C
 from svldrl.bench.data import Data
-from svldrl.bench.plan import Run
+from svldrl.bench.plan import Run, non_default_settings
 from svldrl.bench.run import now, num
 from svldrl.bench.spec import CLEAN, Benchmark
 from svldrl.data.io import read_json, write_text
@@ -49,6 +50,8 @@ CSV_COLUMNS = (
     "train_seconds",
     "predict_seconds",
 )
+#: Beside ``results.csv``: run label -> the settings of that row's run that are not at their default.
+SETTINGS_NAME = "results_settings.json"
 METRICS = (
     "dice",
     "iou",
@@ -90,13 +93,27 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def result_label(r: dict[str, Any]) -> str:
+    """A result's run label, ``<setting>/<method>/seed<k>[/fold<f>]`` (:attr:`svldrl.bench.plan.Run.label`)."""
+    fold = "" if r.get("fold") in (None, "") else f"/fold{r['fold']}"
+    return f"{r['noise']}/{r['method']}/seed{r['seed']}{fold}"
+
+
 def write_csv(path: Path, results: list[dict[str, Any]]) -> Path:
-    """``results.csv``: one row per completed run."""
+    """``results.csv``: one row per completed run; beside it :data:`SETTINGS_NAME`, each row's settings that
+    are not at their default (a run's ``config``, or those a row kept from an earlier table carries)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    settings = {}
     for r in results:
         writer.writerow(["" if r.get(c) is None else fmt_number(r.get(c)) for c in CSV_COLUMNS])
+        kept = non_default_settings(r["config"]) if isinstance(r.get("config"), dict) else r.get("settings")
+        if isinstance(kept, dict):
+            settings[result_label(r)] = kept
+    # one run per line: a table of 100+ runs stays readable and its diffs small
+    lines = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(settings.items())]
+    write_text(path.with_name(SETTINGS_NAME), "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n"))
     return write_text(path, buf.getvalue())
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from svldrl.bench.data import LOCK_NAME, Data, check_dataset_path, dataset_root, exclusive, prepare_data
 from svldrl.bench.plan import RESULT_NAME, Run, check_existing, config_differences, plan_runs
-from svldrl.bench.report import CSV_COLUMNS, ERROR_NAME, write_report
+from svldrl.bench.report import CSV_COLUMNS, ERROR_NAME, SETTINGS_NAME, write_report
 from svldrl.bench.run import execute_run
 from svldrl.bench.spec import CLEAN, Benchmark, load_benchmark
 from svldrl.data.io import json_default, read_json, write_text
@@ -283,14 +283,17 @@ def carried_rows(path: Path, runs: list[Run], data: Data) -> dict[str, dict[str,
     """Run label -> its row of an earlier ``results.csv``, for runs whose folder is not here.
 
     A row counts only if it was made with the run's registered method, training masks, iterations and
-    number of clean test cases (a table from before ``n_test`` was recorded counts for nothing); anything
-    else is trained again and its row replaced. Other settings are not in the table: change them under
-    another ``--out``.
+    number of clean test cases (a table from before ``n_test`` was recorded counts for nothing), and, where
+    :data:`~svldrl.bench.report.SETTINGS_NAME` beside it records the row's settings, with the run's settings
+    (:func:`~svldrl.bench.plan.config_differences`: a method's ``set`` or ``config`` changed in the YAML file
+    retrains it); anything else is trained again and its row replaced. Rows of tables from before the settings
+    were recorded are checked on the columns alone.
     """
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    recorded = read_json(path.with_name(SETTINGS_NAME), {}) or {}
     by_key = {(r.get("method"), r.get("noise"), r.get("seed"), r.get("fold") or ""): r for r in rows}
     n_test = {fold: len(list((root / "labelsTs").glob("*.nii*"))) for fold, root in data.folds.items()}
     kept = {}
@@ -307,7 +310,12 @@ def carried_rows(path: Path, runs: list[Run], data: Data) -> dict[str, dict[str,
             or row.get("n_test") != str(n_test[run.fold])
         ):
             continue
+        settings = recorded.get(run.label)
+        if isinstance(settings, dict) and config_differences(run.cfg, settings):
+            continue
         kept[run.label] = {c: _cell(c, row.get(c, "")) for c in CSV_COLUMNS}
+        if isinstance(settings, dict):
+            kept[run.label]["settings"] = settings  # written again with the table
     return kept
 
 
