@@ -35,7 +35,10 @@ fit = Trainer.fit
 
 def fit_and_dump(self):
     out = fit(self)
-    torch.save(D.unwrap(self.network).state_dict(), f"{sys.argv[2]}/{self.out.name}.rank{self.rank}.pt")
+    state = dict(D.unwrap(self.network).state_dict())
+    if getattr(self, "reward_conv", None) is not None:  # SVL-DRL's reward kernel K, learned with the network
+        state.update({"reward_conv." + k: v for k, v in self.reward_conv.state_dict().items()})
+    torch.save(state, f"{sys.argv[2]}/{self.out.name}.rank{self.rank}.pt")
     return out
 
 Trainer.fit = fit_and_dump
@@ -86,8 +89,9 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(dataset: Path, t
         r0, r1 = (torch.load(tmp_path / f"{name}.rank{r}.pt") for r in (0, 1))
         assert all(torch.equal(r0[k], r1[k]) for k in r0), f"{name}: replicas diverged"
         final = load_checkpoint(tmp_path / name / "checkpoint_final.pt")["model"]
-        assert all(torch.equal(final[k], r0[k]) for k in r0), name
+        assert all(torch.equal(final[k], r0[k]) for k in final), name
         assert [int(r["epoch"]) for r in _rows(tmp_path / name)] == [0, 1, 2]
+    assert any(k.startswith("reward_conv.") for k in torch.load(tmp_path / "rl.rank0.pt"))
     # Progress and files come from rank 0 alone: one line per epoch, one TensorBoard event file per fit.
     assert proc.stderr.count("epoch 1/2 ") == 1 and "2 ranks x batch 2" in proc.stderr
     assert len(list((tmp_path / "sup" / "tensorboard").iterdir())) == 2

@@ -87,6 +87,12 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
             self.nu, self._trainable = learned_tolerance(
                 self.network, float(self.cfg["tloss"]["init"]), self.device
             )
+        if self.reward_conv is not None:
+            # K is learned with the network: averaged across ranks and clipped with it (left out, each rank
+            # under torchrun trained a kernel of its own and the checkpoint kept rank 0's)
+            holder = self._trainable if self._trainable is not None else nn.ModuleDict({"net": self.network})
+            holder.add_module("reward_conv", self.reward_conv)
+            self._trainable = holder
 
     def trainable_parameters(self) -> Any:
         extra = list(self.reward_conv.parameters()) if self.reward_conv is not None else []
