@@ -7,7 +7,8 @@ label Dice of the corrected masks against the clean ones (mean over the training
 volume as a share of the clean organ's, for the clean masks (what the rule costs where nothing is wrong) and
 each noise setting of the benchmark. The test cases are not read.
 
-    python benchmarks/band_rule.py                  # phantom_converged's data, ~10 min on one CPU core
+    python benchmarks/band_rule.py                  # phantom_converged's data, ~2 min on one CPU core
+    python benchmarks/band_rule.py --config benchmarks/phantom_cpu.yaml --out benchmarks/results/band_rule_standard
     python benchmarks/band_rule.py --cases 6        # a check of the pipeline
 
 Writes ``results.csv``, ``results.json`` and ``results.md`` (machine, date, command) to ``--out``

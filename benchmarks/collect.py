@@ -52,7 +52,10 @@ SECTIONS = [
         "repeated at its end (seed 0; clean, mt0.5, markov) took 170-179 s, Dice 97.94 / 89.11 / 85.55 against "
         "the kept rows' 97.75 / 88.92 / 86.11 (not bitwise: another machine). Run "
         "as a queue of copies of the config holding one noise setting and one seed each (two 1-thread processes), "
-        "whose run folders were then moved here and the report rewritten by the full config. RL diagnostics: "
+        "whose run folders were then moved here and the report rewritten by the full config. Step 4 (the band's "
+        "fixed point: `tloss_band_fp`, `svldrl_fast_band_fp_tloss`, `supervised_band_fp`) ran the same way in a "
+        "later session; three plain runs repeated in it are in "
+        "[plain_reruns.csv](benchmarks/results/svldrl_robust_converged/plain_reruns.csv). RL diagnostics: "
         "[rl_diagnostics.md](benchmarks/results/svldrl_robust_converged/rl_diagnostics.md).",
     ),
     (
@@ -76,6 +79,23 @@ SECTIONS = [
         "was page-faulted in afresh.",
     ),
     (
+        "band_rule",
+        "The band target update on the training masks (`benchmarks/band_rule.py`)",
+        "No training: each variant of the rule applied to phantom_converged's 48 training masks and scored against "
+        "their clean versions (label Dice, corrected volume / clean volume). The test cases are not read. The "
+        "fixed point at width 4 (`rl.band_margin` ln 9, `rl.band_passes` 10) was chosen here, before any training "
+        "with it (docs/method.md section 9).",
+    ),
+    (
+        "band_rule_standard",
+        "The band target update on the standard phantoms' training masks (`benchmarks/band_rule.py --config "
+        "benchmarks/phantom_cpu.yaml`)",
+        "The same table on phantom_cpu's standard phantoms, whose look-alike structure touches the organ and whose "
+        "texture and noise are stronger: the band's intensity model cannot tell organ from surroundings, and every "
+        "variant lowers the clean masks' label Dice. Measured after the runs with the fixed point, not used to "
+        "choose it.",
+    ),
+    (
         "phantom_cpu",
         "Phantom benchmark (`benchmarks/phantom_cpu.yaml`)",
         "A smoke test, not a ranking: at 200 iterations plain training on clean masks is far from its plateau on "
@@ -83,8 +103,9 @@ SECTIONS = [
         "comes from the restructuring check (the same runs made before and after it, identical); seeds 1 and 2 "
         "ran as 1-thread processes beside other benchmarks on the 2-core machine, so wall times say nothing about "
         "an idle machine: see the config's header and the sizing below. `svldrl_recommended` "
-        "(benchmarks/svldrl_recommended.yaml, unchanged) was added on 2026-12-02 on a faster machine than the other "
-        "rows': its `x plain` understates its cost (1.8x plain training in the same session on phantom_converged).",
+        "(benchmarks/svldrl_recommended.yaml, unchanged) was run again on 2026-12-02 when that file took the band's "
+        "fixed point (its earlier rows, single pass at width 2, are in git history), on a faster machine than the "
+        "other rows': its `x plain` understates its cost (see the robust step's cost on phantom_converged).",
     ),
     (
         "sizing",
@@ -125,8 +146,9 @@ SECTIONS = [
         "ADELE is the best baseline of the phantom benchmark, MTCL the peers' MT-Noise reference. The mt0.5 rows "
         "and the oracle are phantom_cpu's (its committed rows, copied into this folder's results.csv: same "
         "phantoms, masks and settings); the rest ran on 2026-12-02 as two 1-thread processes (`--only "
-        "svldrl,supervised` and `--only adele,mtcl`), `svldrl_recommended` later that day on a faster machine (its "
-        "`x plain` understates its cost).",
+        "svldrl,supervised` and `--only adele,mtcl`), `svldrl_recommended` (all five settings, its own runs) later "
+        "that day on a faster machine (its `x plain` understates its cost), again when the file took the band's "
+        "fixed point.",
     ),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
     (
@@ -235,6 +257,7 @@ def update_readme() -> None:
             ROOT / "results" / "svldrl_search_converged" / "results.md",
             "## Dice by method and setting (final checkpoint)",
         ),
+        "band_rule": section(ROOT / "results" / "band_rule" / "results.md", ""),
         "svldrl_robust_converged": section(
             ROOT / "results" / "svldrl_robust_converged" / "results.md",
             "## Dice by method and setting (final checkpoint)",
