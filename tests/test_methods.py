@@ -196,6 +196,22 @@ def test_band_margin_keeps_partial_volume_voxels_and_passes_undo_a_dilation_wide
     np.testing.assert_array_equal(band_correct(image, fixed, 3, math.log(9), passes=10), fixed)
 
 
+def test_band_lookalike_share_tells_a_separable_organ_from_one_its_surroundings_resemble() -> None:
+    """The share of the ring within 2 std of the organ's intensity: ~0 for a bright organ in dark tissue, the
+    look-alike's share of the ring when it touches the organ, NaN for a mask too small to fit."""
+    from svldrl.rules import band_lookalike_share
+
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 40)
+    organ = _ball(shape, (20, 20, 20), 8.0)
+    image = np.where(organ, rng.normal(1.0, 0.05, shape), rng.normal(0.3, 0.1, shape))
+    assert band_lookalike_share(image, organ, 2) < 0.01
+    touching = _ball(shape, (20, 20, 30), 7.0) & ~organ  # a look-alike against the organ's surface
+    image[touching] = rng.normal(1.0, 0.05, shape)[touching]
+    assert 0.05 < band_lookalike_share(image, organ, 2) < 0.5
+    assert np.isnan(band_lookalike_share(image, _ball(shape, (20, 20, 20), 1.0), 2))
+
+
 def test_band_flags_connected_drops_islands() -> None:
     """connected=True keeps only flagged voxels joined to the side they would join."""
     organ = _ball((32, 32, 32), (16, 16, 16), 7.0)

@@ -258,6 +258,7 @@ def test_band_target_update_corrects_the_targets_before_the_first_step(dataset: 
         np.testing.assert_array_equal(target, expected)
         changed += int(np.count_nonzero(target != given))
     assert changed > 0
+    assert 0.0 <= trainer.band_logs["charts/band_lookalike_share"] <= 1.0
     trainer.fit()
     rows = _rows(tmp_path / "run")
     assert all(

@@ -12,13 +12,17 @@ method learns from the masks alone.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from svldrl.engine.trainer import Trainer
 from svldrl.methods.tloss import TLossTrainer
-from svldrl.rules import band_correct, relabel
+from svldrl.rules import band_correct, band_lookalike_share, relabel
+
+#: Median share of organ-like surroundings above which a run warns (easy phantoms <= 0.017, standard >= 0.043).
+LOOKALIKE_WARNING = 0.03
 
 
 def band_target_update(trainer: Trainer) -> dict[str, float]:
@@ -26,19 +30,30 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
     ``rl.band_margin``, ``rl.band_passes``).
 
     Returns:
-        The share of voxels changed, as ``charts/target_changed``.
+        The share of voxels changed, as ``charts/target_changed``, and the median over cases of
+        :func:`band_lookalike_share` as ``charts/band_lookalike_share``; above :data:`LOOKALIKE_WARNING` the
+        run says that the rule is unlikely to help.
     """
     rl = trainer.cfg["rl"]
     width, margin, passes = int(rl["band_width"]), float(rl["band_margin"]), int(rl["band_passes"])
     changed = total = 0
+    shares = []
     for i, (image, given) in enumerate(zip(trainer.images, trainer.given, strict=True)):
+        shares.append(band_lookalike_share(image, given, width))
         corrected = band_correct(image, given, width, margin, passes)
         is_fg = np.asarray(given) >= 0.5
         new = relabel(given, corrected & ~is_fg, is_fg & ~corrected)
         changed += int(np.count_nonzero(new != trainer.targets[i]))
         total += new.size
         trainer.targets[i][...] = new  # in place: the targets may live in shared memory (rl.async_workers)
-    return {"charts/target_changed": changed / max(total, 1)}
+    share = float(np.nanmedian(shares)) if not np.isnan(shares).all() else math.nan
+    if share > LOOKALIKE_WARNING:
+        trainer.reporter.info(
+            f"band target update: {share:.0%} of the tissue around the median mask has the organ's intensity "
+            f"(within 2 std); the band corrects boundaries only where the organ stands out from its surroundings "
+            f"and may damage these masks (docs/method.md section 9); consider rl.target_update=none"
+        )
+    return {"charts/target_changed": changed / max(total, 1), "charts/band_lookalike_share": share}
 
 
 class SupervisedBandTrainer(Trainer):
