@@ -37,7 +37,7 @@ from svldrl.bench.spec import load_benchmark
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.io import write_text
 from svldrl.reporter import Reporter
-from svldrl.rules import band_correct, band_flags, overlap
+from svldrl.rules import band_correct, overlap
 
 LN9 = math.log(9)
 # (name, width, margin, passes, connected): today's default and the widths tried with it, repeating it as it
@@ -58,19 +58,6 @@ VARIANTS = [
 ]
 
 
-def correct(image: np.ndarray, given: np.ndarray, width: int, margin: float, passes: int, connected: bool):
-    """``band_correct``, or its loop without the connectivity rule (``band_correct`` ties it to passes > 1)."""
-    if connected or passes == 1:
-        return band_correct(image, given, width, margin, passes)
-    mask = given >= 0.5
-    for _ in range(passes):
-        to_fg, to_bg = band_flags(image, mask, width, margin)
-        if not (to_fg.any() or to_bg.any()):
-            break
-        mask = (mask | to_fg) & ~to_bg
-    return mask
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = load_benchmark(args.config)
     if args.cases:
@@ -88,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for c in cases[s]:
                 image, truth = clean[c.case_id]
                 given = load_case(c, dcfg)[1]
-                mask = correct(image, given, width, margin, passes, connected)
+                mask = band_correct(image, given, width, margin, passes, connected)
                 dice.append(overlap(mask, truth)[0])
                 volume.append(np.count_nonzero(mask) / max(np.count_nonzero(truth), 1))
             given_dice = float(

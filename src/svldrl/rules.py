@@ -140,13 +140,7 @@ def band_flags(
     none = np.zeros_like(m)
     if not m.any() or m.all():
         return none, none
-    # Euclidean distances: a 6-connected erosion by w leaves voxels ~w / sqrt(3) from the surface along the
-    # diagonals, which would put the band's errors into the trusted core
-    inside = ndimage.distance_transform_edt(m)  # to the nearest background voxel
-    outside = ndimage.distance_transform_edt(~m)  # to the nearest mask voxel
-    core = inside > width
-    outer = m | (outside <= width)
-    ring = ~m & (outside > width) & (outside <= 2 * width)
+    core, band, ring = _band_regions(m, width)
     if np.count_nonzero(core) < 8 or np.count_nonzero(ring) < 8:
         return none, none
     x = np.asarray(image, dtype=np.float64)
@@ -159,7 +153,6 @@ def band_flags(
     # many (wide, darker and brighter). A nearest-median rule, the edge of a blurred step, relabelled 9 % of
     # clean phantom masks (it assumes one background tissue); these Gaussians 3 %.
     llr = log_likelihood(core) - log_likelihood(ring)
-    band = outer & ~core
     to_fg, to_bg = band & (llr > margin) & ~m, band & (llr < -margin) & m
     if connected:
         to_fg, to_bg = _touching(to_fg, m), _touching(to_bg, ~m)
@@ -175,15 +168,25 @@ def band_lookalike_share(image: np.ndarray, given: np.ndarray, width: int) -> fl
     helps; on the standard phantoms, whose look-alike touches the organ, 0.043-0.381 (median 0.135), and every
     variant of the band lowers the clean masks' label Dice (0.86-0.98: benchmarks/band_rule.py).
     """
-    m = np.asarray(given) >= 0.5
-    inside = ndimage.distance_transform_edt(m)
-    outside = ndimage.distance_transform_edt(~m)
-    core, ring = inside > width, ~m & (outside > width) & (outside <= 2 * width)
+    core, _, ring = _band_regions(np.asarray(given) >= 0.5, width)
     if np.count_nonzero(core) < 8 or np.count_nonzero(ring) < 8:
         return math.nan
     x = np.asarray(image, dtype=np.float64)
     mean, std = x[core].mean(), x[core].std()
     return float(np.mean(np.abs(x[ring] - mean) <= 2 * std))
+
+
+def _band_regions(m: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(core, band, ring) of a boolean mask: mask voxels more than ``width`` from the background, voxels within
+    ``width`` of the boundary on either side, background voxels ``width`` to ``2 width`` from the mask."""
+    # Euclidean distances: a 6-connected erosion by w leaves voxels ~w / sqrt(3) from the surface along the
+    # diagonals, which would put the band's errors into the trusted core
+    inside = ndimage.distance_transform_edt(m)  # to the nearest background voxel
+    outside = ndimage.distance_transform_edt(~m)  # to the nearest mask voxel
+    core = inside > width
+    band = (m | (outside <= width)) & ~core
+    ring = ~m & (outside > width) & (outside <= 2 * width)
+    return core, band, ring
 
 
 def _touching(flags: np.ndarray, side: np.ndarray) -> np.ndarray:
@@ -196,7 +199,12 @@ def _touching(flags: np.ndarray, side: np.ndarray) -> np.ndarray:
 
 
 def band_correct(
-    image: np.ndarray, given: np.ndarray, width: int, margin: float = 0.0, passes: int = 1
+    image: np.ndarray,
+    given: np.ndarray,
+    width: int,
+    margin: float = 0.0,
+    passes: int = 1,
+    connected: bool | None = None,
 ) -> np.ndarray:
     """The given mask with :func:`band_flags` applied, repeated on its own result until nothing changes.
 
@@ -205,14 +213,17 @@ def band_correct(
     several. More than one pass keeps only connected changes, and wants ``margin`` > 0: otherwise every pass
     hands the next layer of partial-volume voxels to the surroundings and the mask erodes (the 48 clean
     phantom_converged training masks, label Dice after one and after ten passes: width 2, no margin, not
-    connected 0.968 -> 0.856; width 4, margin ln 9, not connected 0.980 -> 0.941; connected, at the fixed point, 0.976).
+    connected 0.968 -> 0.856; width 4, margin ln 9, not connected 0.980 -> 0.941; connected, at the fixed
+    point, 0.976).
 
     Returns:
-        Boolean mask; after ``passes`` passes at most.
+        Boolean mask; after ``passes`` passes at most. ``connected`` (default: ``passes > 1``) is
+        :func:`band_flags`' own; ``False`` with several passes only to measure the erosion above.
     """
     mask = np.asarray(given) >= 0.5
+    connected = passes > 1 if connected is None else connected
     for _ in range(passes):
-        to_fg, to_bg = band_flags(image, mask, width, margin, connected=passes > 1)
+        to_fg, to_bg = band_flags(image, mask, width, margin, connected=connected)
         if not (to_fg.any() or to_bg.any()):
             break
         mask = (mask | to_fg) & ~to_bg
