@@ -293,7 +293,9 @@ def carried_rows(path: Path, runs: list[Run], data: Data) -> dict[str, dict[str,
         return {}
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    recorded = read_json(path.with_name(SETTINGS_NAME), {}) or {}
+    recorded = read_json(path.with_name(SETTINGS_NAME), {})
+    if not isinstance(recorded, dict):  # a hand-edited file: check the rows on their columns alone
+        recorded = {}
     by_key = {(r.get("method"), r.get("noise"), r.get("seed"), r.get("fold") or ""): r for r in rows}
     n_test = {fold: len(list((root / "labelsTs").glob("*.nii*"))) for fold, root in data.folds.items()}
     kept = {}
