@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     loads = [sum(by_only[name] for name in group) for group in only_lists]
     total = max(loads)
     command = f"python benchmarks/sizing.py {args.config.as_posix()} --out {args.out.as_posix()}"
+    if args.processes != 2:
+        command += f" --processes {args.processes}"
+    if args.target_min != 90.0:
+        command += f" --target-min {args.target_min:g}"
     summary = {
         "config": args.config.as_posix(),
         "runs": len(full),

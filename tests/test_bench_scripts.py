@@ -97,8 +97,13 @@ def test_sizing_packs_heavy_methods_apart() -> None:
 def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Path) -> None:
     sizing = _script("sizing")
     out = tmp_path / "sizing"
-    assert sizing.main([str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out)]) == 0
+    assert (
+        sizing.main([str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out), "--target-min", "0.5"])
+        == 0
+    )
     summary = json.loads((out / "sizing.json").read_text())
+    # the recorded command reproduces the call, target included
+    assert summary["command"].endswith("--target-min 0.5") and summary["target_min"] == 0.5
     # tiny_test: 2 methods x 2 settings + the oracle = 5 runs; the sample trains 3 (first setting + oracle)
     assert summary["runs"] == 5 and summary["sample_runs"] == 3
     runs = {name: v["runs"] for name, v in summary["per_method"].items()}
