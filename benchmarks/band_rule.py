@@ -36,13 +36,15 @@ from svldrl.bench.data import prepare_data
 from svldrl.bench.spec import load_benchmark
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.io import write_text
+from svldrl.errors import UserError
 from svldrl.reporter import Reporter
-from svldrl.rules import band_correct, overlap
+from svldrl.rules import band_correct, band_correct_select, overlap
 
 LN9 = math.log(9)
-# (name, width, margin, passes, connected): today's default and the widths tried with it, repeating it as it
-# is, the margin alone, and the fixed point at several widths (and once without the connectivity rule)
-VARIANTS = [
+# (name, width, margin, passes, connected[, widest]): today's default and the widths tried with it, repeating it
+# as it is, the margin alone, the fixed point at several widths (and once without the connectivity rule), and
+# the fixed point at a width chosen per case from width..widest by the image's likelihood (rl.band_width_max)
+VARIANTS: list[tuple] = [
     ("w1", 1, 0.0, 1, False),
     ("w2 (default)", 2, 0.0, 1, False),
     ("w3", 3, 0.0, 1, False),
@@ -55,6 +57,7 @@ VARIANTS = [
     ("w5, margin ln 9, fixed point", 5, LN9, 10, True),
     ("w6, margin ln 9, fixed point", 6, LN9, 10, True),
     ("w4, margin ln 9, 10 passes, not connected", 4, LN9, 10, False),
+    ("w2-6 per case by likelihood, margin ln 9, fixed point", 2, LN9, 10, True, 6),
 ]
 
 
@@ -68,14 +71,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cases = {s: load_dataset(data.source, "clean" if s == "clean" else f"noisy/{s}").train for s in settings}
     clean = {c.case_id: load_case(c, dcfg)[:2] for c in cases["clean"]}
     rows = []
-    for name, width, margin, passes, connected in VARIANTS:
+    for name, width, margin, passes, connected, *widest in VARIANTS:
         for s in settings:
             t0 = time.monotonic()
             dice, volume = [], []
             for c in cases[s]:
                 image, truth = clean[c.case_id]
                 given = load_case(c, dcfg)[1]
-                mask = band_correct(image, given, width, margin, passes, connected)
+                if widest:
+                    mask, _ = band_correct_select(image, given, range(width, widest[0] + 1), margin, passes)
+                else:
+                    mask = band_correct(image, given, width, margin, passes, connected)
                 dice.append(overlap(mask, truth)[0])
                 volume.append(np.count_nonzero(mask) / max(np.count_nonzero(truth), 1))
             given_dice = float(
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "variant": name,
                     "band_width": width,
+                    "band_width_max": widest[0] if widest else 0,
                     "band_margin": round(margin, 3),
                     "band_passes": passes,
                     "connected": connected,
@@ -148,7 +155,11 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     t0 = time.monotonic()
-    payload = run(args)
+    try:
+        payload = run(args)
+    except UserError as exc:  # one line, exit 2, as the CLI does
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     payload.update(
         command="python " + " ".join(sys.argv),
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -196,6 +196,33 @@ def test_band_margin_keeps_partial_volume_voxels_and_passes_undo_a_dilation_wide
     np.testing.assert_array_equal(band_correct(image, fixed, 3, math.log(9), passes=10), fixed)
 
 
+def test_band_correct_select_picks_per_case_the_width_the_image_supports() -> None:
+    """band_correct_select: a mask dilated by 5 voxels needs a wide band (through a narrow one the fixed point
+    stalls: its core holds surroundings), a correct mask keeps its boundary whatever the width (the smallest
+    wins the tie); the likelihood picks from the image alone."""
+    import math
+
+    from svldrl.rules import band_correct, band_correct_select
+
+    rng = np.random.default_rng(0)
+    shape = (56, 56, 56)
+    organ = _ball(shape, (28, 28, 22), 12.0)
+    lookalike = _ball(shape, (28, 28, 46), 4.0)  # the organ's intensity, 3 voxels beyond the dilated mask
+    image = np.where(organ | lookalike, rng.normal(1.0, 0.1, shape), rng.normal(0.3, 0.15, shape))
+    widths, ln9 = [2, 3, 4, 5, 6], math.log(9)
+    dilated = _ball(shape, (28, 28, 22), 17.0)
+    mask, width = band_correct_select(image, dilated, widths, ln9, passes=10)
+    np.testing.assert_array_equal(mask, band_correct(image, dilated, width, ln9, passes=10))
+    assert overlap(band_correct(image, dilated, 2, ln9, passes=10), organ)[0] < 0.6  # the narrow band stalls
+    assert width >= 4 and overlap(mask, organ)[0] > 0.97 and not (mask & lookalike).any()
+    mask, width = band_correct_select(image, organ, widths, ln9, passes=10)
+    assert width == 2 and overlap(mask, organ)[0] > 0.99
+    # too small to fit at any width: the smallest width's (unchanged) result
+    tiny = _ball(shape, (28, 28, 22), 1.0)
+    mask, width = band_correct_select(image, tiny, widths, ln9, passes=10)
+    assert width == 2 and (mask == tiny).all()
+
+
 def test_band_lookalike_share_tells_a_separable_organ_from_one_its_surroundings_resemble() -> None:
     """The share of the ring within 2 std of the organ's intensity: ~0 for a bright organ in dark tissue, the
     look-alike's share of the ring when it touches the organ, NaN for a mask too small to fit."""

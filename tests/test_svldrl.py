@@ -241,6 +241,25 @@ def test_tloss_segmentation_loss_in_every_stage(dataset: Path, tmp_path: Path) -
         C.load_config(overrides=[*TINY, "method=supervised", "tloss.init=0.5"])
 
 
+def test_band_width_max_chooses_each_case_width_with_band_correct_select(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """rl.band_width_max: every target is band_correct_select's mask over rl.band_width..max, its median width
+    logged; a maximum not above rl.band_width is refused."""
+    from svldrl.rules import band_correct_select
+
+    cfg = C.load_config(overrides=[*RL, "rl.target_update=band", "rl.band_width=1", "rl.band_width_max=3"])
+    trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
+    chosen = []
+    for image, given, target in zip(trainer.images, trainer.given, trainer.targets, strict=True):
+        mask, width = band_correct_select(image, given, [1, 2, 3], 0.0, 1)
+        np.testing.assert_array_equal(target >= 0.5, mask)
+        chosen.append(width)
+    assert trainer.band_logs["charts/band_width"] == float(np.median(chosen))
+    with pytest.raises(C.UserError, match="rl.band_width_max"):
+        C.load_config(overrides=[*RL, "rl.target_update=band", "rl.band_width=3", "rl.band_width_max=3"])
+
+
 def test_band_target_update_corrects_the_targets_before_the_first_step(dataset: Path, tmp_path: Path) -> None:
     """rl.target_update=band: every target is the given mask with band_flags' voxels relabelled, from the
     start (the rule needs no model), kept in checkpoints and logged as charts/target_changed."""

@@ -197,6 +197,13 @@ class RL:
     band_width: int = setting(
         2, "band target update: half-width in voxels of the band around the given boundary", range=(1, 100)
     )
+    band_width_max: int = setting(
+        0,
+        "band target update: 0 uses rl.band_width for every case; N > rl.band_width chooses each case's width "
+        "from rl.band_width..N, the one whose corrected mask the image near the boundary supports best "
+        "(two Gaussians' likelihood: rules.band_correct_select)",
+        range=(0, 100),
+    )
     band_margin: float = setting(
         0.0,
         "band target update: log-likelihood ratio a band voxel needs to change label (0: the likelier side "
@@ -490,6 +497,11 @@ def validate(cfg: dict) -> dict:
         raise UserError("config keys rl.warmup + rl.transition must not exceed 1")
     if get(cfg, "rl.alpha") + get(cfg, "rl.beta") > 1.0:
         raise UserError("config keys rl.alpha + rl.beta must not exceed 1")
+    if 0 < get(cfg, "rl.band_width_max") <= get(cfg, "rl.band_width"):
+        raise UserError(
+            f"config key 'rl.band_width_max' = {get(cfg, 'rl.band_width_max')} must be 0 (one width for every "
+            f"case) or larger than rl.band_width = {get(cfg, 'rl.band_width')}"
+        )
     if get(cfg, "nets.backbone") == "swinunetr" and get(cfg, "nets.feature_size") % 12:
         raise UserError("config key 'nets.feature_size' must be a multiple of 12 for swinunetr")
     if get(cfg, "nets.backbone") == "swinunetr" and (

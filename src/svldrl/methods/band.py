@@ -19,7 +19,7 @@ import numpy as np
 
 from svldrl.engine.trainer import Trainer
 from svldrl.methods.tloss import TLossTrainer
-from svldrl.rules import band_correct, band_lookalike_share, relabel
+from svldrl.rules import band_correct, band_correct_select, band_lookalike_share, relabel
 
 #: Median share of organ-like surroundings above which a run warns (easy phantoms <= 0.017, standard >= 0.043).
 LOOKALIKE_WARNING = 0.03
@@ -27,20 +27,26 @@ LOOKALIKE_WARNING = 0.03
 
 def band_target_update(trainer: Trainer) -> dict[str, float]:
     """Set every case's target to its given mask corrected by :func:`band_correct` (``rl.band_width``,
-    ``rl.band_margin``, ``rl.band_passes``).
+    ``rl.band_margin``, ``rl.band_passes``), or with ``rl.band_width_max`` by :func:`band_correct_select` at a
+    width chosen per case.
 
     Returns:
-        The share of voxels changed, as ``charts/target_changed``, and the median over cases of
-        :func:`band_lookalike_share` as ``charts/band_lookalike_share``; above :data:`LOOKALIKE_WARNING` the
-        run says that the rule is unlikely to help.
+        The share of voxels changed, as ``charts/target_changed``, the median over cases of
+        :func:`band_lookalike_share` as ``charts/band_lookalike_share`` (above :data:`LOOKALIKE_WARNING` the
+        run says that the rule is unlikely to help) and of the width used as ``charts/band_width``.
     """
     rl = trainer.cfg["rl"]
     width, margin, passes = int(rl["band_width"]), float(rl["band_margin"]), int(rl["band_passes"])
+    widths = list(range(width, int(rl["band_width_max"]) + 1)) or [width]
     changed = total = 0
-    shares = []
+    shares, chosen = [], []
     for i, (image, given) in enumerate(zip(trainer.images, trainer.given, strict=True)):
-        shares.append(band_lookalike_share(image, given, width))
-        corrected = band_correct(image, given, width, margin, passes)
+        if len(widths) > 1:
+            corrected, case_width = band_correct_select(image, given, widths, margin, passes)
+        else:
+            corrected, case_width = band_correct(image, given, width, margin, passes), width
+        chosen.append(case_width)
+        shares.append(band_lookalike_share(image, given, case_width))
         is_fg = np.asarray(given) >= 0.5
         new = relabel(given, corrected & ~is_fg, is_fg & ~corrected)
         changed += int(np.count_nonzero(new != trainer.targets[i]))
@@ -53,7 +59,11 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
             f"(within 2 std); the band corrects boundaries only where the organ stands out from its surroundings "
             f"and may damage these masks (docs/method.md section 9); consider rl.target_update=none"
         )
-    return {"charts/target_changed": changed / max(total, 1), "charts/band_lookalike_share": share}
+    return {
+        "charts/target_changed": changed / max(total, 1),
+        "charts/band_lookalike_share": share,
+        "charts/band_width": float(np.median(chosen)),
+    }
 
 
 class SupervisedBandTrainer(Trainer):
