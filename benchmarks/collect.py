@@ -71,7 +71,10 @@ SECTIONS = [
         "whose run folders were then moved here and the report rewritten by the full config. Step 4 (the band's "
         "fixed point: `tloss_band_fp`, `svldrl_fast_band_fp_tloss`, `supervised_band_fp`) ran the same way in a "
         "later session; three plain runs repeated in it are in "
-        "[plain_reruns.csv](benchmarks/results/svldrl_robust_converged/plain_reruns.csv). RL diagnostics: "
+        "[plain_reruns.csv](benchmarks/results/svldrl_robust_converged/plain_reruns.csv). Steps 5 and 6 "
+        "(`svldrl_fast_band_fp_tloss_orig`, `svldrl_fast_band_auto_tloss_orig`) ran the same way in the session "
+        "of the sizing of phantom_converged (plain training 268-283 s a run there); step 5's first four runs "
+        "shared the cores with `band_rule.py`. RL diagnostics: "
         "[rl_diagnostics.md](benchmarks/results/svldrl_robust_converged/rl_diagnostics.md).",
     ),
     (

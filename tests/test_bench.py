@@ -480,7 +480,7 @@ def test_the_recommended_svldrl_config_is_a_valid_train_config() -> None:
     search = load_benchmark(
         Path(__file__).resolve().parents[1] / "benchmarks" / "svldrl_robust_converged.yaml"
     )
-    row = next(m for m in search.methods if m.name == "svldrl_fast_band_fp_tloss")
+    row = next(m for m in search.methods if m.name == "svldrl_fast_band_fp_tloss_orig")
     measured = C.load_config(overrides=[f"method={row.method}", *row.overrides])
     assert measured == cfg
 
