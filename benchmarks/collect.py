@@ -123,8 +123,9 @@ SECTIONS = [
         "ran as 1-thread processes beside other benchmarks on the 2-core machine, so wall times say nothing about "
         "an idle machine: see the config's header and the sizing below. `svldrl_recommended` "
         "(benchmarks/svldrl_recommended.yaml, unchanged) was run again on 2026-12-02 when that file took the band's "
-        "fixed point (its earlier rows, single pass at width 2, are in git history), on a faster machine than the "
-        "other rows': its `x plain` understates its cost (see the robust step's cost on phantom_converged).",
+        "fixed point (its earlier rows, single pass at width 2, are in git history), and again in a later session "
+        "when it took `rl.seg_on_refined=false`; its `x plain` compares runs of different machines (see the "
+        "robust step's cost on phantom_converged).",
     ),
     (
         "sizing",
@@ -167,7 +168,8 @@ SECTIONS = [
         "phantoms, masks and settings); the rest ran on 2026-12-02 as two 1-thread processes (`--only "
         "svldrl,supervised` and `--only adele,mtcl`), `svldrl_recommended` (all five settings, its own runs) later "
         "that day on a faster machine (its `x plain` understates its cost), again when the file took the band's "
-        "fixed point.",
+        "fixed point, and again in a later session when it took `rl.seg_on_refined=false` (its mt0.5 and clean "
+        "runs equal phantom_cpu's of that session).",
     ),
     ("audit", "Label audit (`benchmarks/audit_bench.py`)", "Which training masks are wrong, and where."),
     (
