@@ -247,26 +247,28 @@ def band_correct_select(
     with the clean masks (benchmarks/results/band_rule).
 
     Returns:
-        (corrected mask, chosen width); the smallest width wins ties, and the smallest width's result is
-        returned when no width leaves 8 voxels on both sides of the neighbourhood.
+        (corrected mask, chosen width); one width is simply :func:`band_correct`'s; the smallest width wins
+        ties, and its result is returned when no width leaves 8 voxels on both sides of the neighbourhood.
     """
     m = np.asarray(given) >= 0.5
-    reach = 2 * max(widths)
+    widths = sorted(widths)
+    smallest = (band_correct(image, m, widths[0], margin, passes), widths[0])
+    if len(widths) == 1:
+        return smallest
+    reach = 2 * widths[-1]
     near = np.where(m, ndimage.distance_transform_edt(m), ndimage.distance_transform_edt(~m)) <= reach
     x = np.asarray(image, dtype=np.float64)[near]
-    best: tuple[float, np.ndarray, int] | None = None
-    for width in sorted(widths):
-        mask = band_correct(image, m, width, margin, passes)
+    best, best_score = smallest, -math.inf
+    for width in widths:
+        mask = smallest[0] if width == widths[0] else band_correct(image, m, width, margin, passes)
         inside = mask[near]
         sides = (x[inside], x[~inside])
         if min(v.size for v in sides) < 8:
             continue
         score = -sum(v.size * math.log(v.std() + 1e-6) for v in sides)
-        if best is None or score > best[0]:
-            best = (score, mask, width)
-    if best is None:
-        return band_correct(image, m, min(widths), margin, passes), min(widths)
-    return best[1], best[2]
+        if score > best_score:
+            best, best_score = (mask, width), score
+    return best
 
 
 # ----------------------------------------------------------------------------------------------------------

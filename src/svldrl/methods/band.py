@@ -19,16 +19,16 @@ import numpy as np
 
 from svldrl.engine.trainer import Trainer
 from svldrl.methods.tloss import TLossTrainer
-from svldrl.rules import band_correct, band_correct_select, band_lookalike_share, relabel
+from svldrl.rules import band_correct_select, band_lookalike_share, relabel
 
 #: Median share of organ-like surroundings above which a run warns (easy phantoms <= 0.017, standard >= 0.043).
 LOOKALIKE_WARNING = 0.03
 
 
 def band_target_update(trainer: Trainer) -> dict[str, float]:
-    """Set every case's target to its given mask corrected by :func:`band_correct` (``rl.band_width``,
-    ``rl.band_margin``, ``rl.band_passes``), or with ``rl.band_width_max`` by :func:`band_correct_select` at a
-    width chosen per case.
+    """Set every case's target to its given mask corrected by :func:`~svldrl.rules.band_correct_select`: the
+    band's fixed point (``rl.band_margin``, ``rl.band_passes``) at ``rl.band_width``, or with
+    ``rl.band_width_max`` at a width chosen per case.
 
     Returns:
         The share of voxels changed, as ``charts/target_changed``, the median over cases of
@@ -41,10 +41,7 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
     changed = total = 0
     shares, chosen = [], []
     for i, (image, given) in enumerate(zip(trainer.images, trainer.given, strict=True)):
-        if len(widths) > 1:
-            corrected, case_width = band_correct_select(image, given, widths, margin, passes)
-        else:
-            corrected, case_width = band_correct(image, given, width, margin, passes), width
+        corrected, case_width = band_correct_select(image, given, widths, margin, passes)
         chosen.append(case_width)
         shares.append(band_lookalike_share(image, given, case_width))
         is_fg = np.asarray(given) >= 0.5
