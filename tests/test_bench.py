@@ -297,6 +297,14 @@ def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() 
     assert bench_plan.config_differences(changed, saved) == ["rl.t_max: 3 there, 1 asked"]
 
 
+def test_neutral_keys_such_as_threads_and_the_weights_layout_never_make_a_run_stale() -> None:
+    """They change the kernels' summation order, not what is computed: a rerun may differ in them."""
+    saved = {"train": {"threads": 1, "memory_format": "contiguous"}, "rl": {"t_max": 3}}
+    asked = {"train": {"threads": 2, "memory_format": "channels_last"}, "rl": {"t_max": 3}}
+    assert bench_plan.config_differences(asked, saved) == []
+    assert bench_plan.config_differences(asked, {"rl": {"t_max": 3}}) == []
+
+
 @pytest.mark.slow
 def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monkeypatch) -> None:
     """--reuse copies a finished run only when masks, method and settings are the same; the rest train."""

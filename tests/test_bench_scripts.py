@@ -91,6 +91,11 @@ def test_sizing_packs_heavy_methods_apart() -> None:
     groups = sizing._split(["a", "b", "rl1", "rl2", "c"], {"rl1": 4.0, "rl2": 4.0}, 2)
     assert groups == [["rl1", "a", "c"], ["rl2", "b"]]  # the two RL methods in different processes
     assert sizing._split(["a"], {}, 2) == [["a"]]
+    # greedy longest-first packs 5+3 against 4+3+3 (8 / 10); the best split is 9 / 9
+    weights = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 3.0, "e": 3.0}
+    groups = sizing._split(list(weights), weights, 2)
+    assert sorted(sum(weights[n] for n in g) for g in groups) == [9.0, 9.0]
+    assert sorted(n for g in groups for n in g) == list("abcde")
 
 
 @pytest.mark.slow
@@ -98,12 +103,18 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     sizing = _script("sizing")
     out = tmp_path / "sizing"
     assert (
-        sizing.main([str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out), "--target-min", "0.5"])
+        sizing.main(
+            [str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out), "--target-min", "0.5"]
+            + [
+                "--reference",
+                str(out / "sample"),
+            ]  # any finished benchmark of the config: here the sample itself
+        )
         == 0
     )
     summary = json.loads((out / "sizing.json").read_text())
     # the recorded command reproduces the call, target included
-    assert summary["command"].endswith("--target-min 0.5") and summary["target_min"] == 0.5
+    assert "--target-min 0.5 --reference" in summary["command"] and summary["target_min"] == 0.5
     # tiny_test: 2 methods x 2 settings + the oracle = 5 runs; the sample trains 3 (first setting + oracle)
     assert summary["runs"] == 5 and summary["sample_runs"] == 3
     runs = {name: v["runs"] for name, v in summary["per_method"].items()}
@@ -118,6 +129,9 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     assert summary["predicted_wall_min"] == pytest.approx(max(loads) / 60, abs=0.06)
     assert summary["overhead_per_run_s"] >= 0 and len(summary["process_wall_s"]) == len(summary["groups"])
     assert "Predicted wall time" in (out / "results.md").read_text()
+    # the reference's Dice of the same runs stand beside the sample's
+    assert all(v["reference_dice"] == v["dice"] for v in per_method.values())
+    assert "same run" in (out / "results.md").read_text()
 
 
 def test_refactor_check_finds_any_changed_figure_in_benchmark_demo_and_audit_folders(tmp_path: Path) -> None:

@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from svldrl import config as C
+from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.engine.trainer import memory_format
+from svldrl.methods import get_method
 from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
 
@@ -118,6 +121,58 @@ def test_amp_bf16_trains_on_cpu(dataset: Path, tmp_path: Path) -> None:
     assert all(0 < v < 10 for v in losses) and losses[-1] < losses[0]
     weights = load_checkpoint(run / "checkpoint_final.pt")["model"]
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+def test_memory_format_auto_is_channels_last_only_on_a_cpu_under_bf16() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert memory_format("auto", cpu, amp=True) == torch.channels_last_3d
+    assert memory_format("auto", cpu, amp=False) == torch.contiguous_format
+    assert memory_format("auto", cuda, amp=True) == torch.contiguous_format
+    assert memory_format("channels_last", cuda, amp=False) == torch.channels_last_3d
+    assert memory_format("contiguous", cpu, amp=True) == torch.contiguous_format
+
+
+def _layouts(net: torch.nn.Module) -> set[bool]:
+    """Whether each 3x3x3 convolution with several input channels holds its weights channels_last (for
+    one input channel or a 1x1x1 kernel both layouts are the same strides)."""
+    weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    return {
+        w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+        for w in weights
+        if w.shape[1] > 1 and w.shape[2] > 1
+    }
+
+
+@pytest.mark.parametrize(("method", "other"), [("coteaching", "peer"), ("mtcl", "teacher")])
+def test_memory_format_reaches_every_network_of_a_method(
+    dataset: Path, tmp_path: Path, method: str, other: str
+) -> None:
+    for fmt, channels_last in (("channels_last", True), ("contiguous", False)):
+        cfg = C.load_config(
+            overrides=[*RUN, "train.batch=2", f"method={method}", f"train.memory_format={fmt}"]
+        )
+        trainer = get_method(method)(cfg, load_dataset(dataset), tmp_path / fmt)
+        assert _layouts(trainer.network) == _layouts(getattr(trainer, other)) == {channels_last}
+
+
+def test_channels_last_trains_what_contiguous_trains(dataset: Path, tmp_path: Path) -> None:
+    """The layout changes the kernels' summation order, not the model: same losses, same weights (float32)."""
+    runs = {
+        fmt: train(
+            dataset,
+            "clean",
+            tmp_path / fmt,
+            C.load_config(overrides=[*RUN, "train.batch=2", f"train.memory_format={fmt}"]),
+        )
+        for fmt in ("contiguous", "channels_last")
+    }
+    for ra, rb in zip(*(_rows(run) for run in runs.values()), strict=True):
+        assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-5)
+    a, b = (load_checkpoint(run / "checkpoint_final.pt")["model"] for run in runs.values())
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a if a[k].is_floating_point()])
+    # AdamW's first steps move a weight by up to lr (3e-3) whatever its gradient's size, so a gradient near 0
+    # that rounds differently moves a few weights apart by a fraction of lr; the rest differ by rounding alone
+    assert diff.max() < 2e-3 and (diff > 1e-4).float().mean() < 0.01
 
 
 def test_compile_trains_and_saves_plain_weights(dataset: Path, tmp_path: Path, monkeypatch) -> None:

@@ -132,10 +132,24 @@ def test_the_whole_volume_training_pass_is_one_forward_of_the_whole_volume(
     assert calls["whole"] == [(1, 1, 40, 48, 40)] and len(calls["sliding"]) == 8  # 2 x 2 x 2 windows of 32^3
     # (40, 48, 40) is a multiple of the divisor 8: nothing is padded, so it is the network on the volume
     net = trainer.network.eval()
-    with torch.no_grad():
-        direct = torch.softmax(net(torch.from_numpy(image)[None, None], heads=("seg",))["seg"], 1)[0, 1]
-    np.testing.assert_allclose(probs["whole"], direct.numpy(), atol=1e-5)
+    with torch.no_grad(), trainer._autocast():  # the pass runs under train.amp, as the steps do
+        direct = torch.softmax(net(torch.from_numpy(image)[None, None], heads=("seg",))["seg"].float(), 1)
+    np.testing.assert_allclose(probs["whole"], direct[0, 1].numpy(), atol=1e-5)
     assert not np.allclose(probs["sliding"], probs["whole"], atol=1e-3)  # the window borders differ
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_the_training_pass_runs_in_bf16_under_train_amp(dataset: Path, tmp_path: Path, amp: bool) -> None:
+    """ADELE's and MTCL's pass over the training cases is part of training: bf16 under ``train.amp``, float32
+    probabilities out either way, within bf16's rounding of the float32 pass."""
+    trainer = get_method("adele")(_cfg("adele", f"train.amp={amp}"), load_dataset(dataset), tmp_path / "run")
+    dtypes: list[torch.dtype] = []
+    trainer.network.register_forward_hook(lambda m, args, out: dtypes.append(out["seg"].dtype))
+    image = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)
+    probs = trainer.predict_probs(image)
+    assert probs.dtype == np.float32 and set(dtypes) == {torch.bfloat16 if amp else torch.float32}
+    trainer.amp = False
+    np.testing.assert_allclose(probs, trainer.predict_probs(image), atol=0.02 if amp else 0.0)
 
 
 # ------------------------------------------------------------------ mtcl

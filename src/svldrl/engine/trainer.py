@@ -95,6 +95,15 @@ def use_amp(setting: bool | str, device: torch.device) -> bool:
     return bf16_supported(device) if setting == "auto" else bool(setting)
 
 
+def memory_format(setting: str, device: torch.device, amp: bool) -> torch.memory_format:
+    """``train.memory_format`` resolved: ``auto`` is channels_last on a CPU under bf16 autocast, where oneDNN's
+    3D convolutions run 1.4x faster in that layout (benchmarks/results/cpu_speed: bf16_cl against bf16), and
+    contiguous elsewhere (cuDNN's 3D convolutions gain nothing dependable from it)."""
+    if setting == "auto":
+        setting = "channels_last" if device.type == "cpu" and amp else "contiguous"
+    return torch.channels_last_3d if setting == "channels_last" else torch.contiguous_format
+
+
 def seg_target(q: torch.Tensor) -> torch.Tensor:
     """Foreground probability (B,1,...) -> two-class soft one-hot (B,2,...) for Dice+CE."""
     return torch.cat([1.0 - q, q], dim=1)
@@ -183,8 +192,10 @@ class Trainer:
         return {"in_channels": 1, "aux_channels": 0, "rl_heads": False}
 
     def build_network(self) -> torch.nn.Module:
-        """The network of ``nets.*`` (segmentation only unless the method needs the RL heads)."""
-        return build_network(self.cfg["nets"], **self.network_kwargs(self.cfg))
+        """The network of ``nets.*`` (segmentation only unless the method needs the RL heads), its weights in
+        ``train.memory_format`` (activations follow the weights' layout; copies such as an EMA teacher keep it)."""
+        net = build_network(self.cfg["nets"], **self.network_kwargs(self.cfg))
+        return net.to(memory_format=memory_format(self.cfg["train"]["memory_format"], self.device, self.amp))
 
     def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
         tc = self.cfg["train"]
@@ -337,7 +348,13 @@ class Trainer:
         network.eval()
         ic = self.cfg["infer"]
         x = torch.from_numpy(image)[None, None].to(self.device)
-        seg = lambda w: network(w, heads=("seg",))["seg"]  # noqa: E731 - plain head, no refinement
+
+        # Part of training: bf16 under ``train.amp`` like the steps (2x faster on 40^3 phantoms on a CPU with
+        # bf16 kernels); the logits are taken back to float32 before the softmax.
+        def seg(w: torch.Tensor) -> torch.Tensor:  # plain head, no refinement
+            with self._autocast():
+                return network(w, heads=("seg",))["seg"].float()
+
         if ic["train_pass"] == "whole":
             div = int(getattr(network, "divisor", 1))
             roi = tuple(max(self.patch, -(-s // div) * div) for s in x.shape[2:])
