@@ -34,18 +34,17 @@ SECTIONS = [
     (
         "sizing_converged",
         "Sizing of phantom_converged (`benchmarks/sizing.py benchmarks/phantom_converged.yaml`)",
-        "Whether the trained-out comparison fits the 3 hours it was meant to take on this 2-core machine: every "
+        "Whether the trained-out comparison fits the 3 hours it is meant to take on this 2-core machine: every "
         "method trained once (MT-Noise 0.5, seed 0, plus the oracle) as two 1-thread processes on the otherwise "
-        "idle machine, each method's measured seconds scaled to its runs in the 48-run matrix. It does not: 209 "
-        "minutes on the heavier of the script's two `--only` lists; the best split of the table's rows "
-        "(`adele,mtcl` against the other three) still puts 11,779 s (196 min) on one process. ADELE (2.5x plain "
-        "training) and MTCL (2.0x) segment all 48 training cases with the test-time sliding windows at every "
-        "epoch end; the one-window pass that saved time changed ADELE's results (the config's header). Machines "
-        "of this kind differ: plain training took 283 s a run here, 195 s on the machine of the session before "
-        "(`svldrl_robust_converged/plain_reruns.csv`). The sample's Dice reproduce the committed seed-0 rows "
-        "within 0.5 points (ADELE within 2.8: its thresholded corrections amplify small differences): 97.94 / "
-        "89.11 / 83.81 / 54.30 / 94.89 / 98.43 against 97.75 / 88.92 / 83.34 / 57.08 / 94.54 / 98.10 "
-        "(supervised on clean masks and under MT-Noise 0.5, co-teaching, ADELE, MTCL, T-Loss).",
+        "idle machine, each method's measured seconds scaled to its runs in the 48-run matrix, packed into the two "
+        "`--only` lists that balance the processes best. It does since the networks train with channels_last "
+        "weights under bf16 on this CPU and the methods' passes over the training cases run in bf16 "
+        "(`train.memory_format`, `train.amp`, 2026-12-02); the same sample predicted 196-209 minutes before "
+        "(git history of this folder). Machines of this kind differ by ~30 % in speed: plain training took 195 to "
+        "287 s a run in the contiguous layout on earlier sessions' machines (`svldrl_robust_converged/"
+        "plain_reruns.csv`, the previous sample). The last column holds the Dice of the same runs in "
+        "phantom_converged's results.csv at the time, trained in the contiguous layout (`--reference`): ADELE's thresholded corrections amplify small "
+        "differences, the other methods reproduce within half a point.",
     ),
     (
         "svldrl_search_converged",

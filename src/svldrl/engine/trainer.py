@@ -336,7 +336,8 @@ class Trainer:
         ``infer.train_pass``: by sliding windows of the patch size (as at test time), or in one window of the
         whole volume rounded up to the network's divisor. The methods that call this segment every training
         case each epoch; on 40^3 phantoms with 32^3 patches the sliding pass runs 8 overlapping windows per
-        case (ADELE and MTCL ~2.8x plain training's time there; ``whole`` saved ADELE 14 %). ``whole`` runs
+        case (ADELE ~2.2x and MTCL ~1.9x plain training's time there, benchmarks/results/sizing_converged;
+        ``whole`` saved ADELE 14 % when this pass ran in float32). ``whole`` runs
         the fully convolutional network once on the whole volume: real context instead of padding at the
         window borders, but no blending of overlapping windows and instance-norm statistics of the whole
         volume rather than of a patch, so its probabilities differ from the test-time pass. On
@@ -349,8 +350,8 @@ class Trainer:
         ic = self.cfg["infer"]
         x = torch.from_numpy(image)[None, None].to(self.device)
 
-        # Part of training: bf16 under ``train.amp`` like the steps (2x faster on 40^3 phantoms on a CPU with
-        # bf16 kernels); the logits are taken back to float32 before the softmax.
+        # Part of training: bf16 under ``train.amp`` like the steps (on CPUs with bf16 kernels this pass is much of
+        # ADELE's and MTCL's time: benchmarks/results/sizing_converged); float32 logits into the softmax.
         def seg(w: torch.Tensor) -> torch.Tensor:  # plain head, no refinement
             with self._autocast():
                 return network(w, heads=("seg",))["seg"].float()
