@@ -102,16 +102,10 @@ def test_sizing_packs_heavy_methods_apart() -> None:
 def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Path) -> None:
     sizing = _script("sizing")
     out = tmp_path / "sizing"
-    assert (
-        sizing.main(
-            [str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out), "--target-min", "0.5"]
-            + [
-                "--reference",
-                str(out / "sample"),
-            ]  # any finished benchmark of the config: here the sample itself
-        )
-        == 0
-    )
+    argv = [str(ROOT / "benchmarks" / "tiny_test.yaml"), "--out", str(out), "--target-min", "0.5"]
+    # the reference: any finished benchmark of the config, here the sample itself
+    argv += ["--reference", str(out / "sample")]
+    assert sizing.main(argv) == 0
     summary = json.loads((out / "sizing.json").read_text())
     # the recorded command reproduces the call, target included
     assert "--target-min 0.5 --reference" in summary["command"] and summary["target_min"] == 0.5
