@@ -7,6 +7,8 @@ methods into ``--processes`` ``--only`` lists by those totals and predicts the w
 heaviest list's. Each sample process's wall time beyond its runs' own seconds (data preparation,
 start-up, evaluation, report) is added per run as measured overhead; a process's idle wait for the
 other is not. Writes ``OUT/sizing.json`` and ``OUT/results.md``, with the ``--only`` lists to use.
+``--keep-sample`` keeps the runs of an earlier sample in OUT and trains only the missing ones (a method
+added to CONFIG since); without it a finished sample there is refused rather than silently reused.
 
     python benchmarks/sizing.py benchmarks/phantom_cpu.yaml --out benchmarks/results/sizing
 
@@ -77,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="parallel 1-thread processes (default 2)")
     parser.add_argument("--target-min", type=float, default=90.0, help="the config's wall-time target")
     parser.add_argument(
+        "--keep-sample",
+        action="store_true",
+        help="OUT holds the sample of an earlier call (same code and machine): keep its runs and train only the "
+        "missing ones, e.g. of a method added to CONFIG since",
+    )
+    parser.add_argument(
         "--reference",
         type=Path,
         help="a finished benchmark folder of CONFIG: its Dice for the sample's runs are shown beside the sample's "
@@ -91,10 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     raw["name"] = f"{bench.name}_sample"
     raw["noise"] = raw["noise"][:1]
     raw["seeds"] = raw["seeds"][:1]
+    for row in raw["methods"]:  # a row's config file, relative to CONFIG's folder, from the sample's folder
+        if isinstance(row, dict) and isinstance(row.get("config"), str):
+            found = next(
+                (c for c in (Path(row["config"]), args.config.parent / row["config"]) if c.is_file()), None
+            )
+            if found is not None:
+                row["config"] = os.path.relpath(found.resolve(), args.out.resolve())
+    sample_dir = args.out / "sample"
+    earlier = (
+        json.loads((args.out / "sizing.json").read_text()) if (args.out / "sizing.json").is_file() else {}
+    )
+    if any(sample_dir.glob("runs/*/*/*/result.json")) and not args.keep_sample:
+        print(
+            f"error: {sample_dir} holds the runs of an earlier sample: pass --keep-sample to keep them and train "
+            "only the missing ones, or remove it to measure every method again",
+            file=sys.stderr,
+        )
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     sample_cfg = args.out / "sample.yaml"
     sample_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
-    sample_dir = args.out / "sample"
 
     # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides);
     # the oracle runs in the process whose --only list names its method
@@ -104,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(dict.fromkeys([m.name for m in bench.methods] + list(bench.methods_on_clean)))
     groups = _split(names, weights, args.processes)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started_at = time.time()
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -148,11 +174,25 @@ def main(argv: list[str] | None = None) -> int:
         (r["method"], r["noise"] == CLEAN): float(r["train_seconds"]) + float(r["predict_seconds"])
         for r in rows
     }
+    # the overhead is measured on the runs trained in this call (with --keep-sample: the earlier call's if none)
+    now = {
+        (r["method"], r["noise"] == CLEAN)
+        for r in rows
+        if (sample_dir / "runs" / r["noise"] / r["method"] / f"seed{r['seed']}" / "result.json")
+        .stat()
+        .st_mtime
+        >= started_at
+    }
     group_of = {name: i for i, group in enumerate(groups) for name in group}
     busy = [0.0] * len(groups)
-    for (name, _), sec in seconds.items():
-        busy[group_of[name]] += sec
-    overhead = max(0.0, sum(ends[i] - busy[i] for i in range(len(groups)))) / len(rows)
+    for (name, clean), sec in seconds.items():
+        if (name, clean) in now:
+            busy[group_of[name]] += sec
+    if now:
+        overhead = max(0.0, sum(ends[i] - busy[i] for i in range(len(groups)))) / len(now)
+    else:
+        overhead = float(earlier.get("overhead_per_run_s", 0.0))
+    kept = len(rows) - len(now)
     counts = Counter((run.method.name, run.noise == CLEAN) for run in full)
     cost = {key: n * (seconds[key] + overhead) for key, n in counts.items()}
     dice = {(r["method"], r["noise"] == CLEAN): float(r["dice"]) for r in rows}
@@ -185,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --processes {args.processes}"
     if args.target_min != 90.0:
         command += f" --target-min {args.target_min:g}"
+    if args.keep_sample:
+        command += " --keep-sample"
     if args.reference is not None:
         command += f" --reference {args.reference.as_posix()}"
     summary = {
@@ -194,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "groups": groups,
         "process_wall_s": [round(ends[i], 1) for i in range(len(groups))],
         "sample_runs": len(rows),
+        "sample_runs_kept": kept,
+        "kept_from": earlier.get("date") if kept else None,
         "sample_wall_s": round(wall, 1),
         "overhead_per_run_s": round(overhead, 1),
         "per_method": per_method,
@@ -210,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         f"# Sizing of {bench.name}: {len(full)} runs, predicted {total / 60:.1f} min on {args.processes} processes"
         f" (target {args.target_min:.0f} min)",
         "",
-        f"Sample: {len(rows)} runs (first setting and seed of every method, plus the oracle) in {wall / 60:.1f} min "
-        f"wall as {len(groups)} 1-thread processes ({'; '.join(','.join(g) for g in groups)}); overhead "
+        f"Sample: {len(rows)} runs (first setting and seed of every method, plus the oracle)"
+        + (
+            f", {kept} of them kept from the sample of {summary['kept_from']} (--keep-sample),"
+            if kept
+            else ""
+        )
+        + f" in {wall / 60:.1f} min wall as {len(groups)} 1-thread processes "
+        f"({'; '.join(','.join(g) for g in groups)}); overhead "
         f"{overhead:.1f} s per run beyond its training and prediction seconds. Machine: {summary['machine']}. "
         f"Date: {summary['date']}. Command: `{command}`.",
         "",

@@ -110,7 +110,7 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     # the recorded command reproduces the call, target included
     assert "--target-min 0.5 --reference" in summary["command"] and summary["target_min"] == 0.5
     # tiny_test: 2 methods x 2 settings + the oracle = 5 runs; the sample trains 3 (first setting + oracle)
-    assert summary["runs"] == 5 and summary["sample_runs"] == 3
+    assert summary["runs"] == 5 and summary["sample_runs"] == 3 and summary["sample_runs_kept"] == 0
     runs = {name: v["runs"] for name, v in summary["per_method"].items()}
     assert runs == {"supervised (clean)": 1, "supervised": 2, "tloss_t2": 2}
     # the prediction is the heaviest of the --only lists that together name every method once
@@ -126,6 +126,19 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     # the reference's Dice of the same runs stand beside the sample's
     assert all(v["reference_dice"] == v["dice"] for v in per_method.values())
     assert "same run" in (out / "results.md").read_text()
+    # a second call refuses the finished sample unless told to keep it; kept, nothing trains again
+    assert sizing.main(argv) == 2
+    assert sizing.main([*argv, "--keep-sample"]) == 0
+    again = json.loads((out / "sizing.json").read_text())
+    assert again["sample_runs_kept"] == 3 and again["kept_from"] == summary["date"]
+    assert again["overhead_per_run_s"] == summary["overhead_per_run_s"]
+    for name, v in again["per_method"].items():  # the same runs' seconds and scores
+        assert (v["seconds_per_run"], v["dice"]) == (
+            per_method[name]["seconds_per_run"],
+            per_method[name]["dice"],
+        )
+    assert again["predicted_wall_min"] == pytest.approx(summary["predicted_wall_min"], abs=0.05)
+    assert "--keep-sample" in again["command"]
 
 
 def test_refactor_check_finds_any_changed_figure_in_benchmark_demo_and_audit_folders(tmp_path: Path) -> None:
