@@ -29,7 +29,10 @@ SECTIONS = [
         "same runs), whose run folders were then moved here and the report rewritten by the full config with "
         "`--only supervised`; rows of earlier sessions' runs are kept from the committed results.csv. ADELE and "
         "MTCL use the test-time sliding-window pass for their per-epoch segmentation of the training cases "
-        "(`infer.train_pass=whole` cost ADELE 20 to 40 Dice points: see the config's header).",
+        "(`infer.train_pass=whole` cost ADELE 20 to 40 Dice points: see the config's header); their rows were "
+        "retrained 2026-12-02 after `train.memory_format` and the bf16 training-set pass, the other rows before "
+        "(the layout changes the kernels' summation order only). SVL-DRL on these phantoms, settings and budget: "
+        "`svldrl_robust_converged` below.",
     ),
     (
         "sizing_converged",
@@ -43,8 +46,8 @@ SECTIONS = [
         "(git history of this folder). Machines of this kind differ by ~30 % in speed: plain training took 195 to "
         "287 s a run in the contiguous layout on earlier sessions' machines (`svldrl_robust_converged/"
         "plain_reruns.csv`, the previous sample). The last column holds the Dice of the same runs in "
-        "phantom_converged's results.csv at the time, trained in the contiguous layout (`--reference`): ADELE's thresholded corrections amplify small "
-        "differences, the other methods reproduce within half a point.",
+        "phantom_converged's results.csv at the time, trained in the contiguous layout (`--reference`): ADELE's "
+        "thresholded corrections amplify small differences, the other methods reproduce within half a point.",
     ),
     (
         "svldrl_search_converged",

@@ -174,25 +174,29 @@ def main(argv: list[str] | None = None) -> int:
         (r["method"], r["noise"] == CLEAN): float(r["train_seconds"]) + float(r["predict_seconds"])
         for r in rows
     }
+
     # the overhead is measured on the runs trained in this call (with --keep-sample: the earlier call's if none)
-    now = {
-        (r["method"], r["noise"] == CLEAN)
-        for r in rows
-        if (sample_dir / "runs" / r["noise"] / r["method"] / f"seed{r['seed']}" / "result.json")
-        .stat()
-        .st_mtime
-        >= started_at
-    }
+    def result_time(r: dict[str, str]) -> float:  # a row kept without its run folder was not trained now
+        path = sample_dir / "runs" / r["noise"] / r["method"] / f"seed{r['seed']}" / "result.json"
+        return path.stat().st_mtime if path.is_file() else 0.0
+
+    now = {(r["method"], r["noise"] == CLEAN) for r in rows if result_time(r) >= started_at}
     group_of = {name: i for i, group in enumerate(groups) for name in group}
     busy = [0.0] * len(groups)
     for (name, clean), sec in seconds.items():
         if (name, clean) in now:
             busy[group_of[name]] += sec
-    if now:
-        overhead = max(0.0, sum(ends[i] - busy[i] for i in range(len(groups)))) / len(now)
-    else:
-        overhead = float(earlier.get("overhead_per_run_s", 0.0))
+    # Only processes that trained count: one with nothing left to train (--keep-sample) pays its start-up and
+    # report alone, which a full run pays once per process, not per run. With kept runs, the earlier call's
+    # measurement is pooled in (one run's overhead alone carries a whole process's fixed costs).
+    trained = [i for i, group in enumerate(groups) if any(key[0] in group for key in now)]
+    extra, n_extra = sum(max(0.0, ends[i] - busy[i]) for i in trained), len(now)
     kept = len(rows) - len(now)
+    if kept and earlier:
+        n_before = int(earlier.get("overhead_runs", earlier.get("sample_runs", 0)))
+        extra += float(earlier.get("overhead_extra_s", earlier.get("overhead_per_run_s", 0.0) * n_before))
+        n_extra += n_before
+    overhead = extra / n_extra if n_extra else 0.0
     counts = Counter((run.method.name, run.noise == CLEAN) for run in full)
     cost = {key: n * (seconds[key] + overhead) for key, n in counts.items()}
     dice = {(r["method"], r["noise"] == CLEAN): float(r["dice"]) for r in rows}
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "kept_from": earlier.get("date") if kept else None,
         "sample_wall_s": round(wall, 1),
         "overhead_per_run_s": round(overhead, 1),
+        "overhead_extra_s": round(extra, 1),
+        "overhead_runs": n_extra,
         "per_method": per_method,
         "only_lists": only_lists,
         "only_list_minutes": [round(load / 60, 1) for load in loads],

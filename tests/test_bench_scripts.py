@@ -131,7 +131,8 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     assert sizing.main([*argv, "--keep-sample"]) == 0
     again = json.loads((out / "sizing.json").read_text())
     assert again["sample_runs_kept"] == 3 and again["kept_from"] == summary["date"]
-    assert again["overhead_per_run_s"] == summary["overhead_per_run_s"]
+    assert again["overhead_per_run_s"] == pytest.approx(summary["overhead_per_run_s"], abs=0.1)
+    assert again["overhead_runs"] == summary["overhead_runs"] == 3
     for name, v in again["per_method"].items():  # the same runs' seconds and scores
         assert (v["seconds_per_run"], v["dice"]) == (
             per_method[name]["seconds_per_run"],
