@@ -107,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             if found is not None:
                 row["config"] = os.path.relpath(found.resolve(), args.out.resolve())
     sample_dir = args.out / "sample"
+    # (the sample itself may serve as the reference: it is finished by the time the reference is read)
+    if (
+        args.reference is not None
+        and args.reference.resolve() != sample_dir.resolve()
+        and not (args.reference / "results.csv").is_file()
+    ):
+        print(
+            f"error: --reference {args.reference}: not a finished benchmark folder (no results.csv)",
+            file=sys.stderr,
+        )
+        return 2
     earlier = (
         json.loads((args.out / "sizing.json").read_text()) if (args.out / "sizing.json").is_file() else {}
     )

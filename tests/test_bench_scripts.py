@@ -126,6 +126,8 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
     # the reference's Dice of the same runs stand beside the sample's
     assert all(v["reference_dice"] == v["dice"] for v in per_method.values())
     assert "same run" in (out / "results.md").read_text()
+    # a --reference that is no benchmark folder is refused before anything trains
+    assert sizing.main([*argv[:-1], str(tmp_path / "nowhere"), "--keep-sample"]) == 2
     # a second call refuses the finished sample unless told to keep it; kept, nothing trains again
     assert sizing.main(argv) == 2
     assert sizing.main([*argv, "--keep-sample"]) == 0
