@@ -140,7 +140,9 @@ def test_sizing_runs_a_one_seed_sample_and_scales_it_to_the_matrix(tmp_path: Pat
             per_method[name]["seconds_per_run"],
             per_method[name]["dice"],
         )
-    assert again["predicted_wall_min"] == pytest.approx(summary["predicted_wall_min"], abs=0.05)
+    # the pooled overhead is the earlier call's, so the prediction is the same (the minutes are rounded to 0.1 and
+    # may print one step apart at a rounding boundary; the seconds are compared)
+    assert again["predicted_wall_s"] == pytest.approx(summary["predicted_wall_s"], abs=0.01)
     assert "--keep-sample" in again["command"]
 
 
