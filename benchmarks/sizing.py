@@ -72,7 +72,7 @@ def _split(methods: list[str], weights: dict[str, float], processes: int) -> lis
     return [b for b in bins if b]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="benchmark YAML (e.g. benchmarks/phantom_cpu.yaml)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the sample and the report")
@@ -90,63 +90,64 @@ def main(argv: list[str] | None = None) -> int:
         help="a finished benchmark folder of CONFIG: its Dice for the sample's runs are shown beside the sample's "
         "(does this code and machine reproduce it?)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(1)  # the machine line of the report names the samples' thread count
-    bench = load_benchmark(args.config)
-    full = plan_runs(bench, args.out / "unused")
-    raw = yaml.safe_load(args.config.read_text())
-    raw["name"] = f"{bench.name}_sample"
-    raw["noise"] = raw["noise"][:1]
-    raw["seeds"] = raw["seeds"][:1]
-    for row in raw["methods"]:  # a row's config file, relative to CONFIG's folder, from the sample's folder
-        if isinstance(row, dict) and isinstance(row.get("config"), str):
-            found = next(
-                (c for c in (Path(row["config"]), args.config.parent / row["config"]) if c.is_file()), None
-            )
-            if found is not None:
-                row["config"] = os.path.relpath(found.resolve(), args.out.resolve())
-    sample_dir = args.out / "sample"
+
+def _refusal(args: argparse.Namespace, sample_dir: Path) -> str | None:
+    """Why the call cannot go ahead, checked before anything trains (``None``: it can)."""
     # (the sample itself may serve as the reference: it is finished by the time the reference is read)
     if (
         args.reference is not None
         and args.reference.resolve() != sample_dir.resolve()
         and not (args.reference / "results.csv").is_file()
     ):
-        print(
-            f"error: --reference {args.reference}: not a finished benchmark folder (no results.csv)",
-            file=sys.stderr,
-        )
-        return 2
-    earlier = (
-        json.loads((args.out / "sizing.json").read_text()) if (args.out / "sizing.json").is_file() else {}
-    )
+        return f"--reference {args.reference}: not a finished benchmark folder (no results.csv)"
     if any(sample_dir.glob("runs/*/*/*/result.json")) and not args.keep_sample:
-        print(
-            f"error: {sample_dir} holds the runs of an earlier sample: pass --keep-sample to keep them and train "
-            "only the missing ones, or remove it to measure every method again",
-            file=sys.stderr,
+        return (
+            f"{sample_dir} holds the runs of an earlier sample: pass --keep-sample to keep them and train only the "
+            "missing ones, or remove it to measure every method again"
         )
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    sample_cfg = args.out / "sample.yaml"
-    sample_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return None
 
-    # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides);
-    # the oracle runs in the process whose --only list names its method
-    weights = {m.name: 4.0 if m.method == "svldrl" else 1.0 for m in bench.methods}
-    for name in bench.methods_on_clean:
-        weights[name] = weights.get(name, 0.0) + 1.0
-    names = list(dict.fromkeys([m.name for m in bench.methods] + list(bench.methods_on_clean)))
-    groups = _split(names, weights, args.processes)
+
+def _sample_config(config: Path, name: str, out: Path) -> dict:
+    """CONFIG cut to its first noise setting and seed, its rows' config files resolved from OUT."""
+    raw = yaml.safe_load(config.read_text())
+    raw["name"] = f"{name}_sample"
+    raw["noise"] = raw["noise"][:1]
+    raw["seeds"] = raw["seeds"][:1]
+    for row in raw["methods"]:  # a row's config file, relative to CONFIG's folder, from the sample's folder
+        if isinstance(row, dict) and isinstance(row.get("config"), str):
+            found = next(
+                (c for c in (Path(row["config"]), config.parent / row["config"]) if c.is_file()), None
+            )
+            if found is not None:
+                row["config"] = os.path.relpath(found.resolve(), out.resolve())
+    return raw
+
+
+def _benchmark_call(sample_cfg: Path, sample_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "svldrl.cli",
+        "benchmark",
+        str(sample_cfg),
+        "--out",
+        str(sample_dir),
+        *extra,
+    ]
+
+
+def _run_sample(
+    sample_cfg: Path, sample_dir: Path, groups: list[list[str]]
+) -> tuple[dict[int, float], str | None]:
+    """The sample as one process per ``--only`` list, then its report; each process's own wall time."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    started_at = time.time()
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "svldrl.cli", "benchmark", str(sample_cfg), "--out", str(sample_dir)]
-            + ["--only", ",".join(group), "--quiet"],
-            env=env,
+            _benchmark_call(sample_cfg, sample_dir, "--only", ",".join(group), "--quiet"), env=env
         )
         for group in groups
     ]
@@ -157,36 +158,29 @@ def main(argv: list[str] | None = None) -> int:
                 ends[i] = time.perf_counter() - start
         time.sleep(0.2)
     codes = [p.returncode for p in procs]
-    wall = max(ends.values())
     if any(codes):
-        print(f"error: a sample process failed (exit codes {codes})", file=sys.stderr)
-        return 2
+        return ends, f"a sample process failed (exit codes {codes})"
     # one more call writes the report over every run (the processes each saw only their own)
-    report = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "svldrl.cli",
-            "benchmark",
-            str(sample_cfg),
-            "--out",
-            str(sample_dir),
-            "--quiet",
-        ],
-        env=env,
-    )
+    report = subprocess.run(_benchmark_call(sample_cfg, sample_dir, "--quiet"), env=env)
     if report.returncode:
-        print(f"error: writing the sample's report failed (exit code {report.returncode})", file=sys.stderr)
-        return 2
+        return ends, f"writing the sample's report failed (exit code {report.returncode})"
+    return ends, None
 
-    with (sample_dir / "results.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    seconds = {
-        (r["method"], r["noise"] == CLEAN): float(r["train_seconds"]) + float(r["predict_seconds"])
-        for r in rows
-    }
 
-    # the overhead is measured on the runs trained in this call (with --keep-sample: the earlier call's if none)
+def _overhead(
+    rows: list[dict[str, str]],
+    seconds: dict[tuple[str, bool], float],
+    sample_dir: Path,
+    started_at: float,
+    groups: list[list[str]],
+    ends: dict[int, float],
+    earlier: dict,
+) -> tuple[float, float, int, int]:
+    """Seconds per run beyond training and prediction: (per run, pooled extra seconds, their runs, runs kept).
+
+    Measured on the runs trained in this call (with --keep-sample: the earlier call's if none).
+    """
+
     def result_time(r: dict[str, str]) -> float:  # a row kept without its run folder was not trained now
         path = sample_dir / "runs" / r["noise"] / r["method"] / f"seed{r['seed']}" / "result.json"
         return path.stat().st_mtime if path.is_file() else 0.0
@@ -207,18 +201,119 @@ def main(argv: list[str] | None = None) -> int:
         n_before = int(earlier.get("overhead_runs", earlier.get("sample_runs", 0)))
         extra += float(earlier.get("overhead_extra_s", earlier.get("overhead_per_run_s", 0.0) * n_before))
         n_extra += n_before
-    overhead = extra / n_extra if n_extra else 0.0
+    return (extra / n_extra if n_extra else 0.0), extra, n_extra, kept
+
+
+def _reference(folder: Path, seed: int, noise: str) -> dict[tuple[str, bool], float]:
+    """A finished benchmark's Dice of the sample's runs: (method, clean) -> Dice."""
+    with (folder / "results.csv").open(newline="") as f:
+        return {
+            (r["method"], r["noise"] == CLEAN): float(r["dice"])
+            for r in csv.DictReader(f)
+            if r["seed"] == str(seed) and r["noise"] in (CLEAN, noise)
+        }
+
+
+def _command(args: argparse.Namespace) -> str:
+    command = f"python benchmarks/sizing.py {args.config.as_posix()} --out {args.out.as_posix()}"
+    if args.processes != 2:
+        command += f" --processes {args.processes}"
+    if args.target_min != 90.0:
+        command += f" --target-min {args.target_min:g}"
+    if args.keep_sample:
+        command += " --keep-sample"
+    if args.reference is not None:
+        command += f" --reference {args.reference.as_posix()}"
+    return command
+
+
+def _markdown(summary: dict, name: str, reference: Path | None) -> list[str]:
+    minutes, kept, groups = summary["predicted_wall_min"], summary["sample_runs_kept"], summary["groups"]
+    lines = [
+        f"# Sizing of {name}: {summary['runs']} runs, predicted {minutes:.1f} min on {summary['processes']} "
+        f"processes (target {summary['target_min']:.0f} min)",
+        "",
+        f"Sample: {summary['sample_runs']} runs (first setting and seed of every method, plus the oracle)"
+        + (
+            f", {kept} of them kept from the sample of {summary['kept_from']} (--keep-sample),"
+            if kept
+            else ""
+        )
+        + f" in {summary['sample_wall_s'] / 60:.1f} min wall as {len(groups)} 1-thread processes "
+        f"({'; '.join(','.join(g) for g in groups)}); overhead "
+        f"{summary['overhead_per_run_s']:.1f} s per run beyond its training and prediction seconds. Machine: "
+        f"{summary['machine']}. Date: {summary['date']}. Command: `{summary['command']}`.",
+        "",
+        "| method | runs in the matrix | seconds per run (sample) | seconds in total | Dice (sample) |"
+        + (f" Dice ({reference.as_posix()}, same run) |" if reference else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- |" if reference else ""),
+    ]
+    for method, v in summary["per_method"].items():
+        ref = v["reference_dice"]
+        lines.append(
+            f"| {method} | {v['runs']} | {v['seconds_per_run']:.0f} | {v['seconds']:.0f} | {100 * v['dice']:.2f} |"
+            + ((f" {100 * ref:.2f} |" if ref is not None else " - |") if reference else "")
+        )
+    verdict = "within" if summary["predicted_wall_s"] / 60 <= summary["target_min"] else "over"
+    lines += [
+        "",
+        f"Predicted wall time: {minutes:.1f} min ({verdict} the {summary['target_min']:.0f}-minute target), as "
+        f"{len(summary['only_lists'])} 1-thread processes (`OMP_NUM_THREADS=1`) with these `--only` lists: "
+        + "; ".join(
+            f"`{','.join(g)}` ({m:.1f} min)"
+            for g, m in zip(summary["only_lists"], summary["only_list_minutes"])
+        )
+        + ".",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    torch.set_num_threads(1)  # the machine line of the report names the samples' thread count
+    bench = load_benchmark(args.config)
+    full = plan_runs(bench, args.out / "unused")
+    sample_dir = args.out / "sample"
+    refusal = _refusal(args, sample_dir)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    earlier = (
+        json.loads((args.out / "sizing.json").read_text()) if (args.out / "sizing.json").is_file() else {}
+    )
+    raw = _sample_config(args.config, bench.name, args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sample_cfg = args.out / "sample.yaml"
+    sample_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides);
+    # the oracle runs in the process whose --only list names its method
+    weights = {m.name: 4.0 if m.method == "svldrl" else 1.0 for m in bench.methods}
+    for name in bench.methods_on_clean:
+        weights[name] = weights.get(name, 0.0) + 1.0
+    names = list(dict.fromkeys([m.name for m in bench.methods] + list(bench.methods_on_clean)))
+    groups = _split(names, weights, args.processes)
+    started_at = time.time()
+    ends, failure = _run_sample(sample_cfg, sample_dir, groups)
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 2
+
+    with (sample_dir / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    seconds = {
+        (r["method"], r["noise"] == CLEAN): float(r["train_seconds"]) + float(r["predict_seconds"])
+        for r in rows
+    }
+    overhead, extra, n_extra, kept = _overhead(rows, seconds, sample_dir, started_at, groups, ends, earlier)
     counts = Counter((run.method.name, run.noise == CLEAN) for run in full)
     cost = {key: n * (seconds[key] + overhead) for key, n in counts.items()}
     dice = {(r["method"], r["noise"] == CLEAN): float(r["dice"]) for r in rows}
-    reference: dict[tuple[str, bool], float] = {}
-    if args.reference is not None:
-        with (args.reference / "results.csv").open(newline="") as f:
-            reference = {
-                (r["method"], r["noise"] == CLEAN): float(r["dice"])
-                for r in csv.DictReader(f)
-                if r["seed"] == str(bench.seeds[0]) and r["noise"] in (CLEAN, raw["noise"][0]["name"])
-            }
+    reference = (
+        _reference(args.reference, bench.seeds[0], raw["noise"][0]["name"])
+        if args.reference is not None
+        else {}
+    )
     per_method = {
         f"{name}{' (clean)' if clean else ''}": {
             "runs": counts[(name, clean)],
@@ -235,15 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     only_lists = _split(list(by_only), by_only, args.processes)
     loads = [sum(by_only[name] for name in group) for group in only_lists]
     total = max(loads)
-    command = f"python benchmarks/sizing.py {args.config.as_posix()} --out {args.out.as_posix()}"
-    if args.processes != 2:
-        command += f" --processes {args.processes}"
-    if args.target_min != 90.0:
-        command += f" --target-min {args.target_min:g}"
-    if args.keep_sample:
-        command += " --keep-sample"
-    if args.reference is not None:
-        command += f" --reference {args.reference.as_posix()}"
     summary = {
         "config": args.config.as_posix(),
         "runs": len(full),
@@ -253,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample_runs": len(rows),
         "sample_runs_kept": kept,
         "kept_from": earlier.get("date") if kept else None,
-        "sample_wall_s": round(wall, 1),
+        "sample_wall_s": round(max(ends.values()), 1),
         "overhead_per_run_s": round(overhead, 1),
         "overhead_extra_s": round(extra, 6),  # pooled by a later --keep-sample call: kept unrounded
         "overhead_runs": n_extra,
@@ -265,42 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         "target_min": args.target_min,
         "machine": machine_description(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
+        "command": _command(args),
     }
     (args.out / "sizing.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [
-        f"# Sizing of {bench.name}: {len(full)} runs, predicted {total / 60:.1f} min on {args.processes} processes"
-        f" (target {args.target_min:.0f} min)",
-        "",
-        f"Sample: {len(rows)} runs (first setting and seed of every method, plus the oracle)"
-        + (
-            f", {kept} of them kept from the sample of {summary['kept_from']} (--keep-sample),"
-            if kept
-            else ""
-        )
-        + f" in {wall / 60:.1f} min wall as {len(groups)} 1-thread processes "
-        f"({'; '.join(','.join(g) for g in groups)}); overhead "
-        f"{overhead:.1f} s per run beyond its training and prediction seconds. Machine: {summary['machine']}. "
-        f"Date: {summary['date']}. Command: `{command}`.",
-        "",
-        "| method | runs in the matrix | seconds per run (sample) | seconds in total | Dice (sample) |"
-        + (f" Dice ({args.reference.as_posix()}, same run) |" if reference else ""),
-        "| --- | --- | --- | --- | --- |" + (" --- |" if reference else ""),
-    ]
-    for name, v in per_method.items():
-        ref = v["reference_dice"]
-        lines.append(
-            f"| {name} | {v['runs']} | {v['seconds_per_run']:.0f} | {v['seconds']:.0f} | {100 * v['dice']:.2f} |"
-            + ((f" {100 * ref:.2f} |" if ref is not None else " - |") if reference else "")
-        )
-    verdict = "within" if total / 60 <= args.target_min else "over"
-    lines += [
-        "",
-        f"Predicted wall time: {total / 60:.1f} min ({verdict} the {args.target_min:.0f}-minute target), as "
-        f"{len(only_lists)} 1-thread processes (`OMP_NUM_THREADS=1`) with these `--only` lists: "
-        + "; ".join(f"`{','.join(g)}` ({load / 60:.1f} min)" for g, load in zip(only_lists, loads))
-        + ".",
-    ]
+    lines = _markdown(summary, bench.name, args.reference if reference else None)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
