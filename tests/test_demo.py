@@ -6,16 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from svldrl import config as C
 from svldrl import demo
+from svldrl.cli import main
 
 TINY_DEMO = {
     "cases": 6,
     "test_cases": 3,
     "size": 32,
+    "difficulty": "easy",
     "patch": 32,
     "iterations": 4,
     "steps_per_epoch": 2,
+    "val_every": 2,
     "features": [4, 8, 16, 32],
 }
 
@@ -51,3 +56,32 @@ def test_demo_runs_reports_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     again = demo.run_demo(out, quick=True)
     assert again["rows"] == rows
     assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
+
+
+def test_demo_svldrl_is_the_recommended_configuration():
+    # the demo shows what we recommend; benchmarks/svldrl_recommended.yaml is where each choice is explained
+    path = Path(__file__).parents[1] / "benchmarks" / "svldrl_recommended.yaml"
+    from_yaml = C.load_config([path])
+    from_demo = C.load_config(overrides=["method=svldrl", *demo.SVLDRL_RECOMMENDED])
+    assert from_demo == from_yaml
+    assert yaml.safe_load(path.read_text())["method"] == "svldrl"
+    assert ("svldrl_noisy", "svldrl", "noisy/mt0.5", demo.SVLDRL_RECOMMENDED) in demo.RUNS
+
+
+def test_demo_refuses_a_folder_of_another_demo_or_other_files(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "demo"
+    demo._claim(out, {"mode": "quick", "seed": 0})
+    before = (out / "demo.json").read_bytes()
+    demo._claim(out, {"mode": "quick", "seed": 0})  # the same demo again: resumes
+    # the full demo would otherwise reuse the quick demo's phantoms and checkpoints and report them as its own
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (quick)" in err and str(out) in err and "Traceback" not in err
+    assert (out / "demo.json").read_bytes() == before
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert main(["demo", "--out", str(other), "--quick"]) == 2
+    assert "has no demo.json" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
