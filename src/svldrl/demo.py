@@ -22,7 +22,7 @@ from svldrl.reporter import QUIET, Reporter, fmt_seconds
 
 #: The full demo is phantom_converged's regime (benchmarks/phantom_converged.yaml): easy phantoms and a budget at
 #: which plain training on clean masks is on its plateau, the only regime where methods can be compared
-#: (docs/method.md section 11); about 10-15 min on 2 CPU cores. --quick is a 2-minute smoke test of the pipeline,
+#: (docs/method.md section 11); about 10 min on 2 CPU cores. --quick is a 1-minute smoke test of the pipeline,
 #: far from converged. 30 clean test cases because fewer let one hard case move the mean Dice by several points.
 SETTINGS: dict[str, dict[str, Any]] = {
     "quick": {
