@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from svldrl import config as C
 from svldrl import demo
@@ -64,7 +63,6 @@ def test_demo_svldrl_is_the_recommended_configuration():
     from_yaml = C.load_config([path])
     from_demo = C.load_config(overrides=["method=svldrl", *demo.SVLDRL_RECOMMENDED])
     assert from_demo == from_yaml
-    assert yaml.safe_load(path.read_text())["method"] == "svldrl"
     assert ("svldrl_noisy", "svldrl", "noisy/mt0.5", demo.SVLDRL_RECOMMENDED) in demo.RUNS
 
 
@@ -79,9 +77,18 @@ def test_demo_refuses_a_folder_of_another_demo_or_other_files(tmp_path: Path, ca
     assert "other settings (quick)" in err and str(out) in err and "Traceback" not in err
     assert (out / "demo.json").read_bytes() == before
 
+    # a folder of the user's whose files the demo would write over: refused, nothing touched
     other = tmp_path / "mine"
-    other.mkdir()
-    (other / "notes.txt").write_text("keep")
+    (other / "runs").mkdir(parents=True)
+    (other / "runs" / "notes.txt").write_text("keep")
     assert main(["demo", "--out", str(other), "--quick"]) == 2
-    assert "has no demo.json" in capsys.readouterr().err
-    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert "files svldrl did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in other.rglob("*")) == ["notes.txt", "runs"]
+
+    # nor a dataset's own folder
+    dataset = tmp_path / "Dataset001_X"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "dataset.json").write_text("{}")
+    assert main(["demo", "--out", str(dataset), "--quick"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in dataset.iterdir()) == ["dataset.json", "imagesTr"]

@@ -62,6 +62,9 @@ SVLDRL_RECOMMENDED: list[str] = [
     "rl.seg_on_refined=false",
 ]
 
+#: In the demo folder: the settings it was made with (a rerun with others is refused).
+SETTINGS_NAME = "demo.json"
+
 #: (run name, method, labels, extra config overrides)
 RUNS: list[tuple[str, str, str, list[str]]] = [
     ("supervised_clean", "supervised", "clean", []),
@@ -94,10 +97,11 @@ def run_demo(
     from svldrl.runs import predict_folder, run_noise, train
 
     t_start = time.monotonic()
-    s = SETTINGS["quick" if quick else "full"]
+    mode = "quick" if quick else "full"
+    s = SETTINGS[mode]
     out = Path(out)
     ds = out / "dataset"
-    _claim(out, {"mode": "quick" if quick else "full", "seed": seed, **s, "svldrl": SVLDRL_RECOMMENDED})
+    _claim(out, {"mode": mode, "seed": seed, **s, "svldrl": SVLDRL_RECOMMENDED})
     if not (ds / "dataset.json").exists():
         reporter.info(
             f"[1/4] phantoms ({s['difficulty']}): {s['cases']} training + {s['test_cases']} test cases of "
@@ -168,7 +172,7 @@ def run_demo(
     table = markdown_table(rows, cols)
     wall = time.monotonic() - t_start
     text = (
-        f"# svldrl demo ({'quick' if quick else 'full'})\n\n"
+        f"# svldrl demo ({mode})\n\n"
         f"Phantoms ({s['difficulty']}): {s['cases']} training / {s['test_cases']} test cases, {s['size']}^3; "
         f"MT-Noise ratio 0.5 (mean label Dice of the noisy training masks {noise_report['mean_dice']:.3f}); "
         f"{s['iterations']} iterations per run, patch {s['patch']}^3, seed {seed}; SVL-DRL in its recommended "
@@ -189,29 +193,24 @@ def run_demo(
 
 
 def _claim(out: Path, settings: dict[str, Any]) -> None:
-    """Record the demo's settings in ``out``, or refuse a folder holding a demo made with others (its phantoms and
-    checkpoints would otherwise be reused and reported under these settings)."""
+    """Take ``out`` as a demo folder (the output-folder rules every command follows) and record the demo's
+    settings there, or refuse a folder holding a demo made with others: its phantoms and checkpoints would
+    otherwise be reused and reported under these settings."""
     from svldrl.data.io import read_json
-    from svldrl.data.outputs import check_writable_dir
+    from svldrl.data.outputs import check_output_dir, mark_output_dir
     from svldrl.errors import UserError
 
-    check_writable_dir(out, "--out")
-    path = out / "demo.json"
-    earlier = read_json(path, None) if path.is_file() else None
+    check_output_dir(out, "demo", [SETTINGS_NAME, "dataset", "runs", "predictions", "report"], None, "--out")
+    earlier = read_json(out / SETTINGS_NAME, None)
     if earlier is not None and earlier != settings:
         mode = earlier.get("mode", "other") if isinstance(earlier, dict) else "other"
         raise UserError(
             f"holds a demo made with other settings ({mode}); pass --out with another folder or remove it",
             out,
         )
+    mark_output_dir(out, "demo", "--out")
     if earlier is None:
-        if out.exists() and any(out.iterdir()):
-            raise UserError(
-                "is not empty and has no demo.json (other files, or a demo of an earlier svldrl); pass --out with "
-                "another folder or remove it",
-                out,
-            )
-        write_text(path, json.dumps(settings, indent=2) + "\n")
+        write_text(out / SETTINGS_NAME, json.dumps(settings, indent=2) + "\n")
 
 
 def _action_map(ds: Path, run: Path, report: Path) -> None:
