@@ -37,6 +37,7 @@ import yaml
 from svldrl.bench.plan import plan_runs
 from svldrl.bench.report import machine_description
 from svldrl.bench.spec import CLEAN, load_benchmark
+from svldrl.data.io import read_json, write_text
 
 #: Above this many assignments of methods to processes, :func:`_split` keeps the greedy packing.
 EXACT_LIMIT = 200_000
@@ -278,13 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
-    earlier = (
-        json.loads((args.out / "sizing.json").read_text()) if (args.out / "sizing.json").is_file() else {}
-    )
+    earlier = read_json(args.out / "sizing.json", {})
     raw = _sample_config(args.config, bench.name, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     sample_cfg = args.out / "sample.yaml"
-    sample_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_text(sample_cfg, yaml.safe_dump(raw, sort_keys=False))
 
     # pack the heavy RL methods apart (rough weights from the method's kind; the measurement decides);
     # the oracle runs in the process whose --only list names its method
@@ -353,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": _command(args),
     }
-    (args.out / "sizing.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # atomic (a later --keep-sample pools from it)
+    write_text(args.out / "sizing.json", json.dumps(summary, indent=2) + "\n")
     lines = _markdown(summary, bench.name, args.reference if reference else None)
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
