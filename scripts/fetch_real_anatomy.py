@@ -576,7 +576,12 @@ def lattice_crop(
     shape = tuple(int(v) for v in hi - lo + 1)
     grid = np.indices(shape, dtype=np.float64)
     pts = anchor[:, None, None, None] + (grid + lo[:, None, None, None]) * spacing
-    mask = (sample((atlas.labels == label).astype(np.float32), pts, atlas.affine) > 0.5).astype(np.uint8)
+    # Other spacings (2 mm) do put samples halfway: a tiny shift breaks those ties, one way on the faces
+    # looking down an axis and the other way on the faces looking up (no net erosion or dilation).
+    tie = 1e-3 * np.abs(atlas.affine[:3, :3]).sum(axis=1)[:, None, None, None]
+    mask = (sample((atlas.labels == label).astype(np.float32), pts + tie, atlas.affine) > 0.5).astype(
+        np.uint8
+    )
     img = np.clip(np.rint(sample(t1_aa, pts, atlas.affine)), -32768, 32767).astype(np.int16)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = anchor + lo * spacing
