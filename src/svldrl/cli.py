@@ -10,7 +10,7 @@ from pathlib import Path
 
 from svldrl import __version__
 from svldrl.errors import UserError
-from svldrl.reporter import Reporter
+from svldrl.reporter import QUIET_HELP, SILENT, Reporter
 
 
 def _foreground(text: str | None) -> list[int] | None:
@@ -158,7 +158,7 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
         cfg = build_train_config(a)
     D.init_from_env()
     if D.rank() != 0:
-        rep = Reporter(quiet=True)
+        rep = SILENT  # rank 0 says it once (its warnings included)
     run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
     rep.info(f"run folder: {run}")
     return 0
@@ -225,7 +225,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
-        sp.add_argument("--quiet", action="store_true", help="no progress output")
+        sp.add_argument("--quiet", action="store_true", help=QUIET_HELP)
         return sp
 
     s = add("synth", "write a phantom dataset in nnU-Net raw layout")
@@ -349,15 +349,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _warnings_to(rep: Reporter):
-    """Python warnings as ``warning: ...`` lines of the reporter (so ``--quiet`` silences them too);
-    libraries' deprecation notices are dropped, they say nothing about the user's data."""
+    """Python warnings as the reporter's ``warning: ...`` lines (printed under ``--quiet`` too, see
+    :meth:`Reporter.warn`); libraries' deprecation notices are dropped, they say nothing about the user's data."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) and (
             "svldrl" not in str(filename)
         ):
             return
-        rep.info(f"warning: {message}")
+        rep.warn(str(message))
 
     return show
 

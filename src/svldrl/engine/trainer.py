@@ -56,7 +56,7 @@ from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
 from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, crop_patch, pad_to_patch
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
-from svldrl.reporter import QUIET, Reporter, fmt_seconds
+from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
 from svldrl.rules import overlap
 
 Batch = dict[str, Any]
@@ -138,7 +138,7 @@ class Trainer:
         self.resume = resume
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
-        self.reporter = reporter if self.is_main else QUIET
+        self.reporter = reporter if self.is_main else SILENT
         tc = cfg["train"]
         if tc["threads"]:
             torch.set_num_threads(int(tc["threads"]))
@@ -435,7 +435,7 @@ class Trainer:
                 self.dataset.root,
             )
         if absent:
-            self.reporter.info(
+            self.reporter.warn(
                 f"{len(absent)} training case(s) without foreground (structure absent), trained on as "
                 f"negatives: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
             )

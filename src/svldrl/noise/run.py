@@ -26,6 +26,7 @@ from svldrl.noise.mt import check_mt_params, mt_noise
 from svldrl.noise.report import build_report, mask_dice, voxel_error_rate
 from svldrl.noise.sfda import SOURCE_SUFFIX, check_sfda_params, sfda_defaults
 from svldrl.noise.spg import check_spg_params, spg_noise
+from svldrl.reporter import report_warning
 
 PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
     "mt": mt_noise,
@@ -212,7 +213,8 @@ def run_noise(
         params: protocol parameters overriding the defaults; a protocol's ``spacing`` left at None (or
             ``"auto"``) is each case's own voxel size, so MT-Noise sizes are in mm.
         foreground: label value(s) counted as foreground (default: the mask must be binary).
-        reporter: object with ``.info(str)`` for progress; silent when None.
+        reporter: object with ``.info(str)`` for progress and ``.warn(str)`` for warnings (a Python warning
+            where it has none); progress is silent when None.
         prepare: protocol -> its preparer, for the image protocols (:data:`IMAGE_PROTOCOLS`);
             :func:`svldrl.runs.run_noise` passes SFDA's.
 
@@ -349,9 +351,10 @@ def run_noise(
             }
         )
         if removed > 0.9:
-            info(
-                f"warning: noise {name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
-                f"({op.get('operation')}); such a mask is barely an annotation of the same structure"
+            report_warning(
+                reporter,
+                f"noise {name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
+                f"({op.get('operation')}); such a mask is barely an annotation of the same structure",
             )
         write_nifti(out, noisy, vol.affine, vol.header)
         # The entry is written after the mask: a case counts as done only when both exist.
