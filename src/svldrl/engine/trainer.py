@@ -47,6 +47,7 @@ from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset, load_case
 from svldrl.data.fingerprint import ct_range, dataset_fingerprint
 from svldrl.data.io import write_text
+from svldrl.data.normalize import ForegroundCheck
 from svldrl.data.outputs import check_writable_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
 from svldrl.engine import distributed as D
@@ -415,16 +416,27 @@ class Trainer:
         images: list[np.ndarray] = []
         self.given: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
+        labels = ForegroundCheck(dcfg["foreground"])  # which masks hold none of --foreground's labels
         for position, cid in enumerate(self.train_ids):
             # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
             # A mask without foreground is a case where the structure is absent (a multi-organ set binarised
             # for one organ): a negative example, trained on like any other.
-            img, lab, _ = load_case(self.training_case(position, cases[cid]), dcfg, allow_empty=True)
+            case = self.training_case(position, cases[cid])
+            img, lab, _ = load_case(case, dcfg, allow_empty=True, labels=labels)
             if in_ram:
                 images.append(self._pad(img))
             lab = self._pad(lab)
             self.given.append(lab)
             self.targets.append(lab.astype(np.float32))
+        val_images: list[np.ndarray] = []
+        self.val_labels: list[np.ndarray] = []
+        for cid in self.val_ids:
+            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True, labels=labels)
+            if in_ram:
+                val_images.append(img)
+            self.val_labels.append(lab)
+        # ... but most masks without the chosen labels (holding others) is a wrong label value: refused
+        labels.check("training masks", "they would train as all background", self.dataset.root)
         self.fg_idx = [np.flatnonzero(g) for g in self.given]
         absent = [cid for cid, idx in zip(self.train_ids, self.fg_idx, strict=True) if not idx.size]
         if len(absent) == len(self.train_ids):
@@ -435,17 +447,16 @@ class Trainer:
                 self.dataset.root,
             )
         if absent:
+            others = [cid for cid in absent if cid in labels.lacking]
             self.reporter.warn(
                 f"{len(absent)} training case(s) without foreground (structure absent), trained on as "
                 f"negatives: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
+                + (
+                    f" ({len(others)} of them hold other labels only: {labels.held(others)})"
+                    if others
+                    else ""
+                )
             )
-        val_images: list[np.ndarray] = []
-        self.val_labels: list[np.ndarray] = []
-        for cid in self.val_ids:
-            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True)
-            if in_ram:
-                val_images.append(img)
-            self.val_labels.append(lab)
         # data.cache none: masks stay (small, and targets are training state); images are read per access.
         self.images: Sequence[np.ndarray] = (
             images if in_ram else LazyImages([cases[c] for c in self.train_ids], dcfg, self.patch)

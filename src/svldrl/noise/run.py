@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from svldrl.data.io import json_default, read_grid, read_json, read_volume, write_nifti, write_text
+from svldrl.data.normalize import ForegroundCheck
 from svldrl.errors import UserError
 from svldrl.noise.markov import check_markov_params, markov_noise
 from svldrl.noise.mt import check_mt_params, mt_noise
@@ -138,21 +139,39 @@ def select_cases(n: int, ratio: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
 
 
-def check_cases(cases: list[Any], foreground: list[int] | None, info: Callable[[str], None]) -> None:
+def check_cases(
+    cases: list[Any],
+    foreground: list[int] | None,
+    info: Callable[[str], None],
+    where: str | Path | None = None,
+    reporter: Any = None,
+) -> None:
     """What ``svldrl train`` checks, before any noisy mask is written: every clean mask exists, is readable,
-    binary (or mapped by ``foreground``) and on its image's grid.
+    binary (or mapped by ``foreground``) and on its image's grid, and ``foreground`` is not a wrong label value
+    (:class:`~svldrl.data.normalize.ForegroundCheck`; a few masks without its labels are warned about through
+    ``reporter``: their noisy masks stay empty).
 
     Raises:
-        UserError: the first case that fails, naming its file.
+        UserError: the first case that fails, naming its file; most masks holding labels but none of
+            ``foreground``'s (naming ``where``).
     """
     from svldrl.data.dataset import check_grid  # lazy: the pure noise functions need no dataset code
 
+    labels = ForegroundCheck(foreground)
     for case in cases:
         if case.label is None:
             raise UserError(f"training case {case.case_id} has no clean label to corrupt", case.image)
         vol = read_volume(case.label, key=case.label_key)
-        _binary(vol.array, Path(case.label), foreground)
+        labels.add(case.case_id, vol.array, _binary(vol.array, Path(case.label), foreground))
         check_grid(read_grid(case.image, case.image_key), vol, case.image, case.label)
+    lacking = labels.check("training masks", "their noisy masks would be empty", where)
+    if lacking:
+        report_warning(
+            reporter,
+            f"{len(lacking)} training mask(s) hold other labels ({labels.held()}) but none of --foreground "
+            f"{','.join(map(str, foreground or []))}; their noisy masks stay empty (structure absent): "
+            f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}",
+        )
     info(f"checked {len(cases)} training cases (masks binary and on their images' grids)")
 
 
@@ -244,7 +263,7 @@ def run_noise(
     cases = sorted(ds.train, key=lambda c: c.case_id)
     if not cases:
         raise UserError("dataset has no training cases to corrupt", dataset_path)
-    check_cases(cases, foreground, info)
+    check_cases(cases, foreground, info, ds.root, reporter)
     chosen = set(select_cases(len(cases), float(ratio), int(seed)))
     settings = _json(
         {
