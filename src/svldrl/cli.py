@@ -119,27 +119,47 @@ def build_train_config(a: argparse.Namespace, base: dict | None = None) -> dict:
     return cfg
 
 
+def _said(a: argparse.Namespace, key: str) -> str:
+    """How the user asked for config ``key``: the flag or ``--set`` that took effect (the last), else ``--config``
+    (or ``--foreground``)."""
+    said = [how for how, kv in _flag_overrides(a) if kv.split("=", 1)[0] == key]
+    return said[-1] if said else ("--foreground" if key == "data.foreground" else "--config")
+
+
 def resume_config(a: argparse.Namespace) -> dict:
-    """The config of the run being resumed; only ``--iterations`` may change it (to extend the budget).
+    """The config of the run being resumed; only ``--iterations`` may change it, to keep or extend the budget.
+
+    Checked before anything is written: ``config.yaml`` stays as it was when the resume is refused.
 
     Raises:
         UserError: a flag, ``--set`` or ``--config`` that asks for something else than the run was started with
-            (a resume continues that run; a changed setting would silently be a different experiment).
+            (a resume continues that run; a changed setting would silently be a different experiment), or a
+            budget below the iterations the run has done (the run would stop where it is and call that the
+            end of a shorter one).
     """
     from svldrl import config as C
+    from svldrl.engine.checkpoint import checkpoint_iteration
 
-    saved = C.load_config([Path(a.out) / "config.yaml"])
+    run = Path(a.out)
+    saved = C.load_config([run / "config.yaml"])
     asked = build_train_config(a, base=saved)
     before, after = C.flatten(saved), C.flatten(asked)
     changed = [k for k in after if k != "train.iterations" and after[k] != before.get(k)]
     if changed:
         key = changed[0]
-        said = next((how for how, kv in _flag_overrides(a) if kv.split("=", 1)[0] == key), None)
-        said = said or ("--foreground" if key == "data.foreground" else "--config")
         raise UserError(
-            f"--resume continues the run as it was started, but {said} asks for {key}={after[key]!r} "
+            f"--resume continues the run as it was started, but {_said(a, key)} asks for {key}={after[key]!r} "
             f"(the run has {before.get(key)!r}); drop it, or start a new run with another --out",
-            Path(a.out) / "config.yaml",
+            run / "config.yaml",
+        )
+    latest = run / "checkpoint_latest.pt"
+    budget = int(asked["train"]["iterations"])
+    if latest.is_file() and budget < (done := checkpoint_iteration(latest)):
+        raise UserError(
+            f"--resume: the run has done {done} iterations already, more than the budget of {budget} that "
+            f"{_said(a, 'train.iterations')} asks for; a resume keeps or extends the budget (--iterations {done} "
+            "or more), or start a new run with another --out",
+            run,
         )
     return asked
 

@@ -800,6 +800,12 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        if self.iteration > self.iterations:  # before fit() writes config.yaml: the run stays as it was
+            raise UserError(
+                f"cannot resume with train.iterations={self.iterations}: the run has done {self.iteration} "
+                "iterations already; a resume keeps or extends the budget",
+                self.out,
+            )
         self.history, self.best_val = list(ckpt["history"]), float(ckpt["best_val"])
         rng = ckpt["rng"]
         self.rng.bit_generator.state = rng["numpy"]
