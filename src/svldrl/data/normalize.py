@@ -135,8 +135,8 @@ class ForegroundCheck:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         values = sorted({v for n in names for v in self.lacking[n]})
         hint = (
-            f" (e.g. --foreground {','.join(map(str, sorted(set(self.foreground) | set(values))))} if they all "
-            "mark it)"
+            f" (e.g. --foreground {','.join(map(str, sorted(set(self.foreground) | set(values))))} if these "
+            "values all mark it)"
             if len(values) <= 3
             else ""
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -80,4 +81,5 @@ def checkpoint_iteration(path: str | Path) -> int:
     Raises:
         UserError: as :func:`load_checkpoint`.
     """
-    return int(load_checkpoint(path, mmap=True)["iteration"])
+    # mapped only where torch can map it (a zip file); anything else is read and refused as load_checkpoint says
+    return int(load_checkpoint(path, mmap=zipfile.is_zipfile(path))["iteration"])
