@@ -1,11 +1,14 @@
 """What a user reads: every --help entry explains itself and shows its default; Python warnings come out
-as the reporter's ``warning:`` lines (silenced by --quiet); long trainings say how long is left."""
+as the reporter's ``warning:`` lines, which --quiet keeps (it hides progress only); long trainings say how
+long is left."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from svldrl.cli import main, make_parser
 from svldrl.data.dataset import load_dataset
 from svldrl.engine import trainer as T
 from svldrl.methods import get_method
+from svldrl.reporter import QUIET, SILENT, Reporter, SvldrlWarning
 from tests.conftest import TINY
 
 
@@ -44,8 +48,37 @@ def test_warnings_go_through_the_reporter(dataset: Path, tmp_path: Path, capsys)
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert any(line.startswith("warning:") and "numTraining is 99" in line for line in err.splitlines()), err
+    # --quiet hides progress (the set exists already: "already exists" is progress) but not the warning
     assert main([*argv, "--quiet"]) == 0
-    assert capsys.readouterr().err == ""
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "numTraining is 99" in lines[0], lines
+    assert captured.out.strip().endswith("mt0.5")  # the result's path still goes to stdout
+
+
+def test_quiet_help_says_warnings_still_print() -> None:
+    for name, sub in _subparsers(make_parser()).items():
+        quiet = next(a for a in sub._actions if a.dest == "quiet")
+        assert quiet.help == "no progress output; warnings and errors still print", name
+
+
+def test_reporters_keep_warnings_where_they_hide_progress(capsys) -> None:
+    stream = io.StringIO()
+    rep = Reporter(quiet=True, stream=stream)
+    rep.info("progress")
+    rep.progress("step", 1, 2, 0.0)
+    rep.warn("look at this")
+    assert stream.getvalue() == "warning: look at this\n"
+    # the library default prints nothing itself: progress is dropped, a warning is a Python warning
+    with pytest.warns(SvldrlWarning, match="look at this"):
+        QUIET.warn("look at this")
+    QUIET.info("progress")
+    # the other ranks of a distributed run: nothing at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SILENT.warn("look at this")
+        SILENT.info("progress")
+    assert capsys.readouterr() == ("", "")
 
 
 class Lines:
@@ -56,6 +89,9 @@ class Lines:
 
     def info(self, message: str) -> None:
         self.lines.append(message)
+
+    def warn(self, message: str) -> None:
+        self.lines.append(f"warning: {message}")
 
     def progress(self, *a, **k) -> None:
         pass

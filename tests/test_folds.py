@@ -65,6 +65,9 @@ def test_stale_splits_are_rebuilt_with_a_warning_or_refused(dataset: Path, tmp_p
         def info(self, message: str) -> None:
             lines.append(message)
 
+        def warn(self, message: str) -> None:
+            lines.append(f"warning: {message}")
+
         def progress(self, *a, **k) -> None:
             pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from svldrl.errors import UserError
 from svldrl.noise import PROTOCOLS, markov_noise, mt_noise, run_noise, spg_noise
 from svldrl.noise.report import build_report, mask_dice, voxel_error_rate
+from svldrl.reporter import Reporter, SvldrlWarning
 
 
 def blob(shape=(24, 24, 24), center=None, radii=(6, 5, 4)) -> np.ndarray:
@@ -387,8 +389,18 @@ def test_unchanged_and_harsh_corruptions_are_reported(tmp_path, monkeypatch):
     assert report["n_selected"] == 4 and report["n_corrupted"] == 0 and report["n_unchanged"] == 4
     assert all(e["selected"] and not e["corrupted"] for e in report["cases"].values())
     monkeypatch.undo()
-    rep = Lines()  # erosion by 9.4 mm of a ~6 mm blob removes nearly all of it
+    # erosion by 9.4 mm of a ~6 mm blob removes nearly all of it: a warning per case, also under --quiet
+    stream = io.StringIO()
+    rep = Reporter(quiet=True, stream=stream)
     out = run_noise(ds, "mt", 1.0, seed=0, params={"mode": "erode", "r_min": 15}, name="harsh", reporter=rep)
     report = json.loads((out / "noise_report.json").read_text())
     assert all(e["removed_fraction"] > 0.9 for e in report["cases"].values())
-    assert sum("warning" in line and "lost" in line for line in rep.lines) == 4
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and all(ln.startswith("warning: noise harsh:") and "lost" in ln for ln in lines), (
+        lines
+    )
+    # a caller's own progress object without warn: the warnings are Python warnings, not lost
+    with pytest.warns(SvldrlWarning, match="lost"):
+        run_noise(
+            ds, "mt", 1.0, seed=0, params={"mode": "erode", "r_min": 15}, name="harsh2", reporter=Lines()
+        )

@@ -199,3 +199,36 @@ def test_resume_refuses_a_changed_setting(dataset: Path, tmp_path: Path, capsys)
         main(["train", str(dataset), "--out", str(run), *sets, "--iterations", "4", "--resume", "--quiet"])
         == 0
     )
+
+
+def test_resume_refuses_a_budget_below_the_iterations_done(dataset: Path, tmp_path: Path, capsys) -> None:
+    """A budget below what the run has done would stop it where it is and rewrite config.yaml to the smaller
+    budget with exit code 0: refused before anything is written. The same budget or a larger one resumes."""
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in [*TINY, "train.threads=1"]), [])
+    argv = ["train", str(dataset), "--out", str(run), *sets, "--quiet"]
+    assert main([*argv, "--iterations", "4"]) == 0  # two epochs: the latest checkpoint is at iteration 4
+    before = {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+    for extra, said in (
+        (["--iterations", "2"], "--iterations 2"),
+        (["--set", "train.iterations=3"], "--set"),
+    ):
+        code = main([*argv, *extra, "--resume"])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith(f"svldrl: error: {run}: --resume: the run has done 4 iterations"), lines[0]
+        assert said in lines[0], lines[0]
+    assert {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()} == before
+    # the library refuses it too, before fit() rewrites config.yaml
+    cfg = C.load_config([run / "config.yaml"])
+    cfg["train"]["iterations"] = 2
+    with pytest.raises(UserError, match="the run has done 4 iterations"):
+        train(dataset, "clean", run, cfg, resume=True)
+    assert (run / "config.yaml").read_bytes() == before["config.yaml"]
+    # the budget already done: resumes and finishes at once; a larger one trains on
+    assert main([*argv, "--iterations", "4", "--resume"]) == 0
+    assert main([*argv, "--iterations", "6", "--resume"]) == 0
+    assert load_checkpoint(run / "checkpoint_final.pt")["iteration"] == 6
+    assert C.load_config([run / "config.yaml"])["train"]["iterations"] == 6

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from svldrl import __version__
 from svldrl.errors import UserError
-from svldrl.reporter import Reporter
+from svldrl.reporter import QUIET_HELP, SILENT, Reporter
 
 
 def _foreground(text: str | None) -> list[int] | None:
@@ -119,27 +119,47 @@ def build_train_config(a: argparse.Namespace, base: dict | None = None) -> dict:
     return cfg
 
 
+def _said(a: argparse.Namespace, key: str) -> str:
+    """How the user asked for config ``key``: the flag or ``--set`` that took effect (the last), else ``--config``
+    (or ``--foreground``)."""
+    said = [how for how, kv in _flag_overrides(a) if kv.split("=", 1)[0] == key]
+    return said[-1] if said else ("--foreground" if key == "data.foreground" else "--config")
+
+
 def resume_config(a: argparse.Namespace) -> dict:
-    """The config of the run being resumed; only ``--iterations`` may change it (to extend the budget).
+    """The config of the run being resumed; only ``--iterations`` may change it, to keep or extend the budget.
+
+    Checked before anything is written: ``config.yaml`` stays as it was when the resume is refused.
 
     Raises:
         UserError: a flag, ``--set`` or ``--config`` that asks for something else than the run was started with
-            (a resume continues that run; a changed setting would silently be a different experiment).
+            (a resume continues that run; a changed setting would silently be a different experiment), or a
+            budget below the iterations the run has done (the run would stop where it is and call that the
+            end of a shorter one).
     """
     from svldrl import config as C
+    from svldrl.engine.checkpoint import checkpoint_iteration
 
-    saved = C.load_config([Path(a.out) / "config.yaml"])
+    run = Path(a.out)
+    saved = C.load_config([run / "config.yaml"])
     asked = build_train_config(a, base=saved)
     before, after = C.flatten(saved), C.flatten(asked)
     changed = [k for k in after if k != "train.iterations" and after[k] != before.get(k)]
     if changed:
         key = changed[0]
-        said = next((how for how, kv in _flag_overrides(a) if kv.split("=", 1)[0] == key), None)
-        said = said or ("--foreground" if key == "data.foreground" else "--config")
         raise UserError(
-            f"--resume continues the run as it was started, but {said} asks for {key}={after[key]!r} "
+            f"--resume continues the run as it was started, but {_said(a, key)} asks for {key}={after[key]!r} "
             f"(the run has {before.get(key)!r}); drop it, or start a new run with another --out",
-            Path(a.out) / "config.yaml",
+            run / "config.yaml",
+        )
+    latest = run / "checkpoint_latest.pt"
+    budget = int(asked["train"]["iterations"])
+    if latest.is_file() and budget < (done := checkpoint_iteration(latest)):
+        raise UserError(
+            f"--resume: the run has done {done} iterations already, more than the budget of {budget} that "
+            f"{_said(a, 'train.iterations')} asks for; a resume keeps or extends the budget (--iterations {done} "
+            "or more), or start a new run with another --out",
+            run,
         )
     return asked
 
@@ -158,7 +178,7 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
         cfg = build_train_config(a)
     D.init_from_env()
     if D.rank() != 0:
-        rep = Reporter(quiet=True)
+        rep = SILENT  # rank 0 says it once (its warnings included)
     run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
     rep.info(f"run folder: {run}")
     return 0
@@ -225,7 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
-        sp.add_argument("--quiet", action="store_true", help="no progress output")
+        sp.add_argument("--quiet", action="store_true", help=QUIET_HELP)
         return sp
 
     s = add("synth", "write a phantom dataset in nnU-Net raw layout")
@@ -349,15 +369,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _warnings_to(rep: Reporter):
-    """Python warnings as ``warning: ...`` lines of the reporter (so ``--quiet`` silences them too);
-    libraries' deprecation notices are dropped, they say nothing about the user's data."""
+    """Python warnings as the reporter's ``warning: ...`` lines (printed under ``--quiet`` too, see
+    :meth:`Reporter.warn`); libraries' deprecation notices are dropped, they say nothing about the user's data."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) and (
             "svldrl" not in str(filename)
         ):
             return
-        rep.info(f"warning: {message}")
+        rep.warn(str(message))
 
     return show
 

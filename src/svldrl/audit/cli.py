@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from svldrl.errors import UserError
-from svldrl.reporter import Reporter
+from svldrl.reporter import QUIET_HELP, Reporter
 
 
 def cmd_audit(a: argparse.Namespace, rep: Reporter) -> int:
@@ -52,7 +52,7 @@ def add_parser(
         "given (one run per fold: --runs or a folder of fold runs); cases only a run trained on can judge "
         "are marked in_fold, where errors are under-detected.",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.add_argument("run", help="run folder, or a folder of fold runs")
     p.add_argument("dataset", help="dataset folder (or datalist .json)")
     p.add_argument("--labels", default="clean", help="masks to audit: clean (default) or noisy/NAME")

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from svldrl.errors import UserError
-from svldrl.reporter import Reporter
+from svldrl.reporter import QUIET_HELP, Reporter
 
 #: Where results go when --out is not given: benchmarks/results/<config stem> under the current folder.
 DEFAULT_RESULTS = Path("benchmarks") / "results"
@@ -84,6 +84,6 @@ def add_parser(
         "repeat for several folders (the first match wins)",
     )
     p.add_argument("--verbose", action="store_true", help="also print each training's per-epoch lines")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_benchmark)
     return p

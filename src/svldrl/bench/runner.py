@@ -150,7 +150,7 @@ def run_benchmark(
                 # a long benchmark: record it, go on, and fail at the end. A rerun retries it.
                 failed.append((run, f"{type(exc).__name__}: {exc}"))
                 write_text(run.dir / ERROR_NAME, traceback.format_exc())
-                reporter.info(f"{run.label} FAILED ({type(exc).__name__}: {exc}); see {run.dir / ERROR_NAME}")
+                reporter.warn(f"{run.label} FAILED ({type(exc).__name__}: {exc}); see {run.dir / ERROR_NAME}")
             else:
                 durations[run.method.name].append(time.monotonic() - t0)
                 trained += 1

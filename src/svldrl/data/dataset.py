@@ -38,7 +38,7 @@ from svldrl.data.io import (
     read_json,
     read_volume,
 )
-from svldrl.data.normalize import map_foreground, normalize_intensity
+from svldrl.data.normalize import ForegroundCheck, map_foreground, normalize_intensity
 from svldrl.errors import UserError
 
 NOISY_DIR = "labelsTr_noisy"
@@ -522,7 +522,11 @@ def _apply_label_set(ds: Dataset, labels: str) -> Dataset:
 
 
 def load_case(
-    case: Case, data_cfg: dict, need_label: bool = True, allow_empty: bool = False
+    case: Case,
+    data_cfg: dict,
+    need_label: bool = True,
+    allow_empty: bool = False,
+    labels: ForegroundCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, Volume]:
     """Read, normalise and check one case.
 
@@ -532,6 +536,7 @@ def load_case(
             ``ct_window``, ``foreground``); ``modality: auto`` takes the dataset's.
         need_label: read and check the mask.
         allow_empty: accept a mask without foreground (a case where the structure is absent).
+        labels: counts the mask (by case id) for the check of ``foreground`` against the labels it holds.
 
     Returns:
         (image float32 in [0, 1], mask uint8 in {0, 1} or None, the image's :class:`Volume` with the
@@ -556,6 +561,8 @@ def load_case(
     mask_vol = read_volume(case.label, key=case.label_key)
     check_grid(vol, mask_vol, case.image, case.label)
     label = check_mask(mask_vol.array, case.label, data_cfg.get("foreground"), allow_empty)
+    if labels is not None:
+        labels.add(case.case_id, mask_vol.array, label)
     return image, label, vol
 
 

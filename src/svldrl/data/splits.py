@@ -16,6 +16,7 @@ import numpy as np
 
 from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
+from svldrl.reporter import report_warning
 
 SPLITS_FILE = "splits_final.json"
 
@@ -113,7 +114,7 @@ def load_or_create_splits(
 
     A file that no longer covers the dataset's cases (cases were added since it was written) is never used
     silently: when it is exactly what svldrl would have made for its own cases, it is rebuilt over all cases
-    with a warning through ``reporter``; a file the user made is refused.
+    with a warning through ``reporter`` (a Python warning when it is None); a file the user made is refused.
 
     Raises:
         UserError: the existing file is malformed, names unknown cases, puts a case in both train and val of
@@ -135,12 +136,12 @@ def load_or_create_splits(
                 "add them to the folds, or delete the file to make new splits",
                 path,
             )
-        if reporter is not None:
-            reporter.info(
-                f"warning: {path} was made for {len(covered)} training cases, the dataset now has {len(ids)} "
-                f"(new: {listed}); the folds are made again over all cases, so fold numbers now hold other "
-                "validation cases than in runs trained before"
-            )
+        report_warning(
+            reporter,
+            f"{path} was made for {len(covered)} training cases, the dataset now has {len(ids)} "
+            f"(new: {listed}); the folds are made again over all cases, so fold numbers now hold other "
+            "validation cases than in runs trained before",
+        )
     splits = make_splits(ids, num_folds, seed)
     if write and os.access(root, os.W_OK):
         try:

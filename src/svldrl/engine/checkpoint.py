@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(
-    path: str | Path, method: str | None = None, backbone: str | None = None, heads: str | None = None
+    path: str | Path,
+    method: str | None = None,
+    backbone: str | None = None,
+    heads: str | None = None,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint safely and refuse one from another method, backbone, head layout or format version.
+
+    ``mmap``: map the file instead of reading it (tensors are read when used; for a look at the plain
+    entries, e.g. :func:`checkpoint_iteration`).
 
     Raises:
         UserError: missing, truncated, foreign, code-carrying (pickle with globals) or mismatched file.
@@ -44,7 +52,7 @@ def load_checkpoint(
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0][:160]
         raise UserError(
@@ -65,3 +73,13 @@ def load_checkpoint(
         if want is not None and ckpt.get(key) != want:
             raise UserError(f"checkpoint is for {key} '{ckpt.get(key)}', this run uses '{want}'", path)
     return ckpt
+
+
+def checkpoint_iteration(path: str | Path) -> int:
+    """The iteration a checkpoint was saved at (the optimiser steps done), without reading its weights.
+
+    Raises:
+        UserError: as :func:`load_checkpoint`.
+    """
+    # mapped only where torch can map it (a zip file); anything else is read and refused as load_checkpoint says
+    return int(load_checkpoint(path, mmap=zipfile.is_zipfile(path))["iteration"])

@@ -47,6 +47,7 @@ from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset, load_case
 from svldrl.data.fingerprint import ct_range, dataset_fingerprint
 from svldrl.data.io import write_text
+from svldrl.data.normalize import ForegroundCheck
 from svldrl.data.outputs import check_writable_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
 from svldrl.engine import distributed as D
@@ -56,7 +57,7 @@ from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
 from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, crop_patch, pad_to_patch
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
-from svldrl.reporter import QUIET, Reporter, fmt_seconds
+from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
 from svldrl.rules import overlap
 
 Batch = dict[str, Any]
@@ -138,7 +139,7 @@ class Trainer:
         self.resume = resume
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
-        self.reporter = reporter if self.is_main else QUIET
+        self.reporter = reporter if self.is_main else SILENT
         tc = cfg["train"]
         if tc["threads"]:
             torch.set_num_threads(int(tc["threads"]))
@@ -415,16 +416,27 @@ class Trainer:
         images: list[np.ndarray] = []
         self.given: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
+        labels = ForegroundCheck(dcfg["foreground"])  # which masks hold none of --foreground's labels
         for position, cid in enumerate(self.train_ids):
             # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
             # A mask without foreground is a case where the structure is absent (a multi-organ set binarised
             # for one organ): a negative example, trained on like any other.
-            img, lab, _ = load_case(self.training_case(position, cases[cid]), dcfg, allow_empty=True)
+            case = self.training_case(position, cases[cid])
+            img, lab, _ = load_case(case, dcfg, allow_empty=True, labels=labels)
             if in_ram:
                 images.append(self._pad(img))
             lab = self._pad(lab)
             self.given.append(lab)
             self.targets.append(lab.astype(np.float32))
+        val_images: list[np.ndarray] = []
+        self.val_labels: list[np.ndarray] = []
+        for cid in self.val_ids:
+            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True, labels=labels)
+            if in_ram:
+                val_images.append(img)
+            self.val_labels.append(lab)
+        # ... but most masks without the chosen labels (holding others) is a wrong label value: refused
+        labels.check("training masks", "they would train as all background", self.dataset.root)
         self.fg_idx = [np.flatnonzero(g) for g in self.given]
         absent = [cid for cid, idx in zip(self.train_ids, self.fg_idx, strict=True) if not idx.size]
         if len(absent) == len(self.train_ids):
@@ -435,17 +447,16 @@ class Trainer:
                 self.dataset.root,
             )
         if absent:
-            self.reporter.info(
+            others = [cid for cid in absent if cid in labels.lacking]
+            self.reporter.warn(
                 f"{len(absent)} training case(s) without foreground (structure absent), trained on as "
                 f"negatives: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
+                + (
+                    f" ({len(others)} of them hold other labels only: {labels.held(others)})"
+                    if others
+                    else ""
+                )
             )
-        val_images: list[np.ndarray] = []
-        self.val_labels: list[np.ndarray] = []
-        for cid in self.val_ids:
-            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True)
-            if in_ram:
-                val_images.append(img)
-            self.val_labels.append(lab)
         # data.cache none: masks stay (small, and targets are training state); images are read per access.
         self.images: Sequence[np.ndarray] = (
             images if in_ram else LazyImages([cases[c] for c in self.train_ids], dcfg, self.patch)
@@ -789,6 +800,12 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        if self.iteration > self.iterations:  # before fit() writes config.yaml: the run stays as it was
+            raise UserError(
+                f"cannot resume with train.iterations={self.iterations}: the run has done {self.iteration} "
+                "iterations already; a resume keeps or extends the budget",
+                self.out,
+            )
         self.history, self.best_val = list(ckpt["history"]), float(ckpt["best_val"])
         rng = ckpt["rng"]
         self.rng.bit_generator.state = rng["numpy"]

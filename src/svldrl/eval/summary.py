@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from svldrl.data.io import file_ending, read_json, read_volume, write_text
+from svldrl.data.normalize import ForegroundCheck
 from svldrl.data.outputs import check_writable_file, refuse_dataset_folder
 from svldrl.errors import UserError
 from svldrl.eval.metrics import METRIC_KEYS, case_metrics, empty_metrics
-from svldrl.reporter import fmt_mean_std, fmt_number
+from svldrl.reporter import fmt_mean_std, fmt_number, report_warning
 
 #: Files paired by case id; anything else in the folders (summary.json, plans.json, .npz) is ignored.
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd")
@@ -57,7 +58,8 @@ def evaluate_folders(
         foreground: reference label values merged into one foreground label 1 (binary evaluation of
             a multi-label reference); only label 1 is then reported. A prediction holding only 0/1 is
             used as is; one with other values is merged with the same list.
-        reporter: anything with ``info(str)``; receives one line per case.
+        reporter: anything with ``info(str)``; receives one line per case (and warnings through ``warn(str)``,
+            Python warnings where it has none).
         overwrite: replace an existing ``out`` (or its CSV) that is not a summary svldrl wrote.
 
     Returns:
@@ -71,8 +73,10 @@ def evaluate_folders(
     Raises:
         UserError: a folder is missing or holds no volumes, a case lacks its partner, grids differ,
             a map is not an integer label map (or a reference looks like an image), a ``foreground`` label
-            is absent from every reference, or ``out`` is a folder, lies in a dataset's image or mask
-            folder, or would replace a file svldrl did not write.
+            is absent from every reference, or most references holding labels hold none of ``foreground``'s
+            (:class:`~svldrl.data.normalize.ForegroundCheck`; a few are warned about through ``reporter``),
+            or ``out`` is a folder, lies in a dataset's image or mask folder, or would replace a file svldrl
+            did not write.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     out = pred_dir / "summary.json" if out is None else Path(out)
@@ -90,6 +94,7 @@ def evaluate_folders(
     fixed_labels = [1] if foreground is not None else None if labels is None else [int(v) for v in labels]
     per_case: list[dict] = []
     found: set[int] = set()
+    labels = ForegroundCheck(foreground)  # references holding labels but none of foreground's
     n_voxels: dict[str, int] = {}
     cases = sorted(refs)
     for i, case in enumerate(cases, 1):
@@ -98,7 +103,9 @@ def evaluate_folders(
         pred = _label_map(pred_vol.array, preds[case])
         ref = _label_map(ref_vol.array, refs[case], reference=True)
         if foreground is not None:
-            found.update(v for v in foreground if v in _present_labels(ref))
+            held = _present_labels(ref)
+            found.update(v for v in foreground if v in held)
+            labels.add_labels(case, held)
             ref = np.isin(ref, foreground).astype(np.uint8)
             if pred.min() < 0 or pred.max() > 1:
                 pred = np.isin(pred, foreground).astype(np.uint8)
@@ -125,6 +132,13 @@ def evaluate_folders(
             reporter.info(f"evaluate {i}/{len(cases)} {case}  Dice {dice}")
 
     final_labels = fixed_labels if fixed_labels is not None else sorted(found)
+    lacking = labels.check("references", "they would be scored as empty references", ref_dir)
+    if lacking:
+        report_warning(
+            reporter,
+            f"{len(lacking)} reference(s) hold other labels ({labels.held()}) but none of --foreground "
+            f"{','.join(map(str, foreground))}: scored as empty references (structure absent): {_first(lacking)}",
+        )
     if foreground is not None and not found:
         raise UserError(
             f"no reference holds any of the --foreground labels {foreground}; "

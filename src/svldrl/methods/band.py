@@ -51,7 +51,7 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
         trainer.targets[i][...] = new  # in place: the targets may live in shared memory (rl.async_workers)
     share = float(np.nanmedian(shares)) if not np.isnan(shares).all() else math.nan
     if share > LOOKALIKE_WARNING:
-        trainer.reporter.info(
+        trainer.reporter.warn(
             f"band target update: {share:.0%} of the tissue around the median mask has the organ's intensity "
             f"(within 2 std); the band corrects boundaries only where the organ stands out from its surroundings "
             f"and may damage these masks (docs/method.md section 9); consider rl.target_update=none"

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from svldrl.data.io import json_default, read_grid, read_json, read_volume, write_nifti, write_text
+from svldrl.data.normalize import ForegroundCheck
 from svldrl.errors import UserError
 from svldrl.noise.markov import check_markov_params, markov_noise
 from svldrl.noise.mt import check_mt_params, mt_noise
 from svldrl.noise.report import build_report, mask_dice, voxel_error_rate
 from svldrl.noise.sfda import SOURCE_SUFFIX, check_sfda_params, sfda_defaults
 from svldrl.noise.spg import check_spg_params, spg_noise
+from svldrl.reporter import report_warning
 
 PROTOCOLS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
     "mt": mt_noise,
@@ -137,21 +139,39 @@ def select_cases(n: int, ratio: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
 
 
-def check_cases(cases: list[Any], foreground: list[int] | None, info: Callable[[str], None]) -> None:
+def check_cases(
+    cases: list[Any],
+    foreground: list[int] | None,
+    info: Callable[[str], None],
+    where: str | Path | None = None,
+    reporter: Any = None,
+) -> None:
     """What ``svldrl train`` checks, before any noisy mask is written: every clean mask exists, is readable,
-    binary (or mapped by ``foreground``) and on its image's grid.
+    binary (or mapped by ``foreground``) and on its image's grid, and ``foreground`` is not a wrong label value
+    (:class:`~svldrl.data.normalize.ForegroundCheck`; a few masks without its labels are warned about through
+    ``reporter``: their noisy masks stay empty).
 
     Raises:
-        UserError: the first case that fails, naming its file.
+        UserError: the first case that fails, naming its file; most masks holding labels but none of
+            ``foreground``'s (naming ``where``).
     """
     from svldrl.data.dataset import check_grid  # lazy: the pure noise functions need no dataset code
 
+    labels = ForegroundCheck(foreground)
     for case in cases:
         if case.label is None:
             raise UserError(f"training case {case.case_id} has no clean label to corrupt", case.image)
         vol = read_volume(case.label, key=case.label_key)
-        _binary(vol.array, Path(case.label), foreground)
+        labels.add(case.case_id, vol.array, _binary(vol.array, Path(case.label), foreground))
         check_grid(read_grid(case.image, case.image_key), vol, case.image, case.label)
+    lacking = labels.check("training masks", "their noisy masks would be empty", where)
+    if lacking:
+        report_warning(
+            reporter,
+            f"{len(lacking)} training mask(s) hold other labels ({labels.held()}) but none of --foreground "
+            f"{','.join(map(str, foreground or []))}; their noisy masks stay empty (structure absent): "
+            f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}",
+        )
     info(f"checked {len(cases)} training cases (masks binary and on their images' grids)")
 
 
@@ -212,7 +232,8 @@ def run_noise(
         params: protocol parameters overriding the defaults; a protocol's ``spacing`` left at None (or
             ``"auto"``) is each case's own voxel size, so MT-Noise sizes are in mm.
         foreground: label value(s) counted as foreground (default: the mask must be binary).
-        reporter: object with ``.info(str)`` for progress; silent when None.
+        reporter: object with ``.info(str)`` for progress and ``.warn(str)`` for warnings (a Python warning
+            where it has none); progress is silent when None.
         prepare: protocol -> its preparer, for the image protocols (:data:`IMAGE_PROTOCOLS`);
             :func:`svldrl.runs.run_noise` passes SFDA's.
 
@@ -242,7 +263,7 @@ def run_noise(
     cases = sorted(ds.train, key=lambda c: c.case_id)
     if not cases:
         raise UserError("dataset has no training cases to corrupt", dataset_path)
-    check_cases(cases, foreground, info)
+    check_cases(cases, foreground, info, ds.root, reporter)
     chosen = set(select_cases(len(cases), float(ratio), int(seed)))
     settings = _json(
         {
@@ -349,9 +370,10 @@ def run_noise(
             }
         )
         if removed > 0.9:
-            info(
-                f"warning: noise {name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
-                f"({op.get('operation')}); such a mask is barely an annotation of the same structure"
+            report_warning(
+                reporter,
+                f"noise {name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
+                f"({op.get('operation')}); such a mask is barely an annotation of the same structure",
             )
         write_nifti(out, noisy, vol.affine, vol.header)
         # The entry is written after the mask: a case counts as done only when both exist.

@@ -31,17 +31,22 @@ from svldrl.noise.sfda import (
     mask_from_probability,
     source_folder,
 )
+from svldrl.reporter import python_warning
 from svldrl.runs.run import load_run, train
 
 
 class _Info:
-    """Reporter adapter for the trainer: info lines go to run_noise's callback."""
+    """Reporter adapter for the trainer: info lines go to run_noise's callback, warnings are Python warnings."""
 
     def __init__(self, info: Callable[[str], None]) -> None:
         self._info = info
 
     def info(self, message: str) -> None:
         self._info(f"sfda source: {message}")
+
+    def warn(self, message: str) -> None:
+        # run_noise hands SFDA an info callback only; a Python warning reaches the command line's warn
+        python_warning(f"sfda source: {message}")
 
     def progress(self, label: str, done: int, total: int, started: float, extra: str = "") -> None:
         pass
