@@ -253,6 +253,53 @@ def test_band_lookalike_share_tells_a_separable_organ_from_one_its_surroundings_
     assert np.isnan(band_lookalike_share(image, _ball(shape, (20, 20, 20), 1.0), 2))
 
 
+def test_band_guard_keeps_right_boundaries_and_abstains_where_the_image_does_not_support_the_rule() -> None:
+    """band_correct_guarded: a correct mask keeps its partial-volume voxels (the unguarded fixed point erodes
+    them), a mask drawn too large on one side is moved back there and nowhere else, and a case whose
+    surroundings hold tissue of the organ's intensity, or too small to fit, keeps its given mask (the unguarded
+    update annexes the look-alike)."""
+    import math
+
+    from scipy import ndimage
+
+    from svldrl.rules import BandGuard, band_correct, band_correct_guarded
+
+    rng = np.random.default_rng(0)
+    shape, ln9 = (48, 48, 48), math.log(9)
+    organ = _ball(shape, (24, 24, 24), 10.0)
+    image = np.where(organ, rng.normal(1.0, 0.05, shape), rng.normal(0.3, 0.1, shape))
+    layer = organ & (ndimage.distance_transform_edt(organ) <= 1)
+    partial = layer & (rng.random(shape) < 0.3)  # voxels mostly outside the organ, drawn in as a rater would
+    image[partial] = 0.45
+    unguarded = band_correct(image, organ, 4, ln9, 10)
+    assert np.count_nonzero(organ & ~unguarded) >= 0.8 * partial.sum()
+    kept = band_correct_guarded(image, organ, [4], ln9, 10)
+    assert kept.abstained == "" and (kept.mask == organ).all() and kept.held_back > 0
+    # one side drawn 3 voxels too large: moved back there, the far side (beyond a stretch's reach) left alone
+    half, far = np.zeros(shape, bool), np.zeros(shape, bool)
+    half[:, :, 24:], far[:, :, :14] = True, True
+    given = organ | (_ball(shape, (24, 24, 24), 13.0) & half)
+    fixed = band_correct_guarded(image, given, [4], ln9, 10).mask
+    assert overlap(given, organ)[0] < 0.8 and overlap(fixed, organ & ~partial)[0] > 0.99
+    assert (fixed[far] == organ[far]).all()
+    # tissue of the organ's intensity against a stretch of it: held back there (the unguarded update annexes it)
+    small = _ball(shape, (24, 24, 37), 6.0) & ~organ
+    look = image.copy()
+    look[small] = rng.normal(1.0, 0.05, shape)[small]
+    assert (band_correct(look, organ, 4, ln9, 10) & small).sum() > 0.5 * small.sum()
+    outcome = band_correct_guarded(look, organ, [4], ln9, 10)
+    assert outcome.abstained == "" and not (outcome.mask & small).any()
+    # ... against much of it: the whole case keeps its given mask
+    large = _ball(shape, (24, 24, 40), 9.0) & ~organ
+    look[large] = rng.normal(1.0, 0.05, shape)[large]
+    outcome = band_correct_guarded(look, organ, [4], ln9, 10)
+    assert outcome.abstained == "lookalike" and outcome.lookalike > BandGuard().max_lookalike
+    assert (outcome.mask == organ).all()
+    assert (band_correct_guarded(look, organ, [4], ln9, 10, guard=None).mask & large).any()
+    tiny = _ball(shape, (10, 10, 10), 2.0)
+    assert band_correct_guarded(image, tiny, [4], ln9, 10).abstained == "too small"
+
+
 def test_band_flags_connected_drops_islands() -> None:
     """connected=True keeps only flagged voxels joined to the side they would join."""
     organ = _ball((32, 32, 32), (16, 16, 16), 7.0)
@@ -356,8 +403,8 @@ def _cfg(method: str, *extra: str) -> dict:
         ("tloss", ["tloss.init=0.5"], {"nu"}),
         ("supervised", [], set()),
         ("supervised_confident", ["rl.tau=0.51"], {"targets"}),
-        ("supervised_band", ["rl.band_width=1"], {"targets"}),
-        ("tloss_band", ["rl.band_width=1", "tloss.init=0.5"], {"nu", "targets"}),
+        ("supervised_band", ["rl.band_width=1", "rl.band_guard=false"], {"targets"}),
+        ("tloss_band", ["rl.band_width=1", "rl.band_guard=false", "tloss.init=0.5"], {"nu", "targets"}),
     ],
 )
 def test_method_trains_and_checkpoints(
@@ -379,7 +426,7 @@ def test_method_trains_and_checkpoints(
     if method in (
         "supervised_band",
         "tloss_band",
-    ):  # the band update ran before the first step: every epoch trains on it
+    ):  # the band update (unguarded: the tiny phantoms give it too few voxels) ran before the first step
         assert all(float(r["charts/target_changed"]) > 0 for r in rows)
     if method == "supervised":
         assert "targets" not in ckpt["extra"] and "charts/target_changed" not in rows[-1]

@@ -244,11 +244,19 @@ def test_tloss_segmentation_loss_in_every_stage(dataset: Path, tmp_path: Path) -
 def test_band_width_max_chooses_each_case_width_with_band_correct_select(
     dataset: Path, tmp_path: Path
 ) -> None:
-    """rl.band_width_max: every target is band_correct_select's mask over rl.band_width..max, its median width
-    logged; a maximum not above rl.band_width is refused."""
+    """rl.band_width_max: every target is band_correct_select's mask over rl.band_width..max (unguarded), its
+    median width logged; a maximum not above rl.band_width is refused."""
     from svldrl.rules import band_correct_select
 
-    cfg = C.load_config(overrides=[*RL, "rl.target_update=band", "rl.band_width=1", "rl.band_width_max=3"])
+    cfg = C.load_config(
+        overrides=[
+            *RL,
+            "rl.target_update=band",
+            "rl.band_width=1",
+            "rl.band_width_max=3",
+            "rl.band_guard=false",
+        ]
+    )
     trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
     chosen = []
     for image, given, target in zip(trainer.images, trainer.given, trainer.targets, strict=True):
@@ -261,13 +269,18 @@ def test_band_width_max_chooses_each_case_width_with_band_correct_select(
 
 
 def test_band_target_update_corrects_the_targets_before_the_first_step(dataset: Path, tmp_path: Path) -> None:
-    """rl.target_update=band: every target is the given mask with band_flags' voxels relabelled, from the
-    start (the rule needs no model), kept in checkpoints and logged as charts/target_changed."""
+    """rl.target_update=band: every target is the given mask with band_flags' voxels relabelled (unguarded),
+    from the start (the rule needs no model), kept in checkpoints and logged as charts/target_changed."""
     from svldrl.rules import band_correct, relabel
 
-    cfg = C.load_config(
-        overrides=[*RL, "rl.target_update=band", "rl.band_width=1", "rl.band_margin=0.5", "rl.band_passes=3"]
-    )
+    band = [
+        "rl.target_update=band",
+        "rl.band_width=1",
+        "rl.band_margin=0.5",
+        "rl.band_passes=3",
+        "rl.band_guard=false",
+    ]
+    cfg = C.load_config(overrides=[*RL, *band])
     trainer = SVLDRLTrainer(cfg, load_dataset(dataset), tmp_path / "run")
     assert "targets" in trainer.checkpointed
     changed = 0

@@ -224,6 +224,23 @@ class RL:
         "(more than 1: only changes connected to the side they join)",
         range=(1, 100),
     )
+    band_guard: bool = setting(
+        True,
+        "band target update: test its assumptions per case and per stretch of boundary and keep the given mask "
+        "where they fail (rules.band_correct_guarded; false: the unguarded update of docs/method.md section 12)",
+    )
+    band_max_lookalike: float = setting(
+        0.06,
+        "band guard: largest share of the given mask's surroundings with the organ's intensity "
+        "(rules.band_lookalike_share) at which a case is corrected",
+        range=(0.0, 1.0),
+    )
+    band_min_shift: float = setting(
+        0.5,
+        "band guard: smallest net change (voxels per boundary voxel) a stretch of boundary needs to be corrected; "
+        "a correct boundary's partial-volume voxels move less",
+        range=(0.0, 100.0),
+    )
     tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0))
     async_workers: int = setting(
         0, "Hogwild workers sharing the model (A3C); 0: synchronous, batched, DDP-ready", range=(0, 256)
