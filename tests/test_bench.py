@@ -348,7 +348,7 @@ def test_dataset_path_env_substitution(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_shipped_configs_are_valid(tmp_path: Path) -> None:
     """Every benchmarks/*.yaml parses and every run config validates (no training, no data); a train config
-    shipped beside them (svldrl_recommended.yaml, for svldrl train --config) validates as one."""
+    shipped beside them validates as one."""
     for path in sorted(TINY.parent.glob("*.yaml")):
         if "methods" not in yaml.safe_load(path.read_text()):
             C.load_config([path])
@@ -474,23 +474,19 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
         load_benchmark(path)
 
 
-def test_the_recommended_svldrl_config_is_a_valid_train_config() -> None:
-    """benchmarks/svldrl_recommended.yaml, as the README tells users to pass it to svldrl train --config."""
-    cfg = C.load_config([Path(__file__).resolve().parents[1] / "benchmarks" / "svldrl_recommended.yaml"])
-    assert cfg["method"] == "svldrl"
-    assert (cfg["nets"]["heads"], cfg["rl"]["t_max"], cfg["rl"]["target_update"], cfg["rl"]["seg_loss"]) == (
-        "light",
-        1,
-        "band",
-        "tloss",
-    )
-    # the row of the search that measured it (README "Results today") holds the same settings
-    search = load_benchmark(
-        Path(__file__).resolve().parents[1] / "benchmarks" / "svldrl_robust_converged.yaml"
-    )
+def test_the_recommended_preset_is_the_measured_row_with_the_band_guard() -> None:
+    """svldrl/presets/recommended.yaml is the search's last adopted row (svldrl_fast_band_fp_tloss_orig,
+    README "Results today") with the band guard on, and the benchmarks' recommended rows are the preset."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    cfg = C.load_config([C.preset_path("recommended")])
+    search = load_benchmark(root / "svldrl_robust_converged.yaml")
     row = next(m for m in search.methods if m.name == "svldrl_fast_band_fp_tloss_orig")
-    measured = C.load_config(overrides=[f"method={row.method}", *row.overrides])
-    assert measured == cfg
+    measured = C.flatten(C.load_config(overrides=[f"method={row.method}", *row.overrides]))
+    differs = {k for k, v in C.flatten(cfg).items() if measured[k] != v}
+    assert differs == {"rl.band_guard"} and cfg["rl"]["band_guard"]
+    for name in ("phantom_converged", "real_anatomy", "phantom_standard_converged"):
+        entry = load_benchmark(root / f"{name}.yaml").method("recommended")
+        assert C.load_config(overrides=[f"method={entry.method}", *entry.overrides]) == cfg
 
 
 @pytest.mark.slow

@@ -58,9 +58,8 @@ def test_demo_runs_reports_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_demo_svldrl_is_the_recommended_configuration():
-    # the demo shows what we recommend; benchmarks/svldrl_recommended.yaml is where each choice is explained
-    path = Path(__file__).parents[1] / "benchmarks" / "svldrl_recommended.yaml"
-    from_yaml = C.load_config([path])
+    # the demo shows what we recommend: the shipped preset, where each choice is explained
+    from_yaml = C.load_config([C.preset_path("recommended")])
     from_demo = C.load_config(overrides=["method=svldrl", *demo.SVLDRL_RECOMMENDED])
     assert from_demo == from_yaml
     assert ("svldrl_noisy", "svldrl", "noisy/mt0.5", demo.SVLDRL_RECOMMENDED) in demo.RUNS

@@ -109,10 +109,12 @@ def _flag_overrides(a: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def build_train_config(a: argparse.Namespace, base: dict | None = None) -> dict:
-    """The run's config from ``--config`` files, the flags and ``--set`` (on top of ``base`` if given)."""
+    """The run's config from ``--preset``, ``--config`` files, the flags and ``--set``, in this order (on top of
+    ``base`` if given)."""
     from svldrl import config as C
 
-    cfg = C.load_config(a.config or [], [kv for _, kv in _flag_overrides(a)], base=base)
+    files = ([C.preset_path(a.preset)] if getattr(a, "preset", None) else []) + (a.config or [])
+    cfg = C.load_config(files, [kv for _, kv in _flag_overrides(a)], base=base)
     fg = _foreground(getattr(a, "foreground", None))
     if fg is not None:
         cfg["data"]["foreground"] = fg
@@ -184,6 +186,21 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def cmd_targets(a: argparse.Namespace, rep: Reporter) -> int:
+    from svldrl.runs.targets import write_targets
+
+    cfg = build_train_config(a)
+    report = write_targets(a.dataset, cfg["labels"], cfg, a.out, reporter=rep, overwrite=a.overwrite)
+    summary = f"{report['n_changed']} of {report['n_cases']} masks changed"
+    if report["mean_label_dice_target"] == report["mean_label_dice_target"]:  # not NaN: clean masks exist
+        summary += (
+            f"; mean label Dice against the clean masks {report['mean_label_dice_given']:.4f} given, "
+            f"{report['mean_label_dice_target']:.4f} as training starts"
+        )
+    rep.info(f"wrote {report['n_cases']} training targets to {a.out} ({summary}); report: targets.md")
+    return 0
+
+
 def cmd_predict(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.runs import predict_folder
 
@@ -218,6 +235,21 @@ def cmd_demo(a: argparse.Namespace, rep: Reporter) -> int:
 
     run_demo(Path(a.out), quick=a.quick, reporter=rep, methods=a.methods)
     return 0
+
+
+def _config_flags(sp: argparse.ArgumentParser) -> None:
+    """``--preset``, ``--config`` and ``--set``, applied in this order (later ones win)."""
+    from svldrl.config import presets
+
+    sp.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help=f"a configuration shipped with svldrl: {' | '.join(presets())} (svldrl/presets/NAME.yaml: which of its "
+        "parts are the paper's and which are ours, and on which data it was chosen)",
+    )
+    sp.add_argument("--config", action="append", help="YAML config file (repeatable; after --preset)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. rl.t_max=5")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -309,8 +341,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (default {tc['device']})")
     t.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
-    t.add_argument("--config", action="append", help="YAML config file (repeatable)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. rl.t_max=5")
+    _config_flags(t)
     t.add_argument(
         "--deterministic", action="store_true", help="deterministic algorithms: one seed, identical weights"
     )
@@ -320,6 +351,22 @@ def make_parser() -> argparse.ArgumentParser:
         help="continue a killed run from its latest checkpoint, same settings",
     )
     t.set_defaults(func=cmd_train)
+
+    tg = add(
+        "targets",
+        "write the masks a configuration starts training from (after its corrections before training), with a "
+        "report of what changed; nothing trains",
+    )
+    tg.add_argument("dataset", help="dataset folder or datalist .json; only read")
+    tg.add_argument("--labels", default=None, help="the given masks: clean (default) or noisy/NAME")
+    tg.add_argument("--out", required=True, help="folder for the masks and targets.md (outside the dataset)")
+    tg.add_argument("--method", default=None, help="method name, if no preset or config file names it")
+    tg.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
+    _config_flags(tg)
+    tg.add_argument(
+        "--overwrite", action="store_true", help="replace files in --out that svldrl targets did not write"
+    )
+    tg.set_defaults(func=cmd_targets)
 
     pr = add("predict", "segment every image of a folder with a trained run")
     pr.add_argument("run", help="run folder (svldrl train --out)")

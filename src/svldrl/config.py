@@ -393,6 +393,38 @@ RENAMED = {
 }
 
 
+#: Keys added with a default that differs from what runs saved before them did: the value those runs were made with.
+INTRODUCED = {
+    "rl.band_guard": False,  # the band update ran unguarded before rl.band_guard (2026-12-06)
+}
+
+#: The presets shipped with svldrl (``svldrl/presets/NAME.yaml``; ``--preset NAME``).
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    """The names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The config file of the preset ``name``.
+
+    Raises:
+        UserError: no such preset.
+    """
+    path = PRESET_DIR / f"{name}.yaml"
+    if not name or "/" in name or not path.is_file():
+        raise UserError(f"unknown preset '{name}' (choose from: {', '.join(presets())})")
+    return path
+
+
+def preset_overrides(name: str) -> list[str]:
+    """The preset's settings as ``key=value`` overrides, its ``method`` first."""
+    data = yaml.safe_load(preset_path(name).read_text()) or {}
+    return [f"{k}={v if not isinstance(v, bool) else str(v).lower()}" for k, v in flatten(data).items()]
+
+
 def get(cfg: dict, key: str) -> Any:
     """``get(cfg, "rl.t_max")``: read a dotted key."""
     node: Any = cfg

@@ -49,18 +49,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: SVL-DRL as we recommend it: benchmarks/svldrl_recommended.yaml, where each choice is explained (a test keeps
-#: the two equal; the demo cannot read that file from an installed package).
-SVLDRL_RECOMMENDED: list[str] = [
-    "nets.heads=light",
-    "rl.t_max=1",
-    "rl.target_update=band",
-    "rl.band_width=4",
-    "rl.band_margin=2.197",
-    "rl.band_passes=10",
-    "rl.seg_loss=tloss",
-    "rl.seg_on_refined=false",
-]
+#: SVL-DRL as we recommend it: the shipped preset (svldrl/presets/recommended.yaml, where each choice is explained).
+SVLDRL_RECOMMENDED: list[str] = C.preset_overrides("recommended")[1:]  # without its method=svldrl
 
 #: In the demo folder: the settings it was made with (a rerun with others is refused).
 SETTINGS_NAME = "demo.json"
@@ -176,7 +166,7 @@ def run_demo(
         f"Phantoms ({s['difficulty']}): {s['cases']} training / {s['test_cases']} test cases, {s['size']}^3; "
         f"MT-Noise ratio 0.5 (mean label Dice of the noisy training masks {noise_report['mean_dice']:.3f}); "
         f"{s['iterations']} iterations per run, patch {s['patch']}^3, seed {seed}; SVL-DRL in its recommended "
-        f"configuration ({' '.join(SVLDRL_RECOMMENDED)}; benchmarks/svldrl_recommended.yaml). "
+        f"configuration (--preset recommended: {' '.join(SVLDRL_RECOMMENDED)}). "
         f"Metrics on the clean test masks (mean over cases). Wall time {fmt_seconds(wall)}.\n\n"
         f"Command: `svldrl demo{' --quick' if quick else ''}`; {platform.platform()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); {datetime.date.today().isoformat()}.\n\n"

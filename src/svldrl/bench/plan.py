@@ -86,8 +86,8 @@ def config_differences(asked: dict, saved: dict) -> list[str]:
     for key in sorted(set(a) | set(s)):
         if key in C.NEUTRAL_KEYS or a.get(key) == s.get(key):
             continue
-        if key not in s and key in defaults and a.get(key) == defaults[key]:
-            continue  # the run predates this key and was made with what is now its default
+        if key not in s and key in defaults and a.get(key) == C.INTRODUCED.get(key, defaults[key]):
+            continue  # the run predates this key and was made with what it asks (its default, or its old way)
         if key in ("data.modality", "data.intensity_range") and a.get(key) in ("auto", None):
             continue  # the trainer writes what it resolved from the dataset (modality, CT fingerprint range)
         diffs.append(f"{key}: {s.get(key)!r} there, {a.get(key)!r} asked")

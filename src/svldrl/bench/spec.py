@@ -18,8 +18,9 @@ A benchmark is a YAML file (examples in ``benchmarks/``)::
     methods:                           # rows: a label, a registered method, config overrides
       - {name: supervised, method: supervised}
       - {name: svldrl_label, method: svldrl, set: [rl.action_space=label]}
-      - {name: svldrl_rec, method: svldrl, config: svldrl_recommended.yaml}   # a --config file (its folder:
-                                       # the benchmark file's, or the current one); set: lines come after
+      - {name: recommended, preset: recommended}   # a shipped preset (svldrl/presets/, --preset NAME)
+      - {name: svldrl_mine, method: svldrl, config: mine.yaml}   # a --config file (its folder: the
+                                       # benchmark file's, or the current one); set: lines come after both
     methods_on_clean: [supervised]     # also trained on the clean masks (default: supervised = the oracle)
     base: [train.patch=32, train.iterations=400]   # overrides shared by every run (list or mapping)
     seeds: [0, 1, 2]                   # training seeds
@@ -164,13 +165,22 @@ def load_benchmark(config_path: str | Path) -> Benchmark:
     for i, entry in enumerate(data["methods"]):
         if not isinstance(entry, dict):
             raise fail(f"methods[{i}] must be a mapping with name, method and optionally set")
-        extra = sorted(set(entry) - {"name", "method", "set", "config"})
+        extra = sorted(set(entry) - {"name", "method", "set", "config", "preset"})
         if extra:
             raise fail(
-                f"methods[{i}]: unknown key(s) {', '.join(extra)} (accepted: name, method, set, config)"
+                f"methods[{i}]: unknown key(s) {', '.join(extra)} (accepted: name, method, preset, set, config)"
             )
-        name = entry.get("name", entry.get("method"))
+        preset = entry.get("preset")
+        preset_file = None
+        if preset is not None:
+            try:
+                preset_file = C.preset_path(str(preset))
+            except UserError as exc:
+                raise fail(f"methods[{i}]: {exc}") from None
+        name = entry.get("name", entry.get("method", preset))
         method = entry.get("method", name)
+        if preset_file is not None and "method" not in entry:
+            method = (yaml.safe_load(preset_file.read_text()) or {}).get("method", name)
         if name is None:
             raise fail(f"methods[{i}]: missing key 'method'")
         _check_name(name, f"methods[{i}].name", fail)
@@ -181,7 +191,16 @@ def load_benchmark(config_path: str | Path) -> Benchmark:
             )
         if name in [m.name for m in methods]:
             raise fail(f"method name '{name}' appears twice")
-        from_file = _config_file(entry.get("config"), path, f"methods[{i}].config ({name})", fail, method)
+        from_file = [
+            *_config_file(
+                None if preset_file is None else str(preset_file),
+                path,
+                f"methods[{i}].preset ({name})",
+                fail,
+                method,
+            ),
+            *_config_file(entry.get("config"), path, f"methods[{i}].config ({name})", fail, method),
+        ]
         overrides = from_file + _overrides(entry.get("set"), f"methods[{i}].set ({name})", fail)
         methods.append(MethodEntry(str(name), str(method), overrides))
 

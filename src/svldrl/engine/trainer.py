@@ -437,6 +437,9 @@ class Trainer:
             self.val_labels.append(lab)
         # ... but most masks without the chosen labels (holding others) is a wrong label value: refused
         labels.check("training masks", "they would train as all background", self.dataset.root)
+        #: What a method's corrections before training did to each case (case id -> notes), for
+        #: ``svldrl targets``' report; empty for methods that correct nothing then.
+        self.target_notes: dict[str, dict[str, Any]] = {}
         self.fg_idx = [np.flatnonzero(g) for g in self.given]
         absent = [cid for cid, idx in zip(self.train_ids, self.fg_idx, strict=True) if not idx.size]
         if len(absent) == len(self.train_ids):

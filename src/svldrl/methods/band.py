@@ -51,6 +51,12 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
     for i, (image, given) in enumerate(zip(trainer.images, trainer.given, strict=True)):
         outcome = band_correct_guarded(image, given, widths, margin, passes, guard)
         outcomes.append(outcome)
+        trainer.target_notes[trainer.train_ids[i]] = {
+            "band": f"kept as given ({outcome.abstained})" if outcome.abstained else "corrected",
+            "band_lookalike_share": outcome.lookalike,
+            "band_width": outcome.width,
+            "band_held_back": outcome.held_back,
+        }
         is_fg = np.asarray(given) >= 0.5
         new = relabel(given, outcome.mask & ~is_fg, is_fg & ~outcome.mask)
         changed += int(np.count_nonzero(new != trainer.targets[i]))

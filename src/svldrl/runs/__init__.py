@@ -5,6 +5,7 @@
 - :func:`load_run`: a run folder -> its method class, network (chosen checkpoint) and config.
 - :func:`predict_folder`: ``svldrl predict``.
 - :func:`run_noise`: ``svldrl noise``, with the SFDA source model (:mod:`svldrl.runs.sfda`), which trains.
+- :func:`svldrl.runs.targets.write_targets`: ``svldrl targets``, the masks a configuration starts training from.
 """
 
 from __future__ import annotations
