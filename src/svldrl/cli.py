@@ -129,7 +129,8 @@ def _said(a: argparse.Namespace, key: str) -> str:
 
 
 def resume_config(a: argparse.Namespace) -> dict:
-    """The config of the run being resumed; only ``--iterations`` may change it, to keep or extend the budget.
+    """The config of the run being resumed; ``--iterations`` may keep or extend the budget, and the settings that
+    do not change what a run computes (``--device``, threads, layout: ``config.NEUTRAL_KEYS``) may change.
 
     Checked before anything is written: ``config.yaml`` stays as it was when the resume is refused.
 
@@ -145,13 +146,13 @@ def resume_config(a: argparse.Namespace) -> dict:
     run = Path(a.out)
     saved = C.load_config([run / "config.yaml"])
     asked = build_train_config(a, base=saved)
-    before, after = C.flatten(saved), C.flatten(asked)
-    changed = [k for k in after if k != "train.iterations" and after[k] != before.get(k)]
+    # the budget may grow; device, threads and layout may change (config.NEUTRAL_KEYS): the same computation
+    changed = C.differences(asked, saved, allowed=("train.iterations",))
     if changed:
-        key = changed[0]
+        key, there, here = changed[0]
         raise UserError(
-            f"--resume continues the run as it was started, but {_said(a, key)} asks for {key}={after[key]!r} "
-            f"(the run has {before.get(key)!r}); drop it, or start a new run with another --out",
+            f"--resume continues the run as it was started, but {_said(a, key)} asks for {key}={here!r} "
+            f"(the run has {there!r}); drop it, or start a new run with another --out",
             run / "config.yaml",
         )
     latest = run / "checkpoint_latest.pt"

@@ -398,6 +398,26 @@ INTRODUCED = {
     "rl.band_guard": False,  # the band update ran unguarded before rl.band_guard (2026-12-06)
 }
 
+
+def differences(asked: dict, saved: dict, allowed: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, asked value)`` for every setting in which ``asked`` would compute something else than
+    the run ``saved`` describes: neither a :data:`NEUTRAL_KEYS` key (device, threads, layout ...) nor one of
+    ``allowed``, nor a key newer than the saved run asked at the value that run was made with
+    (:data:`INTRODUCED`, else its default), nor a value the trainer resolves from the data. The one comparison
+    behind ``svldrl train --resume`` and the benchmark's reuse of finished runs."""
+    a, s, defaults = flatten(asked), migrate(flatten(saved)), flatten(DEFAULTS)
+    out = []
+    for key in sorted(set(a) | set(s)):
+        if key in NEUTRAL_KEYS or key in allowed or a.get(key) == s.get(key):
+            continue
+        if key not in s and key in defaults and a.get(key) == INTRODUCED.get(key, defaults[key]):
+            continue  # the run predates this key and was made with what it asks (its default, or its old way)
+        if key in ("data.modality", "data.intensity_range") and a.get(key) in ("auto", None):
+            continue  # the trainer writes what it resolved from the dataset (modality, CT fingerprint range)
+        out.append((key, s.get(key), a.get(key)))
+    return out
+
+
 #: The presets shipped with svldrl (``svldrl/presets/NAME.yaml``; ``--preset NAME``).
 PRESET_DIR = Path(__file__).parent / "presets"
 

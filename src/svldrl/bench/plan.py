@@ -78,20 +78,9 @@ def non_default_settings(cfg: dict) -> dict[str, object]:
 
 
 def config_differences(asked: dict, saved: dict) -> list[str]:
-    """``key: saved there, asked here`` for every setting that changes what a run computes (neither a
-    :data:`svldrl.config.NEUTRAL_KEYS` key, nor a key newer than the saved run at its default, nor a value the
-    trainer resolves from the data)."""
-    a, s, defaults = C.flatten(asked), C.migrate(C.flatten(saved)), C.flatten(C.DEFAULTS)
-    diffs = []
-    for key in sorted(set(a) | set(s)):
-        if key in C.NEUTRAL_KEYS or a.get(key) == s.get(key):
-            continue
-        if key not in s and key in defaults and a.get(key) == C.INTRODUCED.get(key, defaults[key]):
-            continue  # the run predates this key and was made with what it asks (its default, or its old way)
-        if key in ("data.modality", "data.intensity_range") and a.get(key) in ("auto", None):
-            continue  # the trainer writes what it resolved from the dataset (modality, CT fingerprint range)
-        diffs.append(f"{key}: {s.get(key)!r} there, {a.get(key)!r} asked")
-    return diffs
+    """``key: saved there, asked here`` for every setting that changes what a run computes
+    (:func:`svldrl.config.differences`)."""
+    return [f"{key}: {there!r} there, {here!r} asked" for key, there, here in C.differences(asked, saved)]
 
 
 def check_existing(run: Run) -> None:
