@@ -1,17 +1,30 @@
-"""Assemble BENCHMARKS.md from the committed results folders (never edit numbers by hand).
+"""Assemble BENCHMARKS.md from the committed results folders, and README.md's tables and figures (never edit
+numbers by hand).
 
 Each benchmark command writes ``benchmarks/results/<name>/results.md`` (table, machine, date,
-command, seed); this script stitches them in a fixed order with a short heading each.
+command, seed); this script stitches them in a fixed order with a short heading each, copies the headline
+tables into README.md between ``<!-- results:NAME -->`` markers, and fills every single figure written
+``<!--fig KEY-->VALUE<!--/fig-->`` in README.md and in the paragraphs below from the files KEY names
+(:mod:`svldrl.bench.figures` defines the keys).
 
-    python benchmarks/collect.py
+    python benchmarks/collect.py            # rewrite README.md and BENCHMARKS.md
+    python benchmarks/collect.py --check    # write nothing; exit 1 if either is out of date
+
+Exit code 2, one line naming the marker: a key that names nothing (an unknown folder, file, setting, method,
+column) or a marker without its pair; nothing is written then.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from pathlib import Path
 
+from svldrl.bench.figures import FigureError, fill
+
 ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
 STALE = (
     " **Stale:** measured on the earlier 6 clean test cases, with MT-Noise sized by the array (before 2026-11-29), "
     "at a smoke-test budget (200 iterations, models far from trained out); not yet rerun on 30 test cases. Read "
@@ -72,7 +85,10 @@ SECTIONS = [
         "training's rows kept from phantom_converged (the baselines' scores are there). The cost column's `x plain` "
         "compares with those rows, made on an earlier day's slower machine; in this session three plain runs "
         "repeated at its end (seed 0; clean, mt0.5, markov) took 170-179 s, Dice 97.94 / 89.11 / 85.55 against "
-        "the kept rows' 97.75 / 88.92 / 86.11 (not bitwise: another machine). Run "
+        "the kept rows' <!--fig svldrl_robust_converged/clean/supervised/seed0-->97.75<!--/fig--> / "
+        "<!--fig svldrl_robust_converged/mt0.5/supervised/seed0-->88.92<!--/fig--> / "
+        "<!--fig svldrl_robust_converged/markov/supervised/seed0-->86.11<!--/fig--> (not bitwise: another "
+        "machine). Run "
         "as a queue of copies of the config holding one noise setting and one seed each (two 1-thread processes), "
         "whose run folders were then moved here and the report rewritten by the full config. Step 4 (the band's "
         "fixed point: `tloss_band_fp`, `svldrl_fast_band_fp_tloss`, `supervised_band_fp`) ran the same way in a "
@@ -184,8 +200,11 @@ SECTIONS = [
         "Memory (`benchmarks/memory_bench.py`)",
         "Bounded prediction memory and training RSS over epochs. Training now runs with "
         "`train.keep_freed_memory` (glibc keeps freed blocks): the RSS steps up to the peak of training plus "
-        "validation and stays there (here +197 MiB at epoch 10, when a validation pass needed a larger block, "
-        "then +5 MiB over the last 10 epochs). With the system allocator (earlier run of the same command, in "
+        "validation and stays there (here "
+        "<!--fig memory/results.json:train.rss_after_epoch_mib.10 - :train.rss_after_epoch_mib.9-->+197<!--/fig--> "
+        "MiB at epoch 10, when a validation pass needed a larger block, then "
+        "<!--fig memory/results.json:train.rss_after_epoch_mib.19 - :train.rss_after_epoch_mib.10-->+5<!--/fig--> "
+        "MiB over the last 10 epochs). With the system allocator (earlier run of the same command, in "
         "git history) it was 855 -> 834 MiB over 20 epochs; `--set train.keep_freed_memory=false` restores that.",
     ),
     ("reliability", "Resume overhead", ""),
@@ -206,14 +225,16 @@ SECTIONS = [
         "lung_ct_norm",
         "Real CT: the lung tumour set before and after nnU-Net's CT normalisation (`benchmarks/lung_ct_norm.yaml`)",
         "Six CTs, 3-fold cross-validation, one seed, a CPU budget (1000 iterations, 32^3 patches). Neither "
-        "variant learns the tumours at this budget (Dice 3-6%, several held-out cases near 0; tumours of 382 to "
+        "variant learns the tumours at this budget (Dice <!--fig lung_ct_norm/clean/after-->3<!--/fig-->-"
+        "<!--fig lung_ct_norm/clean/before-->6<!--/fig-->%, several held-out cases near 0; tumours of 382 to "
         "106,030 voxels, 4 training cases per fold): real CT runs end to end with both normalisations, and the "
         "difference between them is noise here, not a ranking.",
     ),
 ]
 
 
-def main() -> None:
+def benchmarks_md(changed: list[str] | None = None) -> str:
+    """BENCHMARKS.md as the results folders give it."""
     parts = [
         "# Benchmarks\n",
         "Every table below is written by a committed command (named in each section) into "
@@ -221,10 +242,10 @@ def main() -> None:
         "`python benchmarks/collect.py`. Ratios are measured within one run, since these machines are noisy.\n",
     ]
     for name, title, blurb in SECTIONS:
-        md = ROOT / "results" / name / "results.md"
+        md = RESULTS / name / "results.md"
         parts.append(f"\n## {title}\n")
         if blurb:
-            parts.append(blurb + "\n")
+            parts.append(fill(blurb, RESULTS, f"collect.py SECTIONS {name}", changed) + "\n")
         if md.exists():
             text = md.read_text().strip()
             # demote the results file's own headings below this section's
@@ -234,18 +255,50 @@ def main() -> None:
                 r"!\[([^\]]*)\]\((?!https?:|/|benchmarks/)", rf"![\1](benchmarks/results/{name}/", text
             )
             parts.append("\n" + text + "\n")
-            extra = ROOT / "results" / name / "learning_curve.md"
+            extra = RESULTS / name / "learning_curve.md"
             if extra.exists():
                 parts.append(
                     "\n### Learning curve of plain training on clean masks\n\n" + _relink(extra, name) + "\n"
                 )
-            pngs = sorted(p for p in (ROOT / "results" / name).glob("*.png") if p.stem != "learning_curve")
+            pngs = sorted(p for p in (RESULTS / name).glob("*.png") if p.stem != "learning_curve")
             for png in pngs:
                 parts.append(f"\n![{png.stem}](benchmarks/results/{name}/{png.name})\n")
         else:
             parts.append(f"\nNot measured yet: no `benchmarks/results/{name}/results.md`.\n")
-    (ROOT.parent / "BENCHMARKS.md").write_text("".join(parts))
-    update_readme()
+    return "".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; list the figures that would change and exit 1 if README.md or BENCHMARKS.md "
+        "is out of date with benchmarks/results",
+    )
+    args = parser.parse_args(argv)
+    changed: list[str] = []
+    try:  # everything is computed before anything is written: a bad marker leaves both files as they are
+        outputs = {
+            ROOT.parent / "BENCHMARKS.md": benchmarks_md(changed),
+            ROOT.parent / "README.md": readme_md(changed),
+        }
+    except FigureError as e:
+        print(f"collect.py: {e}", file=sys.stderr)
+        return 2
+    stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text() != text]
+    if args.check:
+        for line in changed:
+            print(f"collect.py: {line}", file=sys.stderr)
+        for path in stale:
+            print(
+                f"collect.py: {path.name} is out of date with benchmarks/results (run python benchmarks/collect.py)",
+                file=sys.stderr,
+            )
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(outputs[path])
+    return 0
 
 
 def _relink(md: Path, name: str) -> str:
@@ -272,36 +325,36 @@ def section(md: Path, heading: str) -> str:
     return "\n".join(table)
 
 
-def update_readme() -> None:
-    """Copy the headline tables into README.md between ``<!-- results:NAME -->`` markers."""
-    readme = ROOT.parent / "README.md"
-    text = readme.read_text()
-    converged = ROOT / "results" / "phantom_converged" / "results.md"
+def readme_md(changed: list[str] | None = None) -> str:
+    """README.md with the headline tables copied between ``<!-- results:NAME -->`` markers and every
+    ``<!--fig KEY-->`` figure filled."""
+    text = (ROOT.parent / "README.md").read_text()
+    converged = RESULTS / "phantom_converged" / "results.md"
     blocks = {
         "phantom_converged": section(converged, "## Where noise hurts"),
         "phantom_converged_dice": section(converged, "## Dice by method and setting (final checkpoint)"),
-        "learning_curve": section(ROOT / "results" / "phantom_converged" / "learning_curve.md", ""),
-        "phantom_cpu": section(ROOT / "results" / "phantom_cpu" / "results.md", "## Where noise hurts"),
-        "demo": section(ROOT / "results" / "demo" / "results.md", ""),
+        "learning_curve": section(RESULTS / "phantom_converged" / "learning_curve.md", ""),
+        "phantom_cpu": section(RESULTS / "phantom_cpu" / "results.md", "## Where noise hurts"),
+        "demo": section(RESULTS / "demo" / "results.md", ""),
         "svldrl_search_converged": section(
-            ROOT / "results" / "svldrl_search_converged" / "results.md",
+            RESULTS / "svldrl_search_converged" / "results.md",
             "## Dice by method and setting (final checkpoint)",
         ),
-        "band_rule": section(ROOT / "results" / "band_rule" / "results.md", ""),
+        "band_rule": section(RESULTS / "band_rule" / "results.md", ""),
         "svldrl_robust_converged": section(
-            ROOT / "results" / "svldrl_robust_converged" / "results.md",
+            RESULTS / "svldrl_robust_converged" / "results.md",
             "## Dice by method and setting (final checkpoint)",
         ),
         "phantom_cpu_dice": section(
-            ROOT / "results" / "phantom_cpu" / "results.md",
+            RESULTS / "phantom_cpu" / "results.md",
             "## Dice by method and setting (final checkpoint)",
         ),
     }
     for name, table in blocks.items():
         pattern = re.compile(rf"(<!-- results:{name} -->\n)(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
         text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
-    readme.write_text(text)
+    return fill(text, RESULTS, "README.md", changed)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -379,9 +379,10 @@ def write_report(
     return write_text(out / "results.md", "\n".join(lines))
 
 
-def _cost(results: list[dict[str, Any]], method: str) -> dict[str, str]:
-    """Mean training seconds of ``method``'s runs, and the ratio to ``supervised`` on the same runs' settings
-    and seeds (so both are measured under the same conditions as far as the matrix allows)."""
+def cost(results: list[dict[str, Any]], method: str, reference: str = "supervised") -> tuple[float, float]:
+    """Mean training seconds per run of ``method`` over its completed runs, and the mean ratio of its runs' seconds
+    to ``reference``'s on the same settings and seeds (so both are measured under the same conditions as far as
+    the matrix allows); NaN where there is nothing to average."""
     mine = {
         (r["noise"], r["seed"], r.get("fold")): num(r.get("train_seconds"), math.nan)
         for r in results
@@ -390,14 +391,22 @@ def _cost(results: list[dict[str, Any]], method: str) -> dict[str, str]:
     plain = {
         (r["noise"], r["seed"], r.get("fold")): num(r.get("train_seconds"), math.nan)
         for r in results
-        if r["method"] == "supervised"
+        if r["method"] == reference
     }
     if not mine:
-        return {"train s/run": "", "x plain": ""}
+        return math.nan, math.nan
     both = [k for k in mine if k in plain and plain[k] > 0]
     ratio = float(np.mean([mine[k] / plain[k] for k in both])) if both else math.nan
+    return float(np.nanmean(list(mine.values()))), ratio
+
+
+def _cost(results: list[dict[str, Any]], method: str) -> dict[str, str]:
+    """The Methods table's cost cells of ``method`` (:func:`cost` against plain training, ``supervised``)."""
+    if not any(r["method"] == method for r in results):
+        return {"train s/run": "", "x plain": ""}
+    seconds, ratio = cost(results, method)
     return {
-        "train s/run": f"{np.nanmean(list(mine.values())):.0f}",
+        "train s/run": f"{seconds:.0f}",
         "x plain": "" if math.isnan(ratio) else f"{ratio:.2f}",
     }
 
