@@ -122,3 +122,29 @@ def test_long_epochs_print_progress(dataset: Path, tmp_path: Path, monkeypatch) 
     get_method("supervised")(cfg, load_dataset(dataset), tmp_path / "run", reporter=rep).fit()
     inside = [ln for ln in rep.lines if ln.startswith("  epoch 1/1: step")]
     assert len(inside) == 3 and all("ETA" in ln for ln in inside), rep.lines
+
+
+def test_every_setting_says_where_it_comes_from(capsys: pytest.CaptureFixture) -> None:
+    """svldrl train --help lists every key with its origin, and docs/method.md's list of the method's keys by
+    origin is the code's (the paper apart from ours)."""
+    import re
+    from pathlib import Path
+
+    from svldrl import config as C
+    from svldrl.cli import main
+
+    assert {spec["origin"] for spec in C.SCHEMA.values()} <= set(C.ORIGINS)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for key, spec in C.SCHEMA.items():
+        assert re.search(rf"^  {re.escape(key)}=\S.*\[{spec['origin']}\]", help_text, re.M), key
+    doc = (Path(__file__).parents[1] / "docs" / "method.md").read_text()
+    section = doc.split("## Where each setting comes from", 1)[1].split("\n## ", 1)[0]
+    listed = {}
+    for origin, keys in re.findall(r"^- (\w+): (.*?)(?=^- |\Z)", section, re.M | re.S):
+        for key in re.findall(r"`([\w.]+)`", keys):
+            listed[key] = origin
+    method_keys = {k: v["origin"] for k, v in C.SCHEMA.items() if k.split(".")[0] in ("rl", "nets", "infer")}
+    assert listed == method_keys
+    assert C.SCHEMA["rl.reward"]["origin"] == "ours" and C.SCHEMA["rl.action_space"]["origin"] == "paper"

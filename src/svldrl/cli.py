@@ -264,6 +264,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class RawEpilogHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`HelpFormatter` that prints the epilog (the table of settings) as written."""
+
+
+def settings_epilog() -> str:
+    """Every config key with its default and origin, for ``svldrl train --help``."""
+    from svldrl.config import SCHEMA
+
+    lines = [
+        "settings (--set KEY=VALUE or a YAML file; where each default comes from: [paper] the paper's, "
+        "[decision] ours where",
+        "the paper is silent, [ours] our addition, [experimental] measured and not adopted, or never "
+        "benchmarked; docs/method.md):",
+    ]
+    width = max(len(f"{k}={v['default']}") for k, v in SCHEMA.items())
+    for key, spec in SCHEMA.items():
+        value = spec["default"]
+        value = str(value).lower() if isinstance(value, bool) else "null" if value is None else value
+        lines.append(f"  {f'{key}={value}':<{width}}  [{spec['origin']}] {spec['meaning'].split(';')[0]}")
+    return "\n".join(lines)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from svldrl.config import DEFAULTS
 
@@ -320,7 +342,14 @@ def make_parser() -> argparse.ArgumentParser:
     n.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     n.set_defaults(func=cmd_noise)
 
-    t = add("train", "train a model with a method picked by name")
+    t = sub.add_parser(
+        "train",
+        help="train a model with a method picked by name",
+        description="train a model with a method picked by name",
+        formatter_class=RawEpilogHelpFormatter,
+        epilog=settings_epilog(),
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress output; warnings and errors still print")
     t.add_argument(
         "dataset", help="dataset folder (nnU-Net raw, HDF5 or image/label pairs) or datalist .json"
     )

@@ -23,17 +23,25 @@ import yaml
 from svldrl.errors import UserError
 
 
+#: Where a setting's default comes from (``svldrl train --help``, docs/method.md): the paper's (arXiv 2601.03875),
+#: our decision where the paper is silent, our addition, or experimental (measured and not adopted, or never
+#: benchmarked; kept so that its result can be reproduced).
+ORIGINS = ("paper", "decision", "ours", "experimental")
+
+
 def setting(
     default: Any,
     meaning: str,
     kind: str | None = None,
     choices: tuple | None = None,
     range: tuple[float, float] | None = None,  # noqa: A002 - the natural name here
+    origin: str = "decision",
 ) -> Any:
     """A config field: its default, meaning, value kind (inferred from the default when None), allowed
-    ``choices`` or numeric ``range`` (inclusive)."""
+    ``choices`` or numeric ``range`` (inclusive), and ``origin`` (:data:`ORIGINS`)."""
+    assert origin in ORIGINS, origin
     kind = kind or {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default), "any")
-    meta = {"meaning": meaning, "kind": kind, "choices": choices, "range": range}
+    meta = {"meaning": meaning, "kind": kind, "choices": choices, "range": range, "origin": origin}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,11 +93,14 @@ class Nets:
         "decoders",
         "decoders (three decoders, the paper) | light (one decoder, three 1x1x1 heads)",
         choices=("decoders", "light"),
+        origin="paper",
     )
     features: list = setting([16, 32, 64, 128], "unet channels per level", kind="ints")
     feature_size: int = setting(24, "swinunetr feature size; a multiple of 12", range=(12, 1024))
     num_classes: int = setting(2, "segmentation classes (binary tasks)", range=(2, 2))
-    rl_grad_into_shared: bool = setting(True, "value / policy losses train the shared encoder (the paper)")
+    rl_grad_into_shared: bool = setting(
+        True, "value / policy losses train the shared encoder (the paper)", origin="paper"
+    )
 
 
 @dataclass
@@ -150,17 +161,20 @@ class RL:
         "intensity",
         "intensity (the paper) | label (agents refine the target, section 9)",
         choices=("intensity", "label"),
+        origin="paper",
     )
     reward: str = setting(
         "voxel",
         "voxel: our per-voxel reward | paper: one global dDice - C(f') per step (section 4)",
         choices=("voxel", "paper"),
+        origin="ours",
     )
     reward_target: str = setting(
         "given",
         "what the intensity reward measures agreement with: given (the training target, the paper) | teacher "
         "(the EMA teacher's confident labels, rl.tau; the given target elsewhere)",
         choices=("given", "teacher"),
+        origin="paper",
     )
     paper_w_cc: float = setting(0.01, "paper reward: weight of max(N_cc - 1, 0) in C", range=(0.0, 100.0))
     paper_w_tv: float = setting(
@@ -171,17 +185,20 @@ class RL:
         1.0,
         "share of the stage 2 and 3 steps that run an episode; the others are plain segmentation steps (cost)",
         range=(0.0, 1.0),
+        origin="ours",
     )
-    action_scale: float = setting(0.3, "step size of enhance / weaken", range=(0.0, 1.0))
+    action_scale: float = setting(0.3, "step size of enhance / weaken", range=(0.0, 1.0), origin="paper")
     gamma: float = setting(0.95, "discount", range=(0.0, 1.0))
     reward_conv: bool = setting(True, "learnable reward-map kernel K, initialised to identity")
     reward_conv_size: int = setting(3, "side of K (odd)", range=(1, 15))
     entropy_coef: float = setting(0.001, "entropy bonus beta_H", range=(0.0, 10.0))
-    w_dice: float = setting(1.0, "weight of the global Dice change", range=(0.0, 100.0))
-    w_vox: float = setting(1.0, "weight of the per-voxel improvement", range=(0.0, 100.0))
-    w_cont: float = setting(0.1, "weight of the local continuity change", range=(0.0, 100.0))
-    w_cc: float = setting(0.0, "weight of the component-count change (per voxel reward)", range=(0.0, 100.0))
-    reward_norm: bool = setting(True, "divide rewards by a running standard deviation")
+    w_dice: float = setting(1.0, "weight of the global Dice change", range=(0.0, 100.0), origin="ours")
+    w_vox: float = setting(1.0, "weight of the per-voxel improvement", range=(0.0, 100.0), origin="ours")
+    w_cont: float = setting(0.1, "weight of the local continuity change", range=(0.0, 100.0), origin="ours")
+    w_cc: float = setting(
+        0.0, "weight of the component-count change (per voxel reward)", range=(0.0, 100.0), origin="ours"
+    )
+    reward_norm: bool = setting(True, "divide rewards by a running standard deviation", origin="ours")
     warmup: float = setting(0.3, "share of the budget in stage 1 (segmentation only)", range=(0.0, 1.0))
     transition: float = setting(0.2, "share of the budget in stage 2 (+ value)", range=(0.0, 1.0))
     lam: float = setting(0.3, "stage 2 weight of L_value", range=(0.0, 1.0))
@@ -193,6 +210,7 @@ class RL:
         "L_seg in every stage: dicece (loss.*, the paper) | tloss (the Robust T-Loss of methods/tloss.py, its "
         "tolerance nu learned from tloss.init)",
         choices=("dicece", "tloss"),
+        origin="paper",
     )
     target_update: str = setting(
         "none",
@@ -201,9 +219,13 @@ class RL:
         "from the start, the given masks with a band of rl.band_width voxels around their boundary relabelled "
         "by the image's intensity (ours, for one-sided noise)",
         choices=("none", "confident", "cl", "band"),
+        origin="paper",
     )
     band_width: int = setting(
-        2, "band target update: half-width in voxels of the band around the given boundary", range=(1, 100)
+        2,
+        "band target update: half-width in voxels of the band around the given boundary",
+        range=(1, 100),
+        origin="ours",
     )
     band_width_max: int = setting(
         0,
@@ -211,53 +233,64 @@ class RL:
         "from rl.band_width..N, the one whose corrected mask the image near the boundary supports best "
         "(two Gaussians' likelihood: rules.band_correct_select)",
         range=(0, 100),
+        origin="experimental",
     )
     band_margin: float = setting(
         0.0,
         "band target update: log-likelihood ratio a band voxel needs to change label (0: the likelier side "
         "wins; 2.2 = ln 9: the other side 9x likelier, so partial-volume voxels keep their label)",
         range=(0.0, 100.0),
+        origin="ours",
     )
     band_passes: int = setting(
         1,
         "band target update: repeat on its own result until nothing changes, at most this many passes "
         "(more than 1: only changes connected to the side they join)",
         range=(1, 100),
+        origin="ours",
     )
     band_guard: bool = setting(
         True,
         "band target update: test its assumptions per case and per stretch of boundary and keep the given mask "
         "where they fail (rules.band_correct_guarded; false: the unguarded update of docs/method.md section 12)",
+        origin="ours",
     )
     band_max_lookalike: float = setting(
         0.06,
         "band guard: largest share of the given mask's surroundings with the organ's intensity "
         "(rules.band_lookalike_share) at which a case is corrected",
         range=(0.0, 1.0),
+        origin="ours",
     )
     band_min_shift: float = setting(
         0.5,
         "band guard: smallest net change (voxels per boundary voxel) a stretch of boundary needs to be corrected; "
         "a correct boundary's partial-volume voxels move less",
         range=(0.0, 100.0),
+        origin="ours",
     )
-    tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0))
+    tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0), origin="ours")
     async_workers: int = setting(
         0, "Hogwild workers sharing the model (A3C); 0: synchronous, batched, DDP-ready", range=(0, 256)
     )
-    label_step: float = setting(0.25, "label actions: step on the soft target q", range=(0.0, 1.0))
-    w_prior: float = setting(0.5, "label actions: weight of staying near the given mask", range=(0.0, 100.0))
+    label_step: float = setting(
+        0.25, "label actions: step on the soft target q", range=(0.0, 1.0), origin="experimental"
+    )
+    w_prior: float = setting(
+        0.5, "label actions: weight of staying near the given mask", range=(0.0, 100.0), origin="experimental"
+    )
     w_teacher: float = setting(
-        1.0, "label actions: weight of the EMA teacher's agreement", range=(0.0, 100.0)
+        1.0, "label actions: weight of the EMA teacher's agreement", range=(0.0, 100.0), origin="experimental"
     )
     w_region: float = setting(
         0.0,
         "label actions: weight of the image's region fit (Chan-Vese: a voxel's label should match the "
         "foreground or background mean intensity it is closer to); 0: off",
         range=(0.0, 100.0),
+        origin="experimental",
     )
     ema: float = setting(
-        0.99, "EMA teacher decay (label actions, rl.reward_target=teacher)", range=(0.0, 1.0)
+        0.99, "EMA teacher decay (label actions, rl.reward_target=teacher)", range=(0.0, 1.0), origin="ours"
     )
 
 
