@@ -22,7 +22,6 @@ import yaml
 
 from svldrl.errors import UserError
 
-
 #: Where a setting's default comes from (``svldrl train --help``, docs/method.md): the paper's (arXiv 2601.03875),
 #: our decision where the paper is silent, our addition, or experimental (measured and not adopted, or never
 #: benchmarked; kept so that its result can be reproduced).
