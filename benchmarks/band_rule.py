@@ -18,13 +18,7 @@ Writes ``results.csv``, ``results.json`` and ``results.md`` (machine, date, comm
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import io
-import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,10 +27,10 @@ import numpy as np
 
 from svldrl import config as C
 from svldrl.bench.data import prepare_data
+from svldrl.bench.script import run_script, write_rows
 from svldrl.bench.spec import load_benchmark
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.io import write_text
-from svldrl.errors import UserError
 from svldrl.reporter import Reporter
 from svldrl.rules import band_correct, band_correct_select, overlap
 
@@ -109,13 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_results(out: Path, payload: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(payload["rows"][0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(payload["rows"])
-    write_text(out / "results.csv", buf.getvalue())
+    write_rows(out, payload)
     settings = payload["settings"]
     by = {(r["variant"], r["setting"]): r for r in payload["rows"]}
     given = {s: by[(VARIANTS[0][0], s)]["label_dice_given"] for s in settings}
@@ -154,18 +142,7 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=0, help="fewer training cases (a check of the pipeline)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    t0 = time.monotonic()
-    try:
-        payload = run(args)
-    except UserError as exc:  # one line, exit 2, as the CLI does
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    payload.update(
-        command="python " + " ".join(sys.argv),
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}",
-        wall_s=time.monotonic() - t0,
-    )
+    payload = run_script(lambda: run(args))
     write_results(Path(args.out), payload)
     print(f"results: {Path(args.out) / 'results.md'}")
 

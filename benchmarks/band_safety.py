@@ -24,11 +24,7 @@ Writes ``results.csv``, ``results.json`` and ``results.md`` (machine, date, comm
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import io
 import json
-import platform
 import shutil
 import sys
 import time
@@ -37,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from svldrl import config as C
+from svldrl.bench.script import run_script, write_rows
 from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
 from svldrl.runs import run_noise
@@ -203,13 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_results(out: Path, payload: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(payload["rows"][0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(payload["rows"])
-    write_text(out / "results.csv", buf.getvalue())
+    write_rows(out, payload)
     settings = payload["settings"]
     by = {(r["set"], r["setting"], r["variant"]): r for r in payload["rows"]}
     sets = list(dict.fromkeys((r["set"], r["role"]) for r in payload["rows"]))
@@ -268,23 +259,12 @@ def main() -> None:
     p.add_argument("--settings", default="", help="comma-separated settings (default: clean and every noise)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    t0 = time.monotonic()
-    try:
-        payload = run(args)
-    except UserError as exc:  # one line, exit 2, as the CLI does
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    payload = run_script(lambda: run(args))
     if not payload["rows"]:
         print(
             "error: no set could be built (fetch the data first: see the module docstring)", file=sys.stderr
         )
         sys.exit(2)
-    payload.update(
-        command="python " + " ".join(sys.argv),
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}",
-        wall_s=time.monotonic() - t0,
-    )
     write_results(Path(args.out), payload)
     print(f"results: {Path(args.out) / 'results.md'}")
 

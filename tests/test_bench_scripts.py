@@ -177,3 +177,37 @@ def test_refactor_check_finds_any_changed_figure_in_benchmark_demo_and_audit_fol
     u = audit(tmp_path / "h", 0.9)
     assert check.compare(u, audit(tmp_path / "i", 0.9)) == (["mt/cl"], [])
     assert check.compare(u, audit(tmp_path / "j", 0.8))[1] == ["mt/cl: figures differ"]
+
+
+def test_band_safety_reports_the_guarded_and_unguarded_targets_per_set(tmp_path: Path, monkeypatch) -> None:
+    """benchmarks/band_safety.py: every set's targets with and without the guard, by role, from svldrl targets;
+    a set whose data is missing is skipped with a line, not a crash."""
+    import argparse
+
+    safety = _script("band_safety")
+
+    def tiny(root: Path) -> None:
+        from svldrl.data.synth import synthesize
+
+        synthesize(root, cases=3, size=32, seed=3, test_cases=1, difficulty="easy")
+
+    def missing(root: Path) -> None:
+        raise FileNotFoundError("no such data")
+
+    monkeypatch.setattr(safety, "SETS", [("tiny", "dev", tiny, []), ("absent", "test", missing, [])])
+    args = argparse.Namespace(sets="", settings="clean,mt_dilate1.0", work=str(tmp_path / "work"), quiet=True)
+    payload = safety.run(args)
+    rows = {(r["set"], r["setting"], r["variant"]): r for r in payload["rows"]}
+    assert {k[0] for k in rows} == {"tiny"} and len(rows) == 4
+    guarded, unguarded = (
+        rows[("tiny", "clean", "recommended")],
+        rows[("tiny", "clean", "recommended, unguarded")],
+    )
+    assert guarded["label_dice_given"] == 1.0 and guarded["n_cases"] == 3
+    assert guarded["label_dice_target"] >= unguarded["label_dice_target"]
+    assert rows[("tiny", "mt_dilate1.0", "recommended")]["label_dice_given"] < 1.0
+    payload.update(command="python benchmarks/band_safety.py", date="today", machine="here", wall_s=1.0)
+    safety.write_results(tmp_path / "out", payload)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Development sets" in md and "| tiny (3) | given | 1.000 |" in md
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "results.csv")))) == 4
