@@ -103,6 +103,7 @@ def test_noise_trusted_leaves_n_recorded_cases_untouched_reproducibly(dataset: P
 
 def test_training_with_trusted_cases_validates_on_them_only(dataset: Path, tmp_path: Path, capsys):
     _dot_set(dataset, trusted=["phantom_001", "phantom_004"])
+    (dataset / "splits_final.json").unlink(missing_ok=True)  # the session's phantoms may have one already
     out = tmp_path / "run"
     argv = ["train", str(dataset), "--labels", "noisy/dot", "--out", str(out), *TRAIN_SETS]
     assert main(argv) == 0

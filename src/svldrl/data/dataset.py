@@ -574,8 +574,8 @@ def apply_trusted(ds: Dataset, trusted: str = TRUSTED_AUTO) -> Dataset:
     if not isinstance(trusted, str) or not trusted:
         raise UserError(f"data.trusted must be auto, none or the path of a list of case ids, got {trusted!r}")
     expert = _expert_masks(ds)
-    recorded, record = _recorded_trusted(ds)
     if trusted == TRUSTED_AUTO:
+        recorded, record = _recorded_trusted(ds)
         ids = sorted(set(expert) | set(recorded))
         sources = [
             *([f"{TRUSTED_DIR}/ ({len(expert)} expert masks)"] if expert else []),
