@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -47,6 +48,8 @@ def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
     params = dict(_parse_params(a.param))
     if a.mode:
         params["mode"] = a.mode
+    if a.trusted is not None and a.trusted < 1:
+        raise UserError(f"--trusted expects a number of training cases of at least 1, got {a.trusted}")
     out = run_noise(
         a.dataset,
         a.protocol,
@@ -56,8 +59,8 @@ def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
         params=params,
         foreground=_foreground(a.foreground),
         reporter=rep,
+        trusted=a.trusted or 0,
     )
-    import json
 
     report = json.loads((Path(out) / "noise_report.json").read_text())
     unchanged = report.get("n_unchanged", 0)
@@ -66,6 +69,11 @@ def cmd_noise(a: argparse.Namespace, rep: Reporter) -> int:
         + (f" ({unchanged} drawn but left unchanged by their corruption)" if unchanged else "")
         + f", mean label Dice {report['mean_dice']:.4f}, mean voxel error rate "
         f"{report['mean_voxel_error_rate']:.4f}"
+        + (
+            f"; {report['n_trusted']} trusted cases left untouched (trusted.json): {', '.join(report['trusted'])}"
+            if report.get("n_trusted")
+            else ""
+        )
     )
     print(out)
     return 0
@@ -103,6 +111,11 @@ def _flag_overrides(a: argparse.Namespace) -> list[tuple[str, str]]:
         value = getattr(a, flag, None)
         if value is not None:
             out.append((f"--{flag} {value}", f"{key}={value}"))
+    trusted = getattr(a, "trusted", None)
+    if trusted is not None:
+        # a list file is kept by its absolute path (config.yaml is read again by --resume, from anywhere)
+        value = trusted if trusted in ("auto", "none") else os.path.abspath(trusted)
+        out.append((f"--trusted {trusted}", f"data.trusted={json.dumps(value)}"))
     if getattr(a, "deterministic", False):
         out.append(("--deterministic", "train.deterministic=true"))
     return out
@@ -179,6 +192,8 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
         cfg = resume_config(a)
     else:
         cfg = build_train_config(a)
+    if a.trusted == "auto":
+        _check_trusted_found(a.dataset, cfg)
     D.init_from_env()
     if D.rank() != 0:
         rep = SILENT  # rank 0 says it once (its warnings included)
@@ -187,10 +202,24 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def _check_trusted_found(dataset: str, cfg: dict) -> None:
+    """``--trusted auto`` given on the command line asks for trusted cases: refuse a dataset with none."""
+    from svldrl.data.dataset import TRUSTED_DIR, load_dataset
+
+    if not load_dataset(dataset, cfg["labels"], "auto").trusted_ids:
+        raise UserError(
+            f"--trusted auto: no trusted cases (no masks in {TRUSTED_DIR}/, and the {cfg['labels']} masks record "
+            "none: svldrl noise --trusted N records them); give a list with --trusted FILE or leave --trusted out",
+            dataset,
+        )
+
+
 def cmd_targets(a: argparse.Namespace, rep: Reporter) -> int:
     from svldrl.runs.targets import write_targets
 
     cfg = build_train_config(a)
+    if a.trusted == "auto":
+        _check_trusted_found(a.dataset, cfg)
     report = write_targets(a.dataset, cfg["labels"], cfg, a.out, reporter=rep, overwrite=a.overwrite)
     summary = f"{report['n_changed']} of {report['n_cases']} masks changed"
     if report["mean_label_dice_target"] == report["mean_label_dice_target"]:  # not NaN: clean masks exist
@@ -236,6 +265,13 @@ def cmd_demo(a: argparse.Namespace, rep: Reporter) -> int:
 
     run_demo(Path(a.out), quick=a.quick, reporter=rep, methods=a.methods)
     return 0
+
+
+TRUSTED_HELP = (
+    "trusted cases (validation and checkpoint selection on their masks; MTCL's clean subset): auto (expert masks "
+    "in labelsTr_trusted/ and the cases the noisy set records), none, or FILE: a JSON / text list of case ids "
+    "(default auto: none where nothing is recorded)"
+)
 
 
 def _config_flags(sp: argparse.ArgumentParser) -> None:
@@ -340,6 +376,14 @@ def make_parser() -> argparse.ArgumentParser:
         help="protocol parameter, e.g. theta1=0.7 (repeatable)",
     )
     n.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
+    n.add_argument(
+        "--trusted",
+        type=int,
+        default=None,
+        metavar="N",
+        help="leave N training cases (drawn with the noise seed) untouched and record them as trusted "
+        "(trusted.json; svldrl train validates on them); --ratio then applies to the other cases (default none)",
+    )
     n.set_defaults(func=cmd_noise)
 
     t = sub.add_parser(
@@ -371,6 +415,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (default {tc['device']})")
     t.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
+    t.add_argument("--trusted", default=None, metavar="{auto,none,FILE}", help=TRUSTED_HELP)
     _config_flags(t)
     t.add_argument(
         "--deterministic", action="store_true", help="deterministic algorithms: one seed, identical weights"
@@ -392,6 +437,7 @@ def make_parser() -> argparse.ArgumentParser:
     tg.add_argument("--out", required=True, help="folder for the masks and targets.md (outside the dataset)")
     tg.add_argument("--method", default=None, help="method name, if no preset or config file names it")
     tg.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
+    tg.add_argument("--trusted", default=None, metavar="{auto,none,FILE}", help=TRUSTED_HELP)
     _config_flags(tg)
     tg.add_argument(
         "--overwrite", action="store_true", help="replace files in --out that svldrl targets did not write"

@@ -79,6 +79,18 @@ class Data:
     pos_fraction: float = setting(
         0.33, "share of patches centred on foreground (RandCropByPosNegLabel)", range=(0.0, 1.0)
     )
+    trusted: str = setting(
+        "auto",
+        "trusted cases (validation and checkpoint selection on them; MTCL's clean subset): auto: labelsTr_trusted/ "
+        "and the noisy set's trusted.json | none | FILE: a JSON or text list of case ids",
+        kind="trusted",
+    )
+    train_on: str = setting(
+        "auto",
+        "with trusted cases, what trains: auto: the others (the trusted ones validate), and the trusted ones too for "
+        "methods with a clean subset (mtcl) | all: every case | trusted: the trusted cases only",
+        choices=("auto", "all", "trusted"),
+    )
 
 
 @dataclass
@@ -571,6 +583,8 @@ def _check_value(key: str, value: Any, spec: dict[str, Any]) -> Any:
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         ):
             raise fail("a list of label values or null")
+    if kind == "trusted" and not (isinstance(value, str) and value.strip()):
+        raise fail("auto, none or the path of a list of case ids")
     if (
         kind == "fold"
         and value != "all"

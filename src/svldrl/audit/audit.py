@@ -37,11 +37,12 @@ from scipy import ndimage
 
 from svldrl import config as C
 from svldrl.audit import report
-from svldrl.data.dataset import Case, Dataset, check_grid, check_mask, load_case, load_dataset
+from svldrl.data.dataset import Case, Dataset, apply_trusted, check_grid, check_mask, load_case, load_dataset
 from svldrl.data.io import Volume, read_volume, write_nifti
 from svldrl.data.outputs import check_output_dir, mark_output_dir
-from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
+from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
 from svldrl.errors import UserError
+from svldrl.methods import get_method
 from svldrl.reporter import QUIET, Reporter
 from svldrl.rules import (
     cl_thresholds,
@@ -261,15 +262,23 @@ def load_judges(run_dirs: list[Path], ds: Dataset) -> list[Judge]:
     for path in run_dirs:
         cfg = C.load_config([path / "config.yaml"])
         fold, num_folds = parse_fold(cfg["data"]["fold"]), int(cfg["data"]["num_folds"])
-        # Read the splits the trainer used, but never write splits_final.json into the user's dataset: the
-        # trainer's default splits are reproducible from the fixed seed.
-        splits = None if fold == ALL else load_or_create_splits(ds.root, ids, num_folds, write=False)
-        try:
-            train_ids, val_ids = fold_cases(splits, fold, ids)
-        except UserError:
-            raise UserError(
-                f"run trained fold {fold}, but the dataset's splits have {len(splits or [])} folds", path
-            ) from None
+        # A run with trusted cases validated on them and did not use the splits (trusted_split).
+        trusted = (
+            apply_trusted(ds, cfg["data"]["trusted"]).trusted_ids if not ds.trusted_ids else ds.trusted_ids
+        )
+        if trusted:
+            train_on = get_method(cfg["method"]).resolve_train_on(cfg)
+            train_ids, val_ids = trusted_split(ids, trusted, fold, train_on)
+        else:
+            # Read the splits the trainer used, but never write splits_final.json into the user's dataset: the
+            # trainer's default splits are reproducible from the fixed seed.
+            splits = None if fold == ALL else load_or_create_splits(ds.root, ids, num_folds, write=False)
+            try:
+                train_ids, val_ids = fold_cases(splits, fold, ids)
+            except UserError:
+                raise UserError(
+                    f"run trained fold {fold}, but the dataset's splits have {len(splits or [])} folds", path
+                ) from None
         for other in judges:
             if other.fold == fold:
                 raise UserError(f"two runs of fold {fold}: {other.path} and {path}; pass one run per fold")

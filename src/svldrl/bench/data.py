@@ -8,7 +8,7 @@ import json
 import math
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class Data:
     voxel_error: dict[str, float]
     folds: dict[int | None, Path]  # fold -> dataset root with imagesTs/labelsTs (None: no cv)
     description: str
+    trusted: dict[str, list[str]] = field(default_factory=dict)  # setting -> its trusted cases (recorded)
 
 
 def dataset_root(bench: Benchmark, out_dir: Path) -> Path:
@@ -97,15 +98,29 @@ def prepare_data(bench: Benchmark, out_dir: Path, reporter: Reporter) -> Data:
     ds = load_dataset(root)
     label_dice, voxel_error = {CLEAN: 1.0}, {CLEAN: 0.0}
     noisy_dirs: dict[str, Path] = {}
+    trusted: dict[str, list[str]] = {}
     for n in bench.noise:
-        reporter.info(f"noise {n.name}: protocol {n.protocol}, ratio {n.ratio:g}, params {n.params or {}}")
+        reporter.info(
+            f"noise {n.name}: protocol {n.protocol}, ratio {n.ratio:g}, params {n.params or {}}"
+            + (f", {n.trusted} trusted cases" if n.trusted else "")
+        )
         try:
             folder = Path(
-                run_noise(root, n.protocol, n.ratio, bench.noise_seed, name=n.name, params=n.params)
+                run_noise(
+                    root,
+                    n.protocol,
+                    n.ratio,
+                    bench.noise_seed,
+                    name=n.name,
+                    params=n.params,
+                    trusted=n.trusted,
+                )
             )
         except UserError as exc:
             raise UserError(f"noise setting '{n.name}': {exc}", bench.path) from None
         report = read_json(folder / "noise_report.json", {})
+        if report.get("trusted"):
+            trusted[n.name] = list(report["trusted"])
         label_dice[n.name] = float(report.get("mean_dice", math.nan))
         voxel_error[n.name] = float(report.get("mean_voxel_error_rate", math.nan))
         noisy_dirs[n.name] = folder
@@ -117,8 +132,9 @@ def prepare_data(bench: Benchmark, out_dir: Path, reporter: Reporter) -> Data:
             voxel_error,
             {None: ds.root},
             f"{description}; {len(ds.train)} training cases, {n_test} clean test cases",
+            trusted,
         )
-    folds = _make_folds(ds, bench.cv, noisy_dirs, out_dir / "cv", reporter)
+    folds = _make_folds(ds, bench.cv, noisy_dirs, out_dir / "cv", reporter, trusted)
     return Data(
         root,
         label_dice,
@@ -126,6 +142,7 @@ def prepare_data(bench: Benchmark, out_dir: Path, reporter: Reporter) -> Data:
         folds,
         f"{description}; {bench.cv}-fold cross-validation over {len(ds.train)} cases "
         "(each fold's held-out cases are its test cases, scored against their clean masks)",
+        trusted,
     )
 
 
@@ -148,12 +165,22 @@ def _synth_complete(root: Path, s: dict) -> bool:
     return n("imagesTr") == n("labelsTr") == s["cases"] and n("imagesTs") == n("labelsTs") == s["test_cases"]
 
 
-def _make_folds(ds: Any, k: int, noisy_dirs: dict[str, Path], base: Path, reporter: Reporter) -> dict:
+def _make_folds(
+    ds: Any,
+    k: int,
+    noisy_dirs: dict[str, Path],
+    base: Path,
+    reporter: Reporter,
+    trusted: dict[str, list[str]] | None = None,
+) -> dict:
     """One nnU-Net dataset per fold: its training cases (clean and noisy masks), its held-out cases as test.
 
     The noisy masks are those written once for the whole dataset, so every fold sees the same noise;
-    each trainer then carves its own validation split from the fold's training cases.
+    each trainer then carves its own validation split from the fold's training cases (its trusted ones, where
+    the setting has ``trusted``: each noisy set's ``trusted.json`` is copied with the fold's training cases among
+    them; a trusted case held out as a test case is just a test case).
     """
+    from svldrl.data.dataset import TRUSTED_FILE
     from svldrl.data.io import read_volume, write_nifti
     from svldrl.data.splits import make_splits
 
@@ -164,6 +191,8 @@ def _make_folds(ds: Any, k: int, noisy_dirs: dict[str, Path], base: Path, report
         root = base / f"fold{f}"
         folds[f] = root
         stamp = {"source": str(ds.root), "split": split, "noise": sorted(noisy_dirs)}
+        if trusted:  # only then: folds made before trusted cases keep their stamp
+            stamp["trusted"] = {name: sorted(ids) for name, ids in sorted(trusted.items())}
         if read_json(root / ".fold.json", None) == stamp:
             continue
         reporter.info(
@@ -191,6 +220,15 @@ def _make_folds(ds: Any, k: int, noisy_dirs: dict[str, Path], base: Path, report
                             "label",
                             root / "labelsTr_noisy" / name / f"{cid}.nii.gz",
                         )
+        for name, ids in (trusted or {}).items():
+            mine = [cid for cid in ids if cid in set(split["train"])]
+            if mine:
+                record = {
+                    "cases": mine,
+                    "written_by": "svldrl benchmark",
+                    "note": f"the trusted cases of {name} (noise_report.json) in this fold's training part",
+                }
+                write_text(root / "labelsTr_noisy" / name / TRUSTED_FILE, json.dumps(record, indent=2) + "\n")
         dataset_json = {
             "channel_names": {"0": "CT" if ds.modality == "ct" else "MR"},
             "labels": ds.labels,

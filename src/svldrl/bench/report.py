@@ -216,7 +216,10 @@ def write_report(
             "setting": s.name,
             "protocol": s.protocol,
             "ratio": f"{s.ratio:g}",
-            "params": ", ".join(f"{k}={v}" for k, v in s.params.items()) or "-",
+            "params": ", ".join(
+                [f"{k}={v}" for k, v in s.params.items()] + ([f"trusted={s.trusted}"] if s.trusted else [])
+            )
+            or "-",
             "label Dice": f"{100 * data.label_dice[s.name]:.2f}",
             "voxel error rate": f"{data.voxel_error[s.name]:.4f}",
         }
@@ -301,7 +304,14 @@ def write_report(
         + (" (folds averaged within a seed)" if bench.cv else "")
         + ". The primary columns use the final checkpoint, as nnU-Net reports; *val-selected* uses the "
         "checkpoint with the best Dice on the validation split carved from the training cases, scored "
-        "against their noisy masks as a user would have them (never the test set).",
+        "against their noisy masks as a user would have them (never the test set)"
+        + (
+            "; on a setting with trusted cases (params trusted=N), on those cases and their clean masks instead "
+            "(they are held out from training, except for MTCL, whose clean subset they are)"
+            if any(n.trusted for n in bench.noise)
+            else ""
+        )
+        + ".",
         "",
     ]
     if bench.noise:  # a benchmark without noise settings (e.g. a normalisation check) has no gap to show

@@ -96,6 +96,7 @@ def run_benchmark(
         check_existing(run)
     if "path" in bench.dataset:
         check_dataset_path(dataset_root(bench, out), bench.cv)
+    check_trusted_rows(bench, runs, dataset_root(bench, out))
     spec = {"dataset": _resolved_dataset(bench, out), "noise_seed": bench.noise_seed}
     old = read_json(out / SPEC_NAME, None)
     if old is not None and old != spec:
@@ -173,6 +174,33 @@ def run_benchmark(
             "lists the completed runs; rerunning the benchmark retries the failed ones)"
         )
     return md
+
+
+def check_trusted_rows(bench: Benchmark, runs: list[Run], root: Path) -> None:
+    """Refuse, before anything is written, a setting with more trusted cases than the phantoms leave noisy, and a
+    row that trains on the trusted cases alone (``data.train_on=trusted``) on a setting without any: one without
+    ``trusted: N`` (the clean oracle too), unless the dataset has expert masks of its own (``labelsTr_trusted/``).
+    """
+    from svldrl.data.dataset import TRUSTED_DIR
+
+    trusted = {n.name: n.trusted for n in bench.noise}
+    cases = bench.dataset.get("synth", {}).get("cases")
+    for name, k in trusted.items():
+        if cases is not None and k >= cases:
+            raise UserError(
+                f"noise setting '{name}': trusted: {k}, but the phantoms have {cases} training cases; at least "
+                "one must stay noisy",
+                bench.path,
+            )
+    if "path" in bench.dataset and (root / TRUSTED_DIR).is_dir():
+        return
+    for run in runs:
+        if run.cfg["data"]["train_on"] == "trusted" and not trusted.get(run.noise):
+            raise UserError(
+                f"method '{run.method.name}' on '{run.noise}': data.train_on=trusted, but that setting has no "
+                "trusted cases (give its noise entry trusted: N)",
+                bench.path,
+            )
 
 
 def claim_benchmark_dir(out: Path) -> None:

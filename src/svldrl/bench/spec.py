@@ -15,12 +15,18 @@ A benchmark is a YAML file (examples in ``benchmarks/``)::
     noise:                             # noisy-label settings (run_noise's protocols)
       - {name: mt0.5, protocol: mt, ratio: 0.5}
       - {name: mt_dilate1.0, protocol: mt, ratio: 1.0, params: {mode: dilate}}
+      - {name: dilate_t8, protocol: mt, ratio: 1.0, params: {mode: dilate}, trusted: 8}
+                                       # trusted: N cases left clean and recorded as trusted (svldrl noise
+                                       # --trusted N); runs on this setting validate and select on them, MTCL
+                                       # takes them as its clean subset, ratio applies to the other cases
     methods:                           # rows: a label, a registered method, config overrides
       - {name: supervised, method: supervised}
       - {name: svldrl_label, method: svldrl, set: [rl.action_space=label]}
       - {name: recommended, preset: recommended}   # a shipped preset (svldrl/presets/, --preset NAME)
       - {name: svldrl_mine, method: svldrl, config: mine.yaml}   # a --config file (its folder: the
                                        # benchmark file's, or the current one); set: lines come after both
+      - {name: supervised_trusted_only, method: supervised, set: [data.train_on=trusted]}
+                                       # plain training on the trusted cases alone (settings with trusted:)
     methods_on_clean: [supervised]     # also trained on the clean masks (default: supervised = the oracle)
     base: [train.patch=32, train.iterations=400]   # overrides shared by every run (list or mapping)
     seeds: [0, 1, 2]                   # training seeds
@@ -74,6 +80,7 @@ class NoiseSetting:
     protocol: str | None = None
     ratio: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    trusted: int = 0  # cases left clean and recorded as trusted (run_noise's trusted); 0: none
 
 
 @dataclass
@@ -284,10 +291,12 @@ def _check_dataset(spec: Any, fail: Any) -> dict[str, Any]:
 
 def _check_noise(entry: Any, i: int, fail: Any) -> NoiseSetting:
     if not isinstance(entry, dict):
-        raise fail(f"noise[{i}] must be a mapping {{name, protocol, ratio, params}}")
-    extra = sorted(set(entry) - {"name", "protocol", "ratio", "params"})
+        raise fail(f"noise[{i}] must be a mapping {{name, protocol, ratio, params, trusted}}")
+    extra = sorted(set(entry) - {"name", "protocol", "ratio", "params", "trusted"})
     if extra:
-        raise fail(f"noise[{i}]: unknown key(s) {', '.join(extra)} (accepted: name, protocol, ratio, params)")
+        raise fail(
+            f"noise[{i}]: unknown key(s) {', '.join(extra)} (accepted: name, protocol, ratio, params, trusted)"
+        )
     name = entry.get("name")
     if name is None:
         raise fail(f"noise[{i}]: missing key 'name'")
@@ -306,7 +315,13 @@ def _check_noise(entry: Any, i: int, fail: Any) -> NoiseSetting:
         raise fail(f"noise[{i}] ({name}): ratio must be a number in [0, 1], got {ratio!r}")
     if not isinstance(params, dict):
         raise fail(f"noise[{i}] ({name}): params must be a mapping of protocol parameters")
-    return NoiseSetting(str(name), protocol, float(ratio), dict(params))
+    trusted = entry.get("trusted", 0)
+    if "trusted" in entry and (isinstance(trusted, bool) or not isinstance(trusted, int) or trusted < 1):
+        raise fail(
+            f"noise[{i}] ({name}): trusted must be a number of training cases of at least 1 (leave it out for "
+            f"none), got {trusted!r}"
+        )
+    return NoiseSetting(str(name), protocol, float(ratio), dict(params), int(trusted))
 
 
 def _check_name(name: Any, where: str, fail: Any) -> None:

@@ -13,6 +13,20 @@ Four layouts are read, each found by what the path holds:
 
 Noisy masks live beside the clean ones in ``labelsTr_noisy/<name>/{case_id}.nii.gz`` and are chosen
 with ``labels="noisy/<name>"``.
+
+Trusted cases (a few masks drawn or reviewed by an expert beside many cheaper ones, MTCL's and PLIL's setting)
+are marked on the training cases (``Case.trusted``) by ``load_dataset(..., trusted=...)``:
+
+- ``labelsTr_trusted/{case_id}.nii.gz`` (or the dataset's file ending): a user's expert masks for some training
+  cases, beside ``labelsTr/`` and never over it. A trusted case with an expert mask trains and validates on it,
+  whatever label set was chosen.
+- ``labelsTr_noisy/<name>/trusted.json`` (``{"cases": [...]}``): the cases ``svldrl noise --trusted N`` left
+  untouched, so their masks in that set are the clean ones.
+- a list the user gives (``data.trusted: FILE``): a JSON list of case ids (or ``{"cases": [...]}``) or a text
+  file with one id a line; those cases' masks in the chosen label set are trusted (an expert mask still wins).
+
+``trusted="auto"`` takes the first two (their union), ``"none"`` ignores every source (the default of
+:func:`load_dataset`: nothing changes for callers that do not ask).
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from svldrl.data.io import (
     Grid,
     Volume,
     file_ending,
+    read_grid,
     read_json,
     read_volume,
 )
@@ -43,6 +58,12 @@ from svldrl.errors import UserError
 
 NOISY_DIR = "labelsTr_noisy"
 NOISY_ENDING = ".nii.gz"
+#: A user's expert masks for some training cases (``{case_id}.nii.gz``), beside ``labelsTr/``.
+TRUSTED_DIR = "labelsTr_trusted"
+#: In a noisy set: the cases ``svldrl noise --trusted N`` left untouched (``{"cases": [...]}``).
+TRUSTED_FILE = "trusted.json"
+#: ``data.trusted`` values besides a file: the dataset's and the noisy set's own records, or no trusted cases.
+TRUSTED_AUTO, TRUSTED_NONE = "auto", "none"
 LAYOUTS = ("nnunet", "datalist", "hdf5", "folder")
 # HDF5 stems shared by every case of a release (LA: <case>/mri_norm2.h5): the folder names the case.
 GENERIC_H5_STEMS = {"mri_norm2", "mri_norm", "image", "data", "volume", "img"}
@@ -59,7 +80,8 @@ class Case:
     ``image_key`` / ``label_key`` pick the datasets of HDF5 files. ``modality`` is the dataset's
     ("mr" / "ct"), used when the config says ``data.modality: auto``. With a noisy label set, ``label`` is
     the noisy mask and ``clean_label`` / ``clean_label_key`` the dataset's own (methods with a clean subset,
-    such as MTCL's, train those cases on it).
+    such as MTCL's, train those cases on it). ``trusted``: the mask in ``label`` is trusted (an expert's, or
+    one the noise left untouched; see the module docstring): validation and MTCL's clean subset use it.
     """
 
     case_id: str
@@ -70,6 +92,7 @@ class Case:
     modality: str | None = None
     clean_label: Path | None = None
     clean_label_key: str = "label"
+    trusted: bool = False
 
     def with_clean_label(self) -> Case:
         """This case with the dataset's own mask (itself when no other label set was chosen)."""
@@ -83,7 +106,8 @@ class Dataset:
     """Training and test cases of one dataset.
 
     ``labels`` maps label names to values as in dataset.json (region-based nnU-Net datasets may
-    map a name to a list of values). ``label_set`` is ``"clean"`` or ``"noisy/<name>"``.
+    map a name to a list of values). ``label_set`` is ``"clean"`` or ``"noisy/<name>"``. ``trusted_source``
+    says where the trusted cases (``Case.trusted``) come from, empty without any.
     """
 
     root: Path
@@ -94,6 +118,7 @@ class Dataset:
     layout: str
     file_ending: str
     label_set: str = "clean"
+    trusted_source: str = ""
 
     def noisy_dir(self, name: str) -> Path:
         """Folder of the noisy training masks called ``name``."""
@@ -103,6 +128,11 @@ class Dataset:
     def case_ids(self) -> list[str]:
         """Ids of the training cases, in order."""
         return [c.case_id for c in self.train]
+
+    @property
+    def trusted_ids(self) -> list[str]:
+        """Ids of the trusted training cases, sorted (empty without trusted cases)."""
+        return sorted(c.case_id for c in self.train if c.trusted)
 
     def case(self, case_id: str) -> Case:
         """The training or test case with this id."""
@@ -116,7 +146,7 @@ class Dataset:
 # Loading a dataset
 
 
-def load_dataset(path: str | Path, labels: str = "clean") -> Dataset:
+def load_dataset(path: str | Path, labels: str = "clean", trusted: str = TRUSTED_NONE) -> Dataset:
     """Read a dataset in any of the four layouts (see the module docstring).
 
     Args:
@@ -124,9 +154,13 @@ def load_dataset(path: str | Path, labels: str = "clean") -> Dataset:
             ``*_image.nrrd`` / ``*_label.nrrd`` pairs.
         labels: ``"clean"`` (the given masks) or ``"noisy/NAME"`` (training masks from
             ``labelsTr_noisy/NAME/{case_id}.nii.gz``; test masks stay clean).
+        trusted: which training cases are trusted (``data.trusted``): ``"none"`` (default), ``"auto"`` (the
+            expert masks in ``labelsTr_trusted/`` and the cases the noisy set records in ``trusted.json``) or
+            the path of a list of case ids; see :func:`apply_trusted`.
 
     Raises:
-        UserError: a missing or malformed file, a case without its mask, duplicate ids, no cases.
+        UserError: a missing or malformed file, a case without its mask, duplicate ids, no cases; bad trusted
+            cases (:func:`apply_trusted`).
     """
     path = Path(os.path.abspath(path))
     if not path.exists():
@@ -143,7 +177,7 @@ def load_dataset(path: str | Path, labels: str = "clean") -> Dataset:
             raise UserError("datalist JSON has no 'training' list", path)
     else:
         ds = _load_folder(path)
-    return _apply_label_set(ds, labels)
+    return apply_trusted(_apply_label_set(ds, labels), trusted)
 
 
 def _load_folder(root: Path) -> Dataset:
@@ -515,6 +549,144 @@ def _apply_label_set(ds: Dataset, labels: str) -> Dataset:
             replace(case, label=f, label_key="label", clean_label=case.label, clean_label_key=case.label_key)
         )
     return replace(ds, train=train, label_set=labels)
+
+
+# Trusted cases ---------------------------------------------------------------------------------------------
+
+
+def apply_trusted(ds: Dataset, trusted: str = TRUSTED_AUTO) -> Dataset:
+    """``ds`` with its trusted training cases marked (``Case.trusted``) and given their trusted masks.
+
+    Which cases: ``"auto"``, every case with an expert mask in ``labelsTr_trusted/`` and every case the chosen
+    noisy set records in its ``trusted.json`` (none: the dataset unchanged); ``"none"``, no case (the dataset
+    unchanged); any other value is the path of a list of case ids (:func:`read_trusted_list`). Which mask: a
+    trusted case's expert mask where it has one, else its mask in the chosen label set (for the cases a noisy
+    set records, the clean mask the noise left untouched). The case's ``clean_label`` stays the dataset's own.
+
+    Raises:
+        UserError: a trusted case that is not a training case of the dataset, an expert mask on another grid
+            than its image (or a file in ``labelsTr_trusted/`` that is no case's mask), every training case
+            trusted (nothing is left to stand for the cheaper masks: train with ``--labels`` and
+            ``--trusted none``), or a list that names no case.
+    """
+    if trusted == TRUSTED_NONE:
+        return ds
+    if not isinstance(trusted, str) or not trusted:
+        raise UserError(f"data.trusted must be auto, none or the path of a list of case ids, got {trusted!r}")
+    expert = _expert_masks(ds)
+    if trusted == TRUSTED_AUTO:
+        recorded, record = _recorded_trusted(ds)
+        ids = sorted(set(expert) | set(recorded))
+        sources = [
+            *([f"{TRUSTED_DIR}/ ({len(expert)} expert masks)"] if expert else []),
+            *([f"{record} ({len(recorded)} cases the noise left untouched)"] if recorded else []),
+        ]
+        where: Path = ds.root
+    else:
+        where = Path(os.path.abspath(trusted))
+        ids = read_trusted_list(where)
+        unknown = [cid for cid in ids if cid not in set(ds.case_ids)]
+        if unknown:
+            raise UserError(f"trusted case '{unknown[0]}' is {_not_a_training_case(ds, unknown[0])}", where)
+        sources = [str(where)]
+    if not ids:
+        return ds
+    if len(ids) == len(ds.train):
+        raise UserError(
+            f"every training case ({len(ids)}) is trusted, so none is left to stand for the cheaper masks and "
+            "nothing would validate apart from training; train on them as clean masks with --trusted none",
+            where,
+        )
+    chosen = set(ids)
+    train = []
+    for case in ds.train:
+        if case.case_id not in chosen:
+            train.append(case)
+            continue
+        clean = case.clean_label if case.clean_label is not None else case.label
+        clean_key = case.clean_label_key if case.clean_label is not None else case.label_key
+        mask = expert.get(case.case_id)
+        if mask is not None:
+            check_grid(read_grid(case.image, case.image_key), read_grid(mask, "label"), case.image, mask)
+            case = replace(case, label=mask, label_key="label")
+        train.append(replace(case, trusted=True, clean_label=clean, clean_label_key=clean_key))
+    return replace(ds, train=train, trusted_source=" + ".join(sources))
+
+
+def read_trusted_list(path: str | Path) -> list[str]:
+    """The case ids of a trusted-case list: a JSON list of ids (or ``{"cases": [...]}``, a noisy set's
+    ``trusted.json``), or a text file with one id a line (blank lines and ``#`` comments skipped).
+
+    Raises:
+        UserError: a missing or malformed file, a repeated id, or a list without any id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            "trusted-case list not found (data.trusted: auto, none or a JSON / text list of case ids)", path
+        )
+    if path.suffix.lower() == ".json":
+        data = read_json(path)
+        if isinstance(data, dict):
+            data = data.get("cases")
+        if not isinstance(data, list) or not all(isinstance(c, str) and c.strip() for c in data):
+            raise UserError(
+                'malformed trusted-case list: expected a JSON list of case ids or {"cases": [...]}', path
+            )
+        ids = [c.strip() for c in data]
+    else:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise UserError("trusted-case list is not a text file (one case id a line)", path) from None
+        ids = [s for line in text.splitlines() if (s := line.split("#", 1)[0].strip())]
+    repeated = sorted({c for c in ids if ids.count(c) > 1})
+    if repeated:
+        raise UserError(f"trusted-case list names '{repeated[0]}' twice", path)
+    if not ids:
+        raise UserError("trusted-case list names no case (trusted cases were asked for explicitly)", path)
+    return sorted(ids)
+
+
+def _not_a_training_case(ds: Dataset, case_id: str) -> str:
+    if case_id in {c.case_id for c in ds.test}:
+        return "a test case, not a training case (a test case never trains nor selects a model)"
+    return "not a training case of the dataset"
+
+
+def _expert_masks(ds: Dataset) -> dict[str, Path]:
+    """Case id -> expert mask in ``labelsTr_trusted/``; every file there must be a training case's mask."""
+    folder = ds.root / TRUSTED_DIR
+    if not folder.is_dir():
+        return {}
+    endings = list(dict.fromkeys([NOISY_ENDING, ds.file_ending]))
+    known = set(ds.case_ids)
+    masks: dict[str, Path] = {}
+    for f in _visible_files(folder):
+        ending = next((e for e in endings if f.name.endswith(e)), None)
+        if ending is None:
+            raise UserError(f"not a trusted mask: expected {{CASE}}{' or {CASE}'.join(endings)}", f)
+        cid = f.name[: -len(ending)]
+        if cid in masks:
+            raise UserError(f"two trusted masks for case '{cid}' (also {masks[cid].name})", f)
+        if cid not in known:
+            raise UserError(f"trusted mask of case '{cid}', which is {_not_a_training_case(ds, cid)}", f)
+        masks[cid] = f
+    return masks
+
+
+def _recorded_trusted(ds: Dataset) -> tuple[list[str], str]:
+    """The cases the chosen noisy set records as trusted (its ``trusted.json``), and how to name that record."""
+    if not ds.label_set.startswith("noisy/"):
+        return [], ""
+    path = ds.noisy_dir(ds.label_set[len("noisy/") :]) / TRUSTED_FILE
+    if not path.is_file():
+        return [], ""
+    ids = read_trusted_list(path)
+    unknown = [cid for cid in ids if cid not in set(ds.case_ids)]
+    if unknown:
+        raise UserError(f"trusted case '{unknown[0]}' is {_not_a_training_case(ds, unknown[0])}", path)
+    return ids, f"{ds.label_set}/{TRUSTED_FILE}"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ Every command that writes a folder of results (``predict``, ``evaluate --out``, 
 --out``) first calls :func:`claim_output_dir`. It
 
 - refuses, always, a dataset's own image and mask folders (``imagesTr``, ``labelsTr``, ``imagesTs``,
-  ``labelsTs``, ``labelsTr_noisy/*``) and anything inside them, whatever ``--overwrite`` says: those hold
-  the user's reference data, and a prediction written there would silently replace it;
+  ``labelsTs``, ``labelsTr_noisy/*``, ``labelsTr_trusted``) and anything inside them, whatever ``--overwrite``
+  says: those hold the user's reference data, and a prediction written there would silently replace it;
 - refuses a folder that holds files the command would replace, unless svldrl wrote that folder for the same
   kind of output (it keeps a marker file, :data:`MARKER`) or the user passed ``--overwrite``;
 - refuses a path that is a file where a folder is expected, a folder it cannot create or write, with one line
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from svldrl.data.dataset import NOISY_DIR
+from svldrl.data.dataset import NOISY_DIR, TRUSTED_DIR
 from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
 
@@ -39,7 +39,7 @@ def dataset_folder_of(path: str | Path) -> Path | None:
 
     A folder counts when it is named like one of :data:`DATASET_DIRS` and sits beside a ``dataset.json`` or
     another such folder (a dataset, not a user's folder that happens to share the name), or when it is a
-    noisy mask set ``labelsTr_noisy/<name>``.
+    noisy mask set ``labelsTr_noisy/<name>`` or the expert masks ``labelsTr_trusted``.
     """
     p = Path(os.path.abspath(path))
     for folder in (p, *p.parents):
@@ -50,6 +50,8 @@ def dataset_folder_of(path: str | Path) -> Path | None:
         ):
             return folder
         if NOISY_DIR in (folder.name, parent.name):  # labelsTr_noisy itself, or one noisy set in it
+            return folder
+        if folder.name == TRUSTED_DIR:  # a user's expert masks
             return folder
     return None
 

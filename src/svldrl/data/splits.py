@@ -99,6 +99,43 @@ def fold_cases(
     return sorted(splits[int(fold)]["train"]), sorted(splits[int(fold)]["val"])
 
 
+def trusted_split(
+    case_ids: Iterable[str], trusted: Iterable[str], fold: int | str, train_on: str = "others"
+) -> tuple[list[str], list[str]]:
+    """(training ids, validation ids), sorted, of a dataset with trusted cases: they are the validation cases.
+
+    A handful of trusted masks (4 to 8 of 48 in MTCL's and PLIL's setting) is all the clean reference a user
+    has; a fold of it (one or two cases) would make checkpoint selection noise, so every trusted case
+    validates, whatever the fold number (the splits are not used), and the other cases train:
+
+    - ``others``: the cases that are not trusted train; the trusted ones are held out (an honest selection);
+    - ``all``: every case trains, the trusted ones on their trusted masks (a method with a clean subset: MTCL);
+      they validate too, so selection then favours the checkpoints that fit them;
+    - ``trusted``: only the trusted cases train (and validate).
+
+    ``fold`` ``all`` (nnU-Net's) keeps its meaning: nothing validates, and every case trains (``trusted``: the
+    trusted ones).
+
+    Raises:
+        UserError: no trusted case, or one that is not among ``case_ids``.
+    """
+    ids, chosen = sorted(case_ids), sorted(set(trusted))
+    if not chosen:
+        raise UserError("no trusted cases to validate on")
+    unknown = sorted(set(chosen) - set(ids))
+    if unknown:
+        raise UserError(f"trusted case '{unknown[0]}' is not a training case")
+    if train_on not in ("others", "all", "trusted"):
+        raise ValueError(f"train_on must be others, all or trusted, got {train_on!r}")
+    if train_on == "trusted":
+        train = chosen
+    elif train_on == "all" or fold == ALL:
+        train = ids
+    else:
+        train = [c for c in ids if c not in set(chosen)]
+    return train, ([] if fold == ALL else chosen)
+
+
 def load_or_create_splits(
     root: str | Path,
     case_ids: Iterable[str],

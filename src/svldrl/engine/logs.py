@@ -28,8 +28,11 @@ def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def plot_progress(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    """Loss and validation Dice against epoch (nnU-Net's progress.png)."""
+def plot_progress(
+    path: Path, history: list[dict[str, Any]], title: str, val_masks: str = "given masks"
+) -> None:
+    """Loss and validation Dice against epoch (nnU-Net's progress.png); ``val_masks``: what validation measured
+    against, for the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +46,7 @@ def plot_progress(path: Path, history: list[dict[str, Any]], title: str) -> None
     ax2 = ax.twinx()
     val = [(r["epoch"], r["val_dice"]) for r in history if _isnum(r.get("val_dice"))]
     if val:
-        ax2.plot(*zip(*val), color="tab:green", marker="o", ms=3, label="val Dice (given masks)")
+        ax2.plot(*zip(*val), color="tab:green", marker="o", ms=3, label=f"val Dice ({val_masks})")
     ax2.set_ylabel("validation Dice")
     ax2.set_ylim(0, 1)
     stages = [(r["epoch"], r["stage"]) for r in history if "stage" in r]

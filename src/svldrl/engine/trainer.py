@@ -45,11 +45,11 @@ from torch.utils.data import DataLoader
 
 from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset, load_case
-from svldrl.data.fingerprint import ct_range, dataset_fingerprint
+from svldrl.data.fingerprint import ct_range, dataset_fingerprint, hash_ids
 from svldrl.data.io import write_text
 from svldrl.data.normalize import ForegroundCheck
 from svldrl.data.outputs import check_writable_dir
-from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold
+from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
 from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -123,6 +123,9 @@ class Trainer:
     #: :meth:`build_method_state`, saved and restored by the base trainer. A property where it depends on the
     #: config.
     checkpointed: ClassVar[tuple[str, ...]] = ()
+    #: Whether the trusted cases also train (on their trusted masks) under ``data.train_on=auto``: a method with a
+    #: clean subset (MTCL) says True; otherwise they are held out for validation and checkpoint selection.
+    trains_on_trusted: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -191,6 +194,16 @@ class Trainer:
     def network_kwargs(cls, cfg: dict) -> dict[str, Any]:
         """Arguments of :func:`build_network` beyond ``nets.*``; the same at training and prediction."""
         return {"in_channels": 1, "aux_channels": 0, "rl_heads": False}
+
+    @classmethod
+    def resolve_train_on(cls, cfg: dict) -> str:
+        """What trains beside trusted cases (``data.train_on``, ``auto`` resolved for this method): ``others`` (the
+        trusted cases only validate), ``all`` (they train too: :attr:`trains_on_trusted`) or ``trusted``; see
+        :func:`~svldrl.data.splits.trusted_split`. Also how the audit knows which cases a run trained on."""
+        train_on = cfg["data"]["train_on"]
+        if train_on == "auto":
+            return "all" if cls.trains_on_trusted else "others"
+        return train_on
 
     def build_network(self) -> torch.nn.Module:
         """The network of ``nets.*`` (segmentation only unless the method needs the RL heads), its weights in
@@ -385,10 +398,11 @@ class Trainer:
     def _load_data(self) -> None:
         dcfg = self.cfg["data"]
         if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
+            trusted = self.dataset.trusted_ids  # their masks may be experts': another set of masks
             stats = dataset_fingerprint(
                 self.dataset.root,
                 self.dataset.train,
-                self.dataset.label_set,
+                self.dataset.label_set + (f"+trusted:{hash_ids(trusted)}" if trusted else ""),
                 dcfg["foreground"],
                 self.reporter,
             )
@@ -404,14 +418,32 @@ class Trainer:
                 "--fold all trains on every case and keeps none for validation, so "
                 "train.checkpoint_select=val has nothing to select on; use final (the default) or a fold number"
             )
-        splits = (
-            None
-            if fold == ALL
-            else load_or_create_splits(
-                self.dataset.root, sorted(cases), int(dcfg["num_folds"]), reporter=self.reporter
+        #: The trusted training cases (sorted ids; empty without any): they validate, see trusted_split.
+        self.trusted_ids: list[str] = self.dataset.trusted_ids
+        if dcfg["train_on"] == "trusted" and not self.trusted_ids:
+            raise UserError(
+                "data.train_on=trusted, but no training case is trusted: add expert masks in labelsTr_trusted/, "
+                "train on a noisy set made with svldrl noise --trusted N, or list the cases with --trusted FILE"
+                + ("" if dcfg["trusted"] != "none" else " (data.trusted is none)"),
+                self.dataset.root,
             )
-        )
-        self.train_ids, self.val_ids = fold_cases(splits, fold, cases)
+        if self.trusted_ids:
+            train_on = self.resolve_train_on(self.cfg)
+            self.train_ids, self.val_ids = trusted_split(sorted(cases), self.trusted_ids, fold, train_on)
+            if fold not in (0, ALL):
+                self.reporter.warn(
+                    f"--fold {fold}: with trusted cases the validation cases are the trusted ones and the splits "
+                    "are not used, so every fold number trains the same run"
+                )
+        else:
+            splits = (
+                None
+                if fold == ALL
+                else load_or_create_splits(
+                    self.dataset.root, sorted(cases), int(dcfg["num_folds"]), reporter=self.reporter
+                )
+            )
+            self.train_ids, self.val_ids = fold_cases(splits, fold, cases)
         in_ram = dcfg["cache"] == "memory"
         images: list[np.ndarray] = []
         self.given: list[np.ndarray] = []
@@ -472,6 +504,23 @@ class Trainer:
             f"cases ({self.dataset.labels_name if hasattr(self.dataset, 'labels_name') else 'given'} masks)"
             + (f", {self.world} ranks x batch {self.cfg['train']['batch']}" if self.world > 1 else "")
         )
+        if self.trusted_ids:
+            trained = [c for c in self.trusted_ids if c in set(self.train_ids)]
+            shown = ", ".join(self.trusted_ids[:8]) + (" ..." if len(self.trusted_ids) > 8 else "")
+            self.reporter.info(
+                f"{len(self.trusted_ids)} trusted cases ({self.dataset.trusted_source}): {shown}; "
+                + (
+                    f"validation and checkpoint selection on their trusted masks (not on the {self.dataset.label_set} "
+                    "masks; the fold split is not used)"
+                    if self.val_ids
+                    else "no validation (--fold all)"
+                )
+                + (
+                    f"; {len(trained)} of them also train, on their trusted masks"
+                    if trained
+                    else "; they do not train (held out for selection)"
+                )
+            )
 
     def _pad(self, arr: np.ndarray) -> np.ndarray:
         return pad_to_patch(arr, self.patch)
@@ -664,7 +713,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean Dice of sliding-window predictions against the validation cases' given masks.
+        """Mean Dice of sliding-window predictions against the validation cases' given masks (with trusted cases:
+        the trusted cases and their trusted masks, :func:`~svldrl.data.splits.trusted_split`).
 
         Each rank segments its share of the cases (every ``world``-th); the sums are reduced, so every rank
         returns the mean over all cases.
@@ -712,6 +762,8 @@ class Trainer:
             row.update(self.on_epoch_end(epoch))
             due = (epoch + 1) % int(self.cfg["train"]["val_every"]) == 0 or epoch + 1 == self.num_epochs
             row["val_dice"] = self.validate() if due else math.nan
+            if self.trusted_ids and self.val_ids:
+                row["val_masks"] = "trusted"  # metrics.csv says what val_dice was measured against
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["epoch_time"] = time.monotonic() - t0
             row = D.mean_over_ranks(row)
@@ -728,7 +780,12 @@ class Trainer:
                     self._save("checkpoint_best.pt")
                 self._save("checkpoint_latest.pt")
                 write_history_csv(self.out / "metrics.csv", self.history)
-                plot_progress(self.out / "progress.png", self.history, f"{self.name} ({self.out.name})")
+                plot_progress(
+                    self.out / "progress.png",
+                    self.history,
+                    f"{self.name} ({self.out.name})",
+                    "trusted masks" if self.trusted_ids else "given masks",
+                )
                 tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "iteration")}, self.iteration)
             self._overhead_seconds += time.monotonic() - t0 - t_steps
             self._overhead_epochs += 1
@@ -737,7 +794,7 @@ class Trainer:
             self.reporter.info(
                 f"epoch {epoch + 1}/{self.num_epochs}  it {self.iteration}/{self.iterations}  "
                 f"loss {row.get('train_loss', math.nan):.4f}  "
-                f"val Dice {'-' if math.isnan(vd) else f'{vd:.4f}'}"
+                f"val Dice{' (trusted)' if 'val_masks' in row else ''} {'-' if math.isnan(vd) else f'{vd:.4f}'}"
                 + (f"  stage {row['stage']}" if "stage" in row else "")
                 + f"  ETA {fmt_seconds(eta)}"
             )

@@ -19,10 +19,14 @@ Rules (each a pure function below):
   redone from the given masks at every epoch end with the current teacher, so it never drifts.
 
 Schedule: the first ``mtcl.warmup`` (30%) of the iterations train on the given masks; corrections start after.
-Config keys: ``mtcl.clean_cases`` = K: the first K training cases (sorted ids) are the clean subset of the
-original method. They are never corrected and, when K > 0, the thresholds come from them (else from all
-cases). When the run trains on noisy masks, those K cases use their clean masks (the original's small
-high-quality set). ``mtcl.soft``: soft instead of hard correction (default false). ``mtcl.ema`` (0.99, the
+The clean subset of the original method (its small high-quality set) is the dataset's trusted cases
+(``labelsTr_trusted/``, a noisy set made with ``svldrl noise --trusted N``, or ``--trusted FILE``; see
+svldrl.data.dataset): they train on their trusted masks (``data.train_on=auto`` trains every case for MTCL), are
+never corrected, the thresholds come from them, and they also validate. Without trusted cases, ``mtcl.clean_cases``
+= K makes the first K training cases (sorted ids) the clean subset, on their clean masks (the way before trusted
+cases; with trusted cases it is refused: the trusted cases are the clean subset). Without either, nothing is
+clean and the thresholds come from all cases (cleanlab's default). ``mtcl.soft``: soft instead of hard
+correction (default false). ``mtcl.ema`` (0.99, the
 teacher's decay), ``mtcl.consistency`` (0.1, the weight of the consistency loss after its sigmoid ramp-up over
 the warm-up), ``mtcl.noise`` (0.1, std of the noise on the teacher's input, clipped at 2 std), as in MTCL and
 UA-MT.
@@ -36,6 +40,7 @@ float32 targets already held) rather than segmenting every case twice.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +49,7 @@ import torch
 from svldrl.data.dataset import Case
 from svldrl.engine.ema import ema_teacher
 from svldrl.engine.trainer import Batch, Trainer, seg_target
+from svldrl.errors import UserError
 from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags, relabel
 
 SOFT_STEP = 0.8  # how far a soft correction moves a flagged voxel towards the other class
@@ -63,7 +69,7 @@ def mtcl_correct(given: np.ndarray, flags: np.ndarray, soft: bool = False) -> np
 
 
 def cl_target_update(
-    trainer: Trainer, teacher: Any, clean_cases: int = 0, soft: bool = False
+    trainer: Trainer, teacher: Any, clean: Sequence[int] = (), soft: bool = False
 ) -> dict[str, float]:
     """MTCL's correction pass: every noisy case's target becomes its given mask with the voxels that confident
     learning flags, from ``teacher``'s probabilities, corrected (:func:`mtcl_correct`). Redone from the given
@@ -72,25 +78,26 @@ def cl_target_update(
     Args:
         trainer: holds ``images``, ``given`` and the ``targets`` that are rewritten.
         teacher: the network whose probabilities are trusted (MTCL: the EMA teacher).
-        clean_cases: the first K cases are a clean subset: never corrected, and the thresholds come from them
-            when K > 0 (else from all cases, cleanlab's default).
+        clean: positions (in ``trainer.train_ids``) of the clean subset: never corrected, and the thresholds come
+            from them when there are any (else from all cases, cleanlab's default).
         soft: soft instead of hard correction.
 
     Returns:
         ``charts/target_changed`` (share of voxels flagged) and the two class thresholds.
     """
-    k, n = clean_cases, len(trainer.images)
-    stats_cases = range(k) if k else range(n)
+    n = len(trainer.images)
+    is_clean = set(clean)
+    stats_cases = sorted(is_clean) if is_clean else range(n)
     sums, counts, cache = np.zeros(2), np.zeros(2), {}
     for i in stats_cases:
         p = trainer.predict_probs(trainer.images[i], teacher)
         s, c = class_confidence_sums(np.stack([1.0 - p, p]), trainer.given[i])
         sums, counts = sums + s, counts + c
-        if i >= k:  # half precision: the flagging pass below need not segment this case again
+        if i not in is_clean:  # half precision: the flagging pass below need not segment this case again
             cache[i] = p.astype(np.float16)
     t = cl_thresholds(sums, counts)
     flagged = total = 0
-    for i in range(k, n):  # the clean subset is never corrected
+    for i in (i for i in range(n) if i not in is_clean):  # the clean subset is never corrected
         p = (
             cache.pop(i).astype(np.float32)
             if i in cache
@@ -121,13 +128,36 @@ class MTCLTrainer(Trainer):
 
     name = "mtcl"
     checkpointed = ("teacher", "targets")
+    trains_on_trusted = True  # the clean subset trains (and is never corrected)
+
+    def clean_positions(self) -> list[int]:
+        """Positions (in ``train_ids``) of the clean subset: the trusted cases that train, else the first
+        ``mtcl.clean_cases``.
+
+        Raises:
+            UserError: ``mtcl.clean_cases`` set on a dataset with trusted cases (two clean subsets).
+        """
+        k = int(self.cfg["mtcl"]["clean_cases"])
+        if self.trusted_ids:
+            if k:
+                raise UserError(
+                    f"mtcl.clean_cases={k} makes the first {k} training cases MTCL's clean subset, but this run has "
+                    f"{len(self.trusted_ids)} trusted cases ({self.dataset.trusted_source}), which are its clean "
+                    "subset; drop mtcl.clean_cases, or pass --trusted none to ignore the trusted cases"
+                )
+            trusted = set(self.trusted_ids)
+            return [i for i, cid in enumerate(self.train_ids) if cid in trusted]
+        return list(range(min(k, len(self.train_ids))))
 
     def num_clean(self) -> int:
-        return min(int(self.cfg["mtcl"]["clean_cases"]), len(self.train_ids))
+        return len(self.clean_positions())
 
     def training_case(self, position: int, case: Case) -> Case:
-        # The clean subset trains on the dataset's own (clean) masks, whatever label set the run uses.
-        return case.with_clean_label() if position < self.num_clean() else case
+        # A trusted case brings its trusted mask; without trusted cases the first mtcl.clean_cases train on the
+        # dataset's own (clean) masks, whatever label set the run uses.
+        if case.trusted or position not in self.clean_positions():
+            return case
+        return case.with_clean_label()
 
     def build_method_state(self) -> None:
         self.teacher = ema_teacher(self.network, float(self.cfg["mtcl"]["ema"]), ramp=True)
@@ -154,4 +184,4 @@ class MTCLTrainer(Trainer):
         if self.iteration < float(self.cfg["mtcl"]["warmup"]) * self.iterations:
             return {"charts/target_changed": 0.0}
         mc = self.cfg["mtcl"]
-        return cl_target_update(self, self.teacher, self.num_clean(), bool(mc["soft"]))
+        return cl_target_update(self, self.teacher, self.clean_positions(), bool(mc["soft"]))

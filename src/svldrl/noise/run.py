@@ -1,9 +1,11 @@
 """Write a seeded noisy copy of a dataset's training masks, with its noise report.
 
 Layout: ``<dataset>/labelsTr_noisy/<NAME>/{case_id}.nii.gz`` plus ``noise_report.json``; the
-clean ``labelsTr/`` is only read. The set is built in ``<NAME>.partial/`` and renamed to
-``<NAME>`` when complete, so a killed run never leaves a set that looks finished, and the next
-run with the same settings resumes where it stopped.
+clean ``labelsTr/`` is only read. With ``trusted`` N > 0, N cases drawn with the noise seed keep their clean
+masks untouched and are recorded as trusted (``trusted.json`` in the set, ``trusted`` in the report), so a
+benchmark simulates "a few expert masks beside many noisy ones" reproducibly. The set is built in
+``<NAME>.partial/`` and renamed to ``<NAME>`` when complete, so a killed run never leaves a set that looks
+finished, and the next run with the same settings resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -103,11 +105,12 @@ def format_ratio(ratio: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def default_name(protocol: str, ratio: float, params: dict[str, Any] | None = None) -> str:
-    """``mt0.5``, ``markov0.5``, ``spg0.5``; one-sided MT-Noise adds its mode (``mt_dilate1.0``)."""
+def default_name(protocol: str, ratio: float, params: dict[str, Any] | None = None, trusted: int = 0) -> str:
+    """``mt0.5``, ``markov0.5``, ``spg0.5``; one-sided MT-Noise adds its mode (``mt_dilate1.0``), trusted
+    cases their number (``mt0.5_t8``)."""
     mode = (params or {}).get("mode", "both")
     prefix = f"{protocol}_{mode}" if protocol == "mt" and mode != "both" else protocol
-    return f"{prefix}{format_ratio(ratio)}"
+    return f"{prefix}{format_ratio(ratio)}" + (f"_t{trusted}" if trusted else "")
 
 
 def _check_name(name: str) -> None:
@@ -137,6 +140,20 @@ def select_cases(n: int, ratio: float, seed: int) -> list[int]:
     k = int(math.floor(ratio * n + 0.5))
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
+
+
+def select_trusted(n: int, k: int, seed: int) -> list[int]:
+    """Indices of the ``k`` trusted cases (left untouched), from the seed alone (a stream of its own, so the
+    corruption draws of a set without trusted cases stay what they were)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+    return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
+
+
+def select_corrupted(n: int, ratio: float, seed: int, trusted: list[int]) -> list[int]:
+    """Indices of the corrupted cases: ``ratio`` of the cases that are not trusted (:func:`select_cases` over
+    them; without trusted cases exactly :func:`select_cases`)."""
+    others = [i for i in range(n) if i not in set(trusted)]
+    return sorted(others[j] for j in select_cases(len(others), ratio, seed))
 
 
 def check_cases(
@@ -217,6 +234,7 @@ def run_noise(
     foreground: Any = None,
     reporter: Any = None,
     prepare: dict[str, Callable[..., Any]] | None = None,
+    trusted: int = 0,
 ) -> Path:
     """Corrupt a seeded fraction of a dataset's clean training masks and write them with a report.
 
@@ -224,8 +242,8 @@ def run_noise(
         dataset_path: dataset root (nnU-Net layout or any layout ``load_dataset`` reads).
         protocol: ``"mt"``, ``"markov"``, ``"spg"`` or ``"sfda"`` (see :data:`ALL_PROTOCOLS`; ``"sfda"``
             trains a source model on shifted images, cached in ``labelsTr_noisy/<name>.source/``).
-        ratio: fraction of training cases to corrupt, in [0, 1] (SP-guided alpha); the other
-            cases get their clean mask, binarised, unchanged.
+        ratio: fraction of training cases to corrupt, in [0, 1] (SP-guided alpha), of those not trusted; the
+            other cases get their clean mask, binarised, unchanged.
         seed: non-negative integer; the same seed gives byte-identical files.
         name: folder name under ``labelsTr_noisy/``; default from protocol and ratio
             (:func:`default_name`).
@@ -236,12 +254,17 @@ def run_noise(
             where it has none); progress is silent when None.
         prepare: protocol -> its preparer, for the image protocols (:data:`IMAGE_PROTOCOLS`);
             :func:`svldrl.runs.run_noise` passes SFDA's.
+        trusted: number of training cases (drawn with ``seed``, :func:`select_trusted`) left untouched and
+            recorded as trusted: ``trusted.json`` in the set (``{"cases": [...]}``, read by ``svldrl train
+            --trusted auto``) and ``trusted`` / ``n_trusted`` in the report. 0: none, and the set is exactly the
+            one made without this option.
 
     Returns:
         The folder of the complete noisy set.
 
     Raises:
-        UserError: invalid settings, or ``name`` already holds a set made with other settings.
+        UserError: invalid settings (``trusted`` not below the number of training cases among them), or
+            ``name`` already holds a set made with other settings.
     """
     info = reporter.info if reporter is not None else (lambda _msg: None)
     resolved = resolve_params(protocol, params)
@@ -254,17 +277,27 @@ def run_noise(
         if not isinstance(values, (list, tuple)) or not values or not all(_is_integral(v) for v in values):
             raise UserError(f"foreground must be a label value or a list of label values, got {foreground!r}")
         foreground = sorted({int(v) for v in values})
-    name = default_name(protocol, ratio, resolved) if name is None else name
+    if isinstance(trusted, bool) or not isinstance(trusted, (int, np.integer)) or trusted < 0:
+        raise UserError(f"trusted must be a number of training cases (>= 1), got {trusted!r}")
+    trusted = int(trusted)
+    name = default_name(protocol, ratio, resolved, trusted) if name is None else name
     _check_name(name)
 
-    from svldrl.data.dataset import load_dataset  # lazy: the pure noise functions need no dataset code
+    from svldrl.data.dataset import TRUSTED_FILE, load_dataset  # lazy: the pure noise functions need none
 
     ds = load_dataset(dataset_path, labels="clean")
     cases = sorted(ds.train, key=lambda c: c.case_id)
     if not cases:
         raise UserError("dataset has no training cases to corrupt", dataset_path)
+    if trusted >= len(cases):
+        raise UserError(
+            f"--trusted {trusted}: the dataset has {len(cases)} training cases; at least one must stay noisy "
+            f"(use at most {len(cases) - 1})",
+            ds.root,
+        )
     check_cases(cases, foreground, info, ds.root, reporter)
-    chosen = set(select_cases(len(cases), float(ratio), int(seed)))
+    trusted_idx = set(select_trusted(len(cases), trusted, int(seed)))
+    chosen = set(select_corrupted(len(cases), float(ratio), int(seed), sorted(trusted_idx)))
     settings = _json(
         {
             "version": FORMAT_VERSION,
@@ -274,9 +307,12 @@ def run_noise(
             "seed": int(seed),
             "foreground": foreground,
             "labels": "clean",
+            # only when asked: a set made without trusted cases keeps the settings it always had
+            **({"trusted": trusted} if trusted else {}),
             "cases": [c.case_id for c in cases],
         }
     )
+    trusted_ids = [cases[i].case_id for i in sorted(trusted_idx)]
 
     final = Path(ds.noisy_dir(name))
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -317,6 +353,8 @@ def run_noise(
             shutil.rmtree(partial / CASES_DIR, ignore_errors=True)
     (partial / CASES_DIR).mkdir(parents=True, exist_ok=True)
     write_text(partial / SETTINGS_NAME, _dump(settings))
+    if trusted_ids:
+        write_text(partial / TRUSTED_FILE, _dump(trusted_record(trusted_ids, int(seed))))
 
     if protocol in IMAGE_PROTOCOLS and protocol not in (prepare or {}):
         raise UserError(
@@ -352,6 +390,7 @@ def run_noise(
         else:
             noisy, op = clean, {"operation": "none"}
         noisy = np.asarray(noisy, dtype=np.uint8)
+        is_trusted = index in trusted_idx
         n_clean, kept = int(clean.sum()), int(np.count_nonzero(clean & noisy))
         removed = (n_clean - kept) / n_clean if n_clean else 0.0
         entry = _json(
@@ -367,6 +406,7 @@ def run_noise(
                 "removed_fraction": round(removed, 6),
                 "added_fraction": round((int(noisy.sum()) - kept) / n_clean, 6) if n_clean else 0.0,
                 "noise": op,
+                **({"trusted": True} if is_trusted else {}),
             }
         )
         if removed > 0.9:
@@ -380,11 +420,14 @@ def run_noise(
         write_text(meta, _dump(entry))
         per_case[case.case_id] = entry
         info(
-            f"noise {name}: {index + 1}/{n} {case.case_id} {op['operation']} "
+            f"noise {name}: {index + 1}/{n} {case.case_id} {'trusted (untouched)' if is_trusted else op['operation']} "
             f"dice={entry['dice']:.3f} error={entry['voxel_error_rate']:.4f}"
         )
 
     report = build_report(protocol, {k: v for k, v in settings.items() if k != "cases"}, per_case)
+    if trusted_ids:
+        report["n_trusted"] = len(trusted_ids)
+        report["trusted"] = trusted_ids
     report["settings"] = settings
     write_text(partial / REPORT_NAME, _dump(report))
     os.replace(partial, final)
@@ -394,6 +437,17 @@ def run_noise(
         f"noisy set {name}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, "
         f"mean label Dice {report['mean_dice']:.3f}"
         + (f" (corrupted only {corrupted_dice:.3f})" if corrupted_dice is not None else "")
+        + (f"; {len(trusted_ids)} trusted cases left untouched ({TRUSTED_FILE})" if trusted_ids else "")
         + f" -> {final}"
     )
     return final
+
+
+def trusted_record(case_ids: list[str], seed: int) -> dict[str, Any]:
+    """The content of a noisy set's ``trusted.json``: the trusted cases and how they were drawn."""
+    return {
+        "cases": sorted(case_ids),
+        "written_by": "svldrl noise --trusted",
+        "note": f"{len(case_ids)} training cases drawn with noise seed {seed} and left untouched: their masks "
+        "here are the clean ones, trusted by svldrl train (--trusted auto)",
+    }

@@ -27,9 +27,10 @@ def train(
     resume: bool = False,
     reporter: Reporter = QUIET,
 ) -> Path:
-    """Train ``cfg["method"]`` on ``dataset`` with the ``labels`` masks ("clean" or "noisy/NAME"); returns the
-    run folder. ``resume`` continues the run in ``out`` from its latest checkpoint."""
-    ds = load_dataset(dataset, labels=labels)
+    """Train ``cfg["method"]`` on ``dataset`` with the ``labels`` masks ("clean" or "noisy/NAME") and the trusted
+    cases ``cfg["data"]["trusted"]`` names (auto, none or a list file); returns the run folder. ``resume``
+    continues the run in ``out`` from its latest checkpoint."""
+    ds = load_dataset(dataset, labels=labels, trusted=cfg["data"]["trusted"])
     trainer = get_method(cfg["method"])(cfg, ds, out, reporter=reporter, resume=resume)
     return trainer.fit()
 

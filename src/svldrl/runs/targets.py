@@ -50,7 +50,7 @@ def write_targets(
         UserError: a missing dataset or label set, an output folder inside the dataset or holding files this
             command did not write (unless ``overwrite``); nothing is written then.
     """
-    ds = load_dataset(dataset, labels=labels)
+    ds = load_dataset(dataset, labels=labels, trusted=cfg["data"]["trusted"])
     out = Path(out)
     _refuse_inside(out, ds.root)
     names = [f"{c.case_id}.nii.gz" for c in ds.train]

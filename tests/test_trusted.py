@@ -1,0 +1,389 @@
+"""Trusted cases: a few expert (or untouched) masks beside many noisy ones, MTCL's and PLIL's setting.
+
+What a user notices: ``svldrl noise --trusted N`` leaves N recorded cases clean, reproducibly; training with
+trusted cases validates and selects its checkpoint on them only; MTCL's clean subset is the trusted cases;
+``data.train_on=trusted`` trains on them alone; bad trusted input is one line, exit 2, nothing written; a
+benchmark's noise entry takes ``trusted: N``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from svldrl import config as C
+from svldrl.cli import main
+from svldrl.data.dataset import load_dataset
+from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.methods import get_method
+from svldrl.noise.run import run_noise, select_cases, select_corrupted
+from tests.conftest import TINY
+
+TRAIN_SETS = sum((["--set", s] for s in [*TINY, "train.threads=1"]), [])
+
+
+def _mask(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _dot_set(dataset: Path, name: str = "dot", trusted: list[str] | None = None) -> Path:
+    """A noisy set that shrank every mask to one voxel, except the ``trusted`` cases (recorded, clean)."""
+    folder = dataset / "labelsTr_noisy" / name
+    folder.mkdir(parents=True)
+    for f in sorted((dataset / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(str(f))
+        if f.name[: -len(".nii.gz")] in (trusted or []):
+            shutil.copyfile(f, folder / f.name)
+            continue
+        dot = np.zeros(img.shape, np.uint8)
+        dot[0, 0, 0] = 1
+        nib.save(nib.Nifti1Image(dot, img.affine), str(folder / f.name))
+    if trusted:
+        (folder / "trusted.json").write_text(json.dumps({"cases": trusted}))
+    return folder
+
+
+def _cfg(method: str = "supervised", *extra: str) -> dict:
+    return C.load_config(overrides=[*TINY, f"method={method}", "train.threads=1", *extra])
+
+
+def _trainer(dataset: Path, labels: str, out: Path, method: str = "supervised", *extra: str):
+    cfg = _cfg(method, *extra)
+    ds = load_dataset(dataset, labels, trusted=cfg["data"]["trusted"])
+    return get_method(method)(cfg, ds, out)
+
+
+# ------------------------------------------------------------------ noise --trusted N
+
+
+def test_noise_trusted_leaves_n_recorded_cases_untouched_reproducibly(dataset: Path, tmp_path: Path, capsys):
+    argv = ["noise", str(dataset), "--protocol", "mt", "--ratio", "1.0", "--mode", "dilate"]
+    assert main([*argv, "--trusted", "2", "--seed", "4", "--quiet"]) == 0
+    folder = dataset / "labelsTr_noisy" / "mt_dilate1.0_t2"
+    trusted = json.loads((folder / "trusted.json").read_text())["cases"]
+    report = json.loads((folder / "noise_report.json").read_text())
+    assert len(trusted) == 2 and report["trusted"] == trusted and report["n_trusted"] == 2
+    assert report["settings"]["trusted"] == 2
+    for f in sorted((dataset / "labelsTr").glob("*.nii.gz")):
+        cid = f.name[: -len(".nii.gz")]
+        clean, noisy = _mask(f) > 0, _mask(folder / f.name) > 0
+        if cid in trusted:  # untouched, and reported so
+            assert np.array_equal(clean, noisy) and report["cases"][cid]["trusted"] is True
+        else:  # ratio 1.0 applies to the others: every one dilated
+            assert noisy.sum() > clean.sum() and "trusted" not in report["cases"][cid]
+    assert report["n_corrupted"] == 4
+
+    # the same seed on another copy: the same cases, the same files byte for byte
+    other = tmp_path / "copy" / dataset.name
+    shutil.copytree(dataset, other, ignore=shutil.ignore_patterns("labelsTr_noisy"))
+    assert main(["noise", str(other), *argv[2:], "--trusted", "2", "--seed", "4", "--quiet"]) == 0
+    assert _files(other / "labelsTr_noisy") == _files(dataset / "labelsTr_noisy")
+
+    # without --trusted nothing changes: the corruption draw and the recorded settings are the old ones
+    assert select_corrupted(6, 0.5, 4, []) == select_cases(6, 0.5, 4)
+    plain = run_noise(dataset, "mt", 0.5, 4)
+    settings = json.loads((plain / "noise_report.json").read_text())["settings"]
+    assert "trusted" not in settings and not (plain / "trusted.json").exists()
+
+
+# ------------------------------------------------------------------ training with trusted cases
+
+
+def test_training_with_trusted_cases_validates_on_them_only(dataset: Path, tmp_path: Path, capsys):
+    _dot_set(dataset, trusted=["phantom_001", "phantom_004"])
+    (dataset / "splits_final.json").unlink(missing_ok=True)  # the session's phantoms may have one already
+    out = tmp_path / "run"
+    argv = ["train", str(dataset), "--labels", "noisy/dot", "--out", str(out), *TRAIN_SETS]
+    assert main(argv) == 0
+    log = capsys.readouterr().err
+    assert "4 training / 2 validation cases" in log
+    assert "2 trusted cases (noisy/dot/trusted.json" in log and "validation and checkpoint selection" in log
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert rows and all(r["val_masks"] == "trusted" for r in rows)
+    assert "val Dice (trusted)" in log
+    assert not (dataset / "splits_final.json").exists()  # the fold split is not used
+
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t")
+    assert trainer.val_ids == ["phantom_001", "phantom_004"]
+    assert "phantom_001" not in trainer.train_ids and len(trainer.train_ids) == 4  # held out for selection
+    assert all(v.sum() > 1 for v in trainer.val_labels)  # their trusted (clean) masks, not the dots
+
+
+def test_checkpoint_best_is_chosen_on_the_trusted_masks(dataset: Path, tmp_path: Path):
+    from scipy import ndimage
+
+    from svldrl.runs import train
+
+    noisy = run_noise(dataset, "mt", 0.5, 0, name="mt_t2", trusted=2)
+    trusted = json.loads((noisy / "trusted.json").read_text())["cases"]
+    # long enough (and fast enough) for the tiny model to segment something: Dice above 0
+    fast = ["train.iterations=80", "train.steps_per_epoch=10", "train.lr=0.01", "train.scheduler=constant"]
+    fast += ["data.pos_fraction=0.67"]
+    run = train(dataset, "noisy/mt_t2", tmp_path / "run", _cfg("supervised", *fast))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    dice = [float(r["val_dice"]) for r in rows]
+    assert max(dice) > 0.2, dice
+    best = load_checkpoint(run / "checkpoint_best.pt", method="supervised")
+    assert best["best_val"] == pytest.approx(max(dice))
+    assert best["epoch"] == dice.index(max(dice)) + 1
+    # that Dice is the best checkpoint's Dice on the trusted cases and their clean masks, measured afresh
+    judge = _trainer(dataset, "noisy/mt_t2", tmp_path / "judge", "supervised", *fast)
+    assert judge.val_ids == trusted
+    for cid, v in zip(judge.val_ids, judge.val_labels, strict=True):
+        assert np.array_equal(v, _mask(dataset / "labelsTr" / f"{cid}.nii.gz") > 0)
+    judge.network.load_state_dict(best["model"])
+    assert judge.validate() == pytest.approx(best["best_val"], abs=1e-6)
+    # ... a number that depends on those masks: against grown masks it is another
+    judge.val_labels = [ndimage.binary_dilation(v, iterations=2).astype(np.uint8) for v in judge.val_labels]
+    assert judge.validate() != pytest.approx(best["best_val"], abs=1e-3)
+
+
+def test_expert_masks_replace_the_given_ones_whatever_labels_says(dataset: Path, tmp_path: Path):
+    _dot_set(dataset)  # no record: every mask is a dot
+    expert = dataset / "labelsTr_trusted"
+    expert.mkdir()
+    for cid in ("phantom_000", "phantom_003"):
+        shutil.copyfile(dataset / "labelsTr" / f"{cid}.nii.gz", expert / f"{cid}.nii.gz")
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "supervised", "data.train_on=all")
+    assert trainer.val_ids == ["phantom_000", "phantom_003"] and len(trainer.train_ids) == 6
+    for cid, given in zip(trainer.train_ids, trainer.given, strict=True):
+        assert (given.sum() > 1) == (cid in ("phantom_000", "phantom_003")), cid
+    # --trusted none: as before trusted cases existed (the fold split, the given masks)
+    plain = _trainer(dataset, "noisy/dot", tmp_path / "p", "supervised", "data.trusted=none")
+    assert plain.trusted_ids == []
+    assert all(g.sum() == 1 for g in plain.given) and all(v.sum() == 1 for v in plain.val_labels)
+
+
+def test_trusted_file_names_the_cases_of_the_chosen_label_set(dataset: Path, tmp_path: Path):
+    _dot_set(dataset)
+    listing = tmp_path / "trusted.txt"
+    listing.write_text("# reviewed by the radiologist\nphantom_005\n\nphantom_002\n")
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "supervised", f"data.trusted={listing}")
+    assert trainer.val_ids == ["phantom_002", "phantom_005"]
+    assert all(v.sum() == 1 for v in trainer.val_labels)  # their masks in the chosen set, as the list says
+
+
+# ------------------------------------------------------------------ MTCL and train_on
+
+
+def test_mtcl_clean_subset_is_the_trusted_cases(dataset: Path, tmp_path: Path, capsys):
+    _dot_set(dataset, trusted=["phantom_003", "phantom_005"])
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "mtcl")
+    assert trainer.train_ids == [f"phantom_00{i}" for i in range(6)]  # the clean subset trains too
+    assert trainer.clean_positions() == [3, 5] and trainer.val_ids == ["phantom_003", "phantom_005"]
+    assert [g.sum() > 1 for g in trainer.given] == [False, False, False, True, False, True]
+    from svldrl.methods.mtcl import cl_target_update
+
+    for t in trainer.targets:
+        t[...] = 0.5  # whatever the corrections write, the clean subset must be left alone
+    cl_target_update(trainer, trainer.network, trainer.clean_positions())
+    for i, (t, g) in enumerate(zip(trainer.targets, trainer.given, strict=True)):
+        if i in (3, 5):
+            assert np.all(t == 0.5)
+        else:
+            assert set(np.unique(t)) <= {0.0, 1.0} and t.shape == g.shape
+
+    # the old way (the first K cases) is refused beside trusted cases, with what to do instead
+    out = tmp_path / "run"
+    argv = ["train", str(dataset), "--labels", "noisy/dot", "--method", "mtcl", "--out", str(out)]
+    argv += TRAIN_SETS
+    capsys.readouterr()
+    assert main([*argv, "--set", "mtcl.clean_cases=2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mtcl.clean_cases=2" in err[0] and "--trusted none" in err[0]
+    assert not out.exists()
+    # ... and still works without them
+    old = _trainer(dataset, "noisy/dot", tmp_path / "o", "mtcl", "mtcl.clean_cases=2", "data.trusted=none")
+    assert old.clean_positions() == [0, 1] and all(g.sum() > 1 for g in old.given[:2])
+
+
+def test_train_on_trusted_trains_on_them_only(dataset: Path, tmp_path: Path):
+    _dot_set(dataset, trusted=["phantom_000", "phantom_004"])
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "supervised", "data.train_on=trusted")
+    assert trainer.train_ids == ["phantom_000", "phantom_004"] == trainer.val_ids
+    assert all(g.sum() > 1 for g in trainer.given)
+    torch.manual_seed(0)
+    assert {trainer.sample_batch()["case"][0] for _ in range(6)} <= {0, 1}
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
+
+
+def _bad_file(ds: Path, tmp: Path) -> list[str]:
+    (tmp / "t.json").write_text(json.dumps(["phantom_001", "phantom_099"]))
+    return ["train", str(ds), "--out", "{out}", "--trusted", str(tmp / "t.json"), *TRAIN_SETS]
+
+
+def _test_case_expert(ds: Path, tmp: Path) -> list[str]:
+    (ds / "labelsTr_trusted").mkdir()
+    shutil.copyfile(ds / "labelsTs" / "phantom_006.nii.gz", ds / "labelsTr_trusted" / "phantom_006.nii.gz")
+    return ["train", str(ds), "--out", "{out}", *TRAIN_SETS]
+
+
+def _off_grid_expert(ds: Path, tmp: Path) -> list[str]:
+    (ds / "labelsTr_trusted").mkdir()
+    img = nib.load(str(ds / "labelsTr" / "phantom_002.nii.gz"))
+    arr = np.asarray(img.dataobj)[:, :, :-2]
+    nib.save(nib.Nifti1Image(arr, img.affine), str(ds / "labelsTr_trusted" / "phantom_002.nii.gz"))
+    return ["train", str(ds), "--out", "{out}", *TRAIN_SETS]
+
+
+def _all_trusted(ds: Path, tmp: Path) -> list[str]:
+    (tmp / "all.txt").write_text("\n".join(f"phantom_00{i}" for i in range(6)))
+    return ["train", str(ds), "--out", "{out}", "--trusted", str(tmp / "all.txt"), *TRAIN_SETS]
+
+
+def _empty_list(ds: Path, tmp: Path) -> list[str]:
+    (tmp / "none.json").write_text("[]")
+    return ["train", str(ds), "--out", "{out}", "--trusted", str(tmp / "none.json"), *TRAIN_SETS]
+
+
+def _auto_finds_none(ds: Path, tmp: Path) -> list[str]:
+    return ["train", str(ds), "--out", "{out}", "--trusted", "auto", *TRAIN_SETS]
+
+
+def _train_on_trusted_without_any(ds: Path, tmp: Path) -> list[str]:
+    return ["train", str(ds), "--out", "{out}", "--set", "data.train_on=trusted", *TRAIN_SETS]
+
+
+def _noise_every_case_trusted(ds: Path, tmp: Path) -> list[str]:
+    return ["noise", str(ds), "--protocol", "mt", "--trusted", "6", "--name", "{out}"]
+
+
+def _noise_zero_trusted(ds: Path, tmp: Path) -> list[str]:
+    return ["noise", str(ds), "--protocol", "mt", "--trusted", "0", "--name", "{out}"]
+
+
+BAD = {
+    "trusted case not in the dataset": (_bad_file, "trusted case 'phantom_099' is not a training case"),
+    "expert mask of a test case": (_test_case_expert, "'phantom_006', which is a test case"),
+    "expert mask on another grid": (_off_grid_expert, "does not match mask grid"),
+    "every training case trusted": (_all_trusted, "every training case (6) is trusted"),
+    "a list naming no case": (_empty_list, "names no case"),
+    "--trusted auto finding none": (_auto_finds_none, "--trusted auto: no trusted cases"),
+    "train_on=trusted without trusted cases": (_train_on_trusted_without_any, "no training case is trusted"),
+    "noise: every case trusted": (_noise_every_case_trusted, "at least one must stay noisy"),
+    "noise: --trusted 0": (_noise_zero_trusted, "--trusted expects a number of training cases of at least 1"),
+}
+
+
+@pytest.mark.parametrize(("make", "problem"), BAD.values(), ids=BAD.keys())
+def test_bad_trusted_input_is_one_line_exit_2_nothing_written(make, problem, dataset, tmp_path, capsys):
+    argv = make(dataset, tmp_path)
+    before = _files(dataset)
+    out = tmp_path / "out"
+    name = "never"
+    argv = [a.replace("{out}", name if argv[0] == "noise" else str(out)) for a in argv]
+    capsys.readouterr()
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("svldrl: error: ") and problem in lines[0], err
+    assert "Traceback" not in err
+    assert not out.exists() and _files(dataset) == before
+    assert not (dataset / "labelsTr_noisy").exists()
+
+
+# ------------------------------------------------------------------ benchmark: noise entries with trusted
+
+
+def test_benchmark_noise_entry_takes_trusted(tmp_path: Path):
+    from svldrl.bench.data import prepare_data
+    from svldrl.bench.plan import plan_runs
+    from svldrl.bench.runner import check_trusted_rows
+    from svldrl.bench.spec import load_benchmark
+    from svldrl.errors import UserError
+    from svldrl.reporter import QUIET
+
+    spec = {
+        "dataset": {"synth": {"cases": 6, "size": 32, "seed": 3, "test_cases": 2}},
+        "noise": [
+            {"name": "dilate_t2", "protocol": "mt", "ratio": 1.0, "params": {"mode": "dilate"}, "trusted": 2},
+            {"name": "mt0.5", "protocol": "mt", "ratio": 0.5},
+        ],
+        "methods": [
+            {"name": "supervised", "method": "supervised"},
+            {"name": "supervised_trusted_only", "method": "supervised", "set": ["data.train_on=trusted"]},
+        ],
+        "base": TINY,
+        "seeds": [0],
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    bench = load_benchmark(path)
+    assert [n.trusted for n in bench.noise] == [2, 0]
+    out = tmp_path / "out"
+    runs = plan_runs(bench, out)
+    only = [r for r in runs if r.method.name == "supervised_trusted_only"]
+    assert {r.cfg["data"]["train_on"] for r in only} == {"trusted"}
+    # trusted-only training on a setting without trusted cases is refused before anything is written
+    with pytest.raises(UserError, match="'supervised_trusted_only' on 'mt0.5'"):
+        check_trusted_rows(bench, runs, out / "dataset")
+    assert not out.exists()
+    spec["noise"] = spec["noise"][:1]
+    path.write_text(yaml.safe_dump(spec))
+    bench = load_benchmark(path)
+    check_trusted_rows(bench, plan_runs(bench, out), out / "dataset")
+
+    data = prepare_data(bench, out, QUIET)
+    folder = out / "dataset" / "labelsTr_noisy" / "dilate_t2"
+    recorded = json.loads((folder / "trusted.json").read_text())["cases"]
+    assert len(recorded) == 2 and data.trusted == {"dilate_t2": recorded}
+    ds = load_dataset(out / "dataset", "noisy/dilate_t2", trusted="auto")
+    assert ds.trusted_ids == recorded
+
+    # a zero or a non-number is refused in the file itself
+    spec["noise"][0]["trusted"] = 0
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match="trusted must be a number of training cases of at least 1"):
+        load_benchmark(path)
+
+
+def test_benchmark_cv_folds_carry_their_trusted_cases(tmp_path: Path):
+    from svldrl.bench.data import prepare_data
+    from svldrl.bench.spec import load_benchmark
+    from svldrl.reporter import QUIET
+
+    spec = {
+        "dataset": {"synth": {"cases": 6, "size": 32, "seed": 3, "test_cases": 0}, "cv": 2},
+        "noise": [
+            {"name": "dilate_t3", "protocol": "mt", "ratio": 1.0, "params": {"mode": "dilate"}, "trusted": 3}
+        ],
+        "methods": [{"name": "supervised", "method": "supervised"}],
+        "base": TINY,
+        "seeds": [0],
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    data = prepare_data(load_benchmark(path), tmp_path / "out", QUIET)
+    recorded = set(data.trusted["dilate_t3"])
+    seen: set[str] = set()
+    for fold, root in data.folds.items():
+        ds = load_dataset(root, "noisy/dilate_t3", trusted="auto")
+        assert set(ds.trusted_ids) <= recorded & set(ds.case_ids), fold
+        seen |= set(ds.trusted_ids)
+    assert seen == recorded  # each trusted case is trusted in every fold that trains on it
+
+
+def test_audit_knows_a_trusted_run_held_its_trusted_cases_out(dataset: Path, tmp_path: Path):
+    from svldrl.audit.audit import load_judges
+
+    _dot_set(dataset, trusted=["phantom_001", "phantom_002"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(C.dump_config(_cfg("supervised", "labels=noisy/dot")))
+    (judge,) = load_judges([run], load_dataset(dataset, "noisy/dot"))
+    assert judge.val_ids == {"phantom_001", "phantom_002"}
+    assert judge.train_ids == {"phantom_000", "phantom_003", "phantom_004", "phantom_005"}
