@@ -297,6 +297,23 @@ def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() 
     assert bench_plan.config_differences(changed, saved) == ["rl.t_max: 3 there, 1 asked"]
 
 
+def test_a_key_introduced_with_a_new_default_compares_with_what_older_runs_did() -> None:
+    """rl.band_guard arrived on by default, but band runs saved before it ran unguarded: they match a row that
+    asks rl.band_guard=false, not one that asks the guard; runs the key does not touch stay valid either way;
+    and a record written now keeps the key even at its default, so its absence keeps meaning 'older'."""
+    band_old = {"method": "svldrl", "rl": {"target_update": "band"}}
+    band = C.load_config(overrides=["method=svldrl", "rl.target_update=band"])
+    assert bench_plan.config_differences(band, band_old) == ["rl.band_guard: None there, True asked"]
+    band["rl"]["band_guard"] = False
+    assert bench_plan.config_differences(band, band_old) == []
+    plain = C.load_config(overrides=["method=supervised"])
+    assert bench_plan.config_differences(plain, {"method": "supervised"}) == []
+    guarded = C.load_config(overrides=["method=svldrl", "rl.target_update=band"])
+    record = bench_plan.non_default_settings(guarded)
+    assert record["rl.band_guard"] is True and "rl.band_guard" not in bench_plan.non_default_settings(plain)
+    assert bench_plan.config_differences(guarded, record) == []
+
+
 def test_neutral_keys_such_as_threads_and_the_weights_layout_never_make_a_run_stale() -> None:
     """They change the kernels' summation order, not what is computed: a rerun may differ in them."""
     saved = {"train": {"threads": 1, "memory_format": "contiguous"}, "rl": {"t_max": 3}}

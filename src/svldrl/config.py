@@ -437,9 +437,14 @@ RENAMED = {
 }
 
 
-#: Keys added with a default that differs from what runs saved before them did: the value those runs were made with.
-INTRODUCED = {
-    "rl.band_guard": False,  # the band update ran unguarded before rl.band_guard (2026-12-06)
+def _uses_band(flat: dict[str, Any]) -> bool:
+    return flat.get("rl.target_update") == "band" or flat.get("method") in ("supervised_band", "tloss_band")
+
+
+#: Keys added with a default that differs from what runs saved before them did: the value those runs were made
+#: with, and which runs the key matters to (to the others its value changes nothing).
+INTRODUCED: dict[str, tuple[Any, Any]] = {
+    "rl.band_guard": (False, _uses_band),  # the band update ran unguarded before rl.band_guard (2026-12-06)
 }
 
 
@@ -454,8 +459,12 @@ def differences(asked: dict, saved: dict, allowed: tuple[str, ...] = ()) -> list
     for key in sorted(set(a) | set(s)):
         if key in NEUTRAL_KEYS or key in allowed or a.get(key) == s.get(key):
             continue
-        if key not in s and key in defaults and a.get(key) == INTRODUCED.get(key, defaults[key]):
-            continue  # the run predates this key and was made with what it asks (its default, or its old way)
+        if key not in s and key in INTRODUCED:
+            legacy, matters = INTRODUCED[key]
+            if not matters(a) or a.get(key) == legacy:
+                continue  # the run predates this key and was made as asked, or the key changes nothing here
+        elif key not in s and key in defaults and a.get(key) == defaults[key]:
+            continue  # the run predates this key and was made with what is now its default
         if key in ("data.modality", "data.intensity_range") and a.get(key) in ("auto", None):
             continue  # the trainer writes what it resolved from the dataset (modality, CT fingerprint range)
         out.append((key, s.get(key), a.get(key)))

@@ -74,7 +74,13 @@ def non_default_settings(cfg: dict) -> dict[str, object]:
     :data:`svldrl.config.NEUTRAL_KEYS`: what a benchmark keeps of each row's run beside ``results.csv``, so that
     a row whose run folder is gone still tells which settings made it (:func:`config_differences` reads it)."""
     flat, defaults = C.flatten(cfg), C.flatten(C.DEFAULTS)
-    return {k: v for k, v in sorted(flat.items()) if k not in C.NEUTRAL_KEYS and v != defaults.get(k)}
+    # a key that older runs did without is kept whatever its value: its absence means "made before it existed"
+    introduced = {k for k, (_, matters) in C.INTRODUCED.items() if matters(flat)}
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if k not in C.NEUTRAL_KEYS and (v != defaults.get(k) or k in introduced)
+    }
 
 
 def config_differences(asked: dict, saved: dict) -> list[str]:
