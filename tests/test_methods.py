@@ -17,8 +17,8 @@ from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.methods import get_method
 from svldrl.methods.adele import adele_correct, iou_curve_flattened
 from svldrl.methods.coteaching import coteaching_losses, forget_rate_at, small_loss_mask
-from svldrl.methods.mtcl import mtcl_correct
-from svldrl.methods.tloss import t_loss
+from svldrl.methods.kit.losses import t_loss
+from svldrl.methods.kit.targets import mtcl_correct
 from svldrl.rules import band_flags, cl_thresholds, class_confidence_sums, confident_learning_flags, overlap
 from svldrl.runs import train
 from tests.conftest import TINY

@@ -13,8 +13,8 @@ import torch
 from svldrl import config as C
 from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.methods.kit.losses import t_loss
 from svldrl.methods.svldrl import SVLDRLTrainer
-from svldrl.methods.tloss import t_loss
 from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
 from svldrl.runs import predict_folder, train
 from tests.conftest import TINY
@@ -263,7 +263,7 @@ def test_band_width_max_chooses_each_case_width_with_band_correct_select(
         mask, width = band_correct_select(image, given, [1, 2, 3], 0.0, 1)
         np.testing.assert_array_equal(target >= 0.5, mask)
         chosen.append(width)
-    assert trainer.band_logs["charts/band_width"] == float(np.median(chosen))
+    assert trainer.start_logs["charts/band_width"] == float(np.median(chosen))
     with pytest.raises(C.UserError, match="rl.band_width_max"):
         C.load_config(overrides=[*RL, "rl.target_update=band", "rl.band_width=3", "rl.band_width_max=3"])
 
@@ -290,11 +290,11 @@ def test_band_target_update_corrects_the_targets_before_the_first_step(dataset: 
         np.testing.assert_array_equal(target, expected)
         changed += int(np.count_nonzero(target != given))
     assert changed > 0
-    assert 0.0 <= trainer.band_logs["charts/band_lookalike_share"] <= 1.0
+    assert 0.0 <= trainer.start_logs["charts/band_lookalike_share"] <= 1.0
     trainer.fit()
     rows = _rows(tmp_path / "run")
     assert all(
         float(r["charts/target_changed"])
-        == pytest.approx(trainer.band_logs["charts/target_changed"], rel=1e-4)
+        == pytest.approx(trainer.start_logs["charts/target_changed"], rel=1e-4)
         for r in rows
     )

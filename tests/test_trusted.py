@@ -184,7 +184,7 @@ def test_mtcl_clean_subset_is_the_trusted_cases(dataset: Path, tmp_path: Path, c
     assert trainer.train_ids == [f"phantom_00{i}" for i in range(6)]  # the clean subset trains too
     assert trainer.clean_positions() == [3, 5] and trainer.val_ids == ["phantom_003", "phantom_005"]
     assert [g.sum() > 1 for g in trainer.given] == [False, False, False, True, False, True]
-    from svldrl.methods.mtcl import cl_target_update
+    from svldrl.methods.kit.targets import cl_target_update
 
     for t in trainer.targets:
         t[...] = 0.5  # whatever the corrections write, the clean subset must be left alone

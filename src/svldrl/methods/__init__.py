@@ -11,7 +11,7 @@ METHODS: dict[str, str] = {
     "supervised": "svldrl.methods.supervised:SupervisedTrainer",
     "supervised_confident": "svldrl.methods.confident:SupervisedConfidentTrainer",
     "supervised_band": "svldrl.methods.band:SupervisedBandTrainer",
-    "tloss_band": "svldrl.methods.band:TLossBandTrainer",
+    "tloss_band": "svldrl.methods.tloss:TLossBandTrainer",
     "svldrl": "svldrl.methods.svldrl:SVLDRLTrainer",
     "coteaching": "svldrl.methods.coteaching:CoTeachingTrainer",
     "adele": "svldrl.methods.adele:ADELETrainer",

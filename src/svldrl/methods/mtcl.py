@@ -14,9 +14,9 @@ Rules (each a pure function below):
 - flagging (:func:`~svldrl.rules.confident_learning_flags`, the off-diagonal of cleanlab's confident joint,
   shared with the audit's ``cl`` detector): a voxel with
   given label ``y`` is a label error when ``p_y < t_y`` while some other class ``k`` has ``p_k >= t_k``.
-- correction (:func:`mtcl_correct`): flagged voxels take the other class (hard), or move ``SOFT_STEP`` (0.8)
-  towards it (soft: MTCL's ``smooth`` correction, ``label + flag * (-1)^label * 0.8``). The correction is
-  redone from the given masks at every epoch end with the current teacher, so it never drifts.
+- correction (:func:`svldrl.methods.kit.targets.mtcl_correct`): flagged voxels take the other class (hard), or
+  move ``SOFT_STEP`` (0.8) towards it (soft: MTCL's ``smooth`` correction, ``label + flag * (-1)^label * 0.8``).
+  The correction is redone from the given masks at every epoch end with the current teacher, so it never drifts.
 
 Schedule: the first ``mtcl.warmup`` (30%) of the iterations train on the given masks; corrections start after.
 The clean subset of the original method (its small high-quality set) is the dataset's trusted cases
@@ -40,79 +40,15 @@ float32 targets already held) rather than segmenting every case twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from svldrl.data.dataset import Case
 from svldrl.engine.ema import ema_teacher
 from svldrl.engine.trainer import Batch, Trainer, seg_target
 from svldrl.errors import UserError
-from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags, relabel
-
-SOFT_STEP = 0.8  # how far a soft correction moves a flagged voxel towards the other class
-
-
-def mtcl_correct(given: np.ndarray, flags: np.ndarray, soft: bool = False) -> np.ndarray:
-    """A binary training target from the given mask with flagged voxels corrected.
-
-    Args:
-        given: (...) {0, 1} given mask.
-        flags: (...) bool, from :func:`~svldrl.rules.confident_learning_flags`.
-        soft: move flagged voxels by ``SOFT_STEP`` towards the other class (``y + flag * (-1)^y * 0.8``)
-            instead of flipping them.
-    """
-    g = np.asarray(given) != 0
-    return relabel(given, flags & ~g, flags & g, SOFT_STEP if soft else 1.0)
-
-
-def cl_target_update(
-    trainer: Trainer, teacher: Any, clean: Sequence[int] = (), soft: bool = False
-) -> dict[str, float]:
-    """MTCL's correction pass: every noisy case's target becomes its given mask with the voxels that confident
-    learning flags, from ``teacher``'s probabilities, corrected (:func:`mtcl_correct`). Redone from the given
-    masks at each call, so corrections never drift. Also SVL-DRL's ``rl.target_update = cl``.
-
-    Args:
-        trainer: holds ``images``, ``given`` and the ``targets`` that are rewritten.
-        teacher: the network whose probabilities are trusted (MTCL: the EMA teacher).
-        clean: positions (in ``trainer.train_ids``) of the clean subset: never corrected, and the thresholds come
-            from them when there are any (else from all cases, cleanlab's default).
-        soft: soft instead of hard correction.
-
-    Returns:
-        ``charts/target_changed`` (share of voxels flagged) and the two class thresholds.
-    """
-    n = len(trainer.images)
-    is_clean = set(clean)
-    stats_cases = sorted(is_clean) if is_clean else range(n)
-    sums, counts, cache = np.zeros(2), np.zeros(2), {}
-    for i in stats_cases:
-        p = trainer.predict_probs(trainer.images[i], teacher)
-        s, c = class_confidence_sums(np.stack([1.0 - p, p]), trainer.given[i])
-        sums, counts = sums + s, counts + c
-        if i not in is_clean:  # half precision: the flagging pass below need not segment this case again
-            cache[i] = p.astype(np.float16)
-    t = cl_thresholds(sums, counts)
-    flagged = total = 0
-    for i in (i for i in range(n) if i not in is_clean):  # the clean subset is never corrected
-        p = (
-            cache.pop(i).astype(np.float32)
-            if i in cache
-            else trainer.predict_probs(trainer.images[i], teacher)
-        )
-        flags = confident_learning_flags(np.stack([1.0 - p, p]), trainer.given[i].astype(np.int64), t)
-        # in place: the targets may live in shared memory (rl.async_workers)
-        trainer.targets[i][...] = mtcl_correct(trainer.given[i], flags, soft)
-        flagged += int(flags.sum())
-        total += flags.size
-    return {
-        "charts/target_changed": flagged / max(total, 1),
-        "charts/threshold_bg": float(t[0]),
-        "charts/threshold_fg": float(t[1]),
-    }
+from svldrl.methods.kit.targets import cl_target_update
 
 
 def sigmoid_rampup(current: float, length: float) -> float:

@@ -28,19 +28,17 @@ from torch import nn
 
 from svldrl.engine.ema import ema_teacher
 from svldrl.engine.hogwild import run_hogwild
-from svldrl.engine.trainer import Batch, seg_target
+from svldrl.engine.trainer import Batch, Trainer, seg_target
 from svldrl.errors import UserError
-from svldrl.methods.band import band_target_update
-from svldrl.methods.confident import ConfidentTargetUpdate
-from svldrl.methods.mtcl import cl_target_update
-from svldrl.methods.tloss import learned_tolerance, t_loss
+from svldrl.methods.kit.losses import learned_tolerance, t_loss
+from svldrl.methods.kit.targets import target_update
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
 from svldrl.rl.reward import RunningStd
 from svldrl.rl.stages import stage_at
 
 
-class SVLDRLTrainer(ConfidentTargetUpdate):
+class SVLDRLTrainer(Trainer):
     """Three-decoder network trained in stages with voxel-level A3C."""
 
     name = "svldrl"
@@ -74,12 +72,16 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
         )
         self.reward_norm = RunningStd() if rl["reward_norm"] else None
         # label actions, teacher-referenced rewards and the CL target update: an EMA teacher of the segmentation
+        self.target_update = target_update(self.cfg)
         needs_teacher = (
-            rl["action_space"] == "label" or rl["reward_target"] == "teacher" or rl["target_update"] == "cl"
+            rl["action_space"] == "label"
+            or rl["reward_target"] == "teacher"
+            or (self.target_update is not None and self.target_update.needs_teacher)
         )
         self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
-        # the band update needs no model: the targets are corrected once, before the first step
-        self.band_logs = band_target_update(self) if rl["target_update"] == "band" else {}
+        # an update that needs no model (the band) corrects the targets once, before the first step
+        starts = self.target_update is not None and self.target_update.when == "start"
+        self.start_logs = self.target_update.apply(self) if starts else {}
         # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the network
         self.nu: nn.Parameter | None = None
         self._trainable: nn.Module | None = None
@@ -225,14 +227,12 @@ class SVLDRLTrainer(ConfidentTargetUpdate):
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         stage = self.stage(self.iteration - 1)  # the stage of the epoch's last step
-        logs: dict[str, Any] = {"stage": stage, **self.band_logs}
+        logs: dict[str, Any] = {"stage": stage, **self.start_logs}
         rl = self.cfg["rl"]
-        if rl["target_update"] == "confident" and stage > 1:
-            logs.update(self.confident_target_update(float(rl["tau"])))
-        if rl["target_update"] == "cl" and stage > 1:
-            # targets (and so the reward, measured against them) = the given masks with confident learning's
-            # flags corrected, redone each epoch: a reference the noise shaped less than the given masks
-            logs.update(cl_target_update(self, self.teacher))
+        if self.target_update is not None and self.target_update.when == "epoch" and stage > 1:
+            # the reward is measured against the targets: with cl, the given masks with confident learning's
+            # flags corrected, redone each epoch, a reference the noise shaped less than the given masks
+            logs.update(self.target_update.apply(self, self.teacher))
         if rl["action_space"] == "label":
             changed = [float(np.mean((t >= 0.5) != (g > 0))) for t, g in zip(self.targets, self.given)]
             logs["charts/target_changed"] = float(np.mean(changed))

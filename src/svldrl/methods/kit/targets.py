@@ -1,0 +1,234 @@
+"""Target updates: the rules that change a method's training targets, one home each (the kit of
+:mod:`svldrl.methods`; the rules' arithmetic lives in :mod:`svldrl.rules`).
+
+A target update is a small class: its ``name`` (the value of ``rl.target_update`` that picks it), ``when`` it runs
+(``start``: once, before the first step; ``epoch``: at each epoch end after the warm-up), whether it needs a
+teacher network, and ``apply(trainer, teacher)``, which rewrites ``trainer.targets`` in place and returns logs.
+Methods compose them (SVL-DRL by ``rl.target_update``; ``supervised_confident``, ``supervised_band``,
+``tloss_band`` and MTCL each with one). A new update is one class here and one line in :data:`TARGET_UPDATES`.
+
+- :class:`Confident` (ours, ``confident``): confident, disagreeing voxels take the model's label.
+- :class:`ConfidentLearning` (MTCL's rule, ``cl``): the given masks with confident learning's flags corrected.
+- :class:`Band` (ours, ``band``): the given masks moved to where the image's intensity says the organ ends, kept
+  where the guard's tests fail (docs/method.md sections 12-13).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from svldrl.engine.trainer import Trainer
+from svldrl.rl.stages import stage_at
+from svldrl.rules import (
+    BandGuard,
+    band_correct_guarded,
+    cl_thresholds,
+    class_confidence_sums,
+    confident_flags,
+    confident_learning_flags,
+    relabel,
+)
+
+SOFT_STEP = 0.8  # how far MTCL's soft correction moves a flagged voxel towards the other class
+
+
+class TargetUpdate:
+    """One rule that rewrites a trainer's targets; see the module docstring."""
+
+    name: ClassVar[str] = ""
+    when: ClassVar[str] = "epoch"  # "start" (once, before the first step) or "epoch" (each epoch end)
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+
+    def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Confident(TargetUpdate):
+    """Relabel every case's target where the model is confident (``p > rl.tau`` or ``p < 1 - rl.tau``) and
+    disagrees (ours; docs/method.md section 6)."""
+
+    name = "confident"
+
+    def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
+        return confident_update(trainer, float(self.cfg["rl"]["tau"]))
+
+
+class ConfidentLearning(TargetUpdate):
+    """MTCL's correction with the trainer's EMA teacher (SVL-DRL's ``rl.target_update=cl``)."""
+
+    name = "cl"
+    needs_teacher = True
+
+    def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
+        return cl_target_update(trainer, teacher)
+
+
+class Band(TargetUpdate):
+    """The band update with its guard, once before the first step (it needs no model)."""
+
+    name = "band"
+    when = "start"
+
+    def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
+        return band_target_update(trainer)
+
+
+#: ``rl.target_update`` value -> its rule ("none": no update).
+TARGET_UPDATES: dict[str, type[TargetUpdate]] = {c.name: c for c in (Confident, ConfidentLearning, Band)}
+
+
+def target_update(cfg: dict) -> TargetUpdate | None:
+    """The update ``rl.target_update`` names, or None."""
+    cls = TARGET_UPDATES.get(cfg["rl"]["target_update"])
+    return None if cls is None else cls(cfg)
+
+
+def past_warmup(trainer: Trainer) -> bool:
+    """Whether the epoch's last step is past the warm-up (SVL-DRL's stage 1), when epoch-end updates start."""
+    rl = trainer.cfg["rl"]
+    return stage_at(trainer.iteration - 1, trainer.iterations, rl["warmup"], rl["transition"]) > 1
+
+
+def confident_update(trainer: Trainer, tau: float) -> dict[str, float]:
+    """Relabel every case's target where the trainer's model is confident and disagrees.
+
+    Returns:
+        The share of voxels changed, as ``charts/target_changed``.
+    """
+    changed = total = 0
+    for i, img in enumerate(trainer.images):
+        p, t = trainer.predict_probs(img), trainer.targets[i]
+        fg, bg = confident_flags(p, tau)
+        new = relabel(t, fg & (t < 0.5), bg & (t >= 0.5))
+        changed += int(np.count_nonzero(new != t))
+        total += t.size
+        t[...] = new  # in place: the targets may live in shared memory (rl.async_workers)
+    return {"charts/target_changed": changed / max(total, 1)}
+
+
+def mtcl_correct(given: np.ndarray, flags: np.ndarray, soft: bool = False) -> np.ndarray:
+    """A binary training target from the given mask with flagged voxels corrected.
+
+    Args:
+        given: (...) {0, 1} given mask.
+        flags: (...) bool, from :func:`~svldrl.rules.confident_learning_flags`.
+        soft: move flagged voxels by ``SOFT_STEP`` towards the other class (``y + flag * (-1)^y * 0.8``)
+            instead of flipping them.
+    """
+    g = np.asarray(given) != 0
+    return relabel(given, flags & ~g, flags & g, SOFT_STEP if soft else 1.0)
+
+
+def cl_target_update(
+    trainer: Trainer, teacher: Any, clean: Sequence[int] = (), soft: bool = False
+) -> dict[str, float]:
+    """MTCL's correction pass: every noisy case's target becomes its given mask with the voxels that confident
+    learning flags, from ``teacher``'s probabilities, corrected (:func:`mtcl_correct`). Redone from the given
+    masks at each call, so corrections never drift. Also SVL-DRL's ``rl.target_update = cl``.
+
+    Args:
+        trainer: holds ``images``, ``given`` and the ``targets`` that are rewritten.
+        teacher: the network whose probabilities are trusted (MTCL: the EMA teacher).
+        clean: positions (in ``trainer.train_ids``) of the clean subset: never corrected, and the thresholds come
+            from them when there are any (else from all cases, cleanlab's default).
+        soft: soft instead of hard correction.
+
+    Returns:
+        ``charts/target_changed`` (share of voxels flagged) and the two class thresholds.
+    """
+    n = len(trainer.images)
+    is_clean = set(clean)
+    stats_cases = sorted(is_clean) if is_clean else range(n)
+    sums, counts, cache = np.zeros(2), np.zeros(2), {}
+    for i in stats_cases:
+        p = trainer.predict_probs(trainer.images[i], teacher)
+        s, c = class_confidence_sums(np.stack([1.0 - p, p]), trainer.given[i])
+        sums, counts = sums + s, counts + c
+        if i not in is_clean:  # half precision: the flagging pass below need not segment this case again
+            cache[i] = p.astype(np.float16)
+    t = cl_thresholds(sums, counts)
+    flagged = total = 0
+    for i in (i for i in range(n) if i not in is_clean):  # the clean subset is never corrected
+        p = (
+            cache.pop(i).astype(np.float32)
+            if i in cache
+            else trainer.predict_probs(trainer.images[i], teacher)
+        )
+        flags = confident_learning_flags(np.stack([1.0 - p, p]), trainer.given[i].astype(np.int64), t)
+        # in place: the targets may live in shared memory (rl.async_workers)
+        trainer.targets[i][...] = mtcl_correct(trainer.given[i], flags, soft)
+        flagged += int(flags.sum())
+        total += flags.size
+    return {
+        "charts/target_changed": flagged / max(total, 1),
+        "charts/threshold_bg": float(t[0]),
+        "charts/threshold_fg": float(t[1]),
+    }
+
+
+def band_guard(rl: dict[str, Any]) -> BandGuard | None:
+    """The guard ``rl.band_*`` ask for; None when ``rl.band_guard`` is off."""
+    if not rl["band_guard"]:
+        return None
+    return BandGuard(max_lookalike=float(rl["band_max_lookalike"]), min_shift=float(rl["band_min_shift"]))
+
+
+def band_target_update(trainer: Trainer) -> dict[str, float]:
+    """Set every case's target to its given mask corrected by :func:`~svldrl.rules.band_correct_guarded`: the
+    band's fixed point (``rl.band_margin``, ``rl.band_passes``) at ``rl.band_width`` (or with
+    ``rl.band_width_max`` at a width chosen per case), kept only where the guard's tests pass (``rl.band_guard``).
+
+    Returns:
+        The share of voxels changed as ``charts/target_changed``, the share of cases the guard left as given as
+        ``charts/band_abstained``, the median over cases of :func:`~svldrl.rules.band_lookalike_share` as
+        ``charts/band_lookalike_share`` and of the width used as ``charts/band_width``. A run whose cases the
+        guard mostly leaves alone, or an unguarded run on surroundings that look like the organ, says so.
+    """
+    rl = trainer.cfg["rl"]
+    width, margin, passes = int(rl["band_width"]), float(rl["band_margin"]), int(rl["band_passes"])
+    widths = list(range(width, int(rl["band_width_max"]) + 1)) or [width]
+    guard = band_guard(rl)
+    changed = total = 0
+    outcomes = []
+    for i, (image, given) in enumerate(zip(trainer.images, trainer.given, strict=True)):
+        outcome = band_correct_guarded(image, given, widths, margin, passes, guard)
+        outcomes.append(outcome)
+        trainer.target_notes[trainer.train_ids[i]] = {
+            "band": f"kept as given ({outcome.abstained})" if outcome.abstained else "corrected",
+            "band_lookalike_share": outcome.lookalike,
+            "band_width": outcome.width,
+            "band_held_back": outcome.held_back,
+        }
+        is_fg = np.asarray(given) >= 0.5
+        new = relabel(given, outcome.mask & ~is_fg, is_fg & ~outcome.mask)
+        changed += int(np.count_nonzero(new != trainer.targets[i]))
+        total += new.size
+        trainer.targets[i][...] = new  # in place: the targets may live in shared memory (rl.async_workers)
+    shares = [o.lookalike for o in outcomes]
+    share = float(np.nanmedian(shares)) if not np.isnan(shares).all() else math.nan
+    abstained = sum(bool(o.abstained) for o in outcomes) / max(len(outcomes), 1)
+    if guard is not None and abstained > 0.5:
+        trainer.reporter.info(
+            f"band target update: the guard kept {abstained:.0%} of the given masks as they are (the organ does not "
+            f"stand out from its surroundings there, or is too small for a band of {width}); docs/method.md "
+            "section 13"
+        )
+    elif guard is None and share > BandGuard().max_lookalike:
+        trainer.reporter.warn(
+            f"band target update without its guard: {share:.0%} of the tissue around the median mask has the "
+            "organ's intensity; the band may move right masks into it (docs/method.md section 13); consider "
+            "rl.band_guard=true"
+        )
+    return {
+        "charts/target_changed": changed / max(total, 1),
+        "charts/band_abstained": abstained,
+        "charts/band_lookalike_share": share,
+        "charts/band_width": float(np.median([o.width for o in outcomes])),
+    }
