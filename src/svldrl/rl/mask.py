@@ -88,8 +88,8 @@ def mask_episode(
     loss = settings.t_max * (losses["L_policy"] + settings.value_coef * losses["L_value"])
     moved = torch.stack([(a != KEEP).float().mean() for a in actions]).mean()
     logs = {
-        "losses/policy": float(losses["L_policy"]),
-        "losses/value": float(losses["L_value"]),
+        "losses/policy": float(losses["L_policy"].detach()),
+        "losses/value": float(losses["L_value"].detach()),
         "charts/reward": float(torch.stack(rewards).sum(0).mean()),
         "charts/entropy": float(losses["entropy"]),
         "charts/moved": float(moved),
