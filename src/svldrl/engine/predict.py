@@ -19,8 +19,8 @@ from svldrl.data.io import (
     file_ending,
 )
 from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.engine.device import resolve_device
 from svldrl.engine.distributed import unwrap
-from svldrl.engine.trainer import resolve_device
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 
