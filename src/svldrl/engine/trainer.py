@@ -31,7 +31,7 @@ import copy
 import math
 import random
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +54,7 @@ from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
 from svldrl.engine.device import memory_format, resolve_device, use_amp
+from svldrl.engine.eta import StageTimer
 from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
 from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, crop_patch, pad_to_patch
 from svldrl.errors import UserError
@@ -139,11 +140,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
-        # measured time per training stage (steps) and per epoch beyond the steps (validation, checkpoints)
-        self._stage_seconds: dict[int, float] = defaultdict(float)
-        self._stage_steps: dict[int, int] = defaultdict(int)
-        self._overhead_seconds, self._overhead_epochs = 0.0, 0
-        self._epoch_t0 = time.monotonic()
+        self.timing = StageTimer(
+            self.stage_of, lambda s: type(self).stage_cost(self.cfg, s), self.iterations, self.num_epochs
+        )
         self._rank_rngs: list[dict[str, Any]] | None = None
         self._ddp_params: frozenset[int] = frozenset()
         # 4. restore
@@ -613,10 +612,12 @@ class Trainer:
                 counts[key] += 1
             if time.monotonic() - last >= PROGRESS_EVERY and k < steps:
                 last = time.monotonic()
+                elapsed = last - self.timing.epoch_started
+                eta = self.timing.eta(self.iteration, self.epoch, extra_done=k, extra_seconds=elapsed)
                 self.reporter.info(
                     f"  epoch {self.epoch + 1}/{self.num_epochs}: step {k}/{steps}, it {self.iteration}/"
                     f"{self.iterations}, loss {sums.get('train_loss', 0.0) / max(counts.get('train_loss', 1), 1):.4f}"
-                    f"  ETA {fmt_seconds(self.eta(extra_done=k, extra_seconds=last - self._epoch_t0))}"
+                    f"  ETA {fmt_seconds(eta)}"
                 )
         return {key: v / counts[key] for key, v in sums.items()}
 
@@ -625,14 +626,10 @@ class Trainer:
         """The training stage of ``iteration`` (1 for methods without stages; SVL-DRL has three)."""
         return 1
 
-    def step_cost_prior(self, stage: int) -> float:
-        """Expected cost of a step of ``stage`` relative to a plain segmentation step, used for the ETA until
-        that stage has run (then its measured time is used)."""
-        return type(self).stage_cost(self.cfg, stage)
-
     @classmethod
     def stage_cost(cls, cfg: dict, stage: int) -> float:
-        """:meth:`step_cost_prior` from the config alone (1 for a plain method)."""
+        """Expected cost of a step of ``stage`` relative to a plain segmentation step, for the ETA until that
+        stage has run (then its measured time is used); 1 for a plain method."""
         return 1.0
 
     @classmethod
@@ -640,37 +637,6 @@ class Trainer:
         """Expected cost of a whole run relative to plain training for the same iterations (for ETAs of several
         runs, e.g. the demo's); from :meth:`stage_cost` weighted by the stages' shares of the budget."""
         return 1.0
-
-    def _note_steps(self, seconds: float, n: int) -> None:
-        """Add ``n`` steps that took ``seconds`` to the per-stage timing (attributed to the epoch's stages)."""
-        if n <= 0:
-            return
-        first = self.iteration - n
-        for it in range(first, self.iteration):
-            stage = self.stage_of(it)
-            self._stage_seconds[stage] += seconds / n
-            self._stage_steps[stage] += 1
-
-    def eta(self, extra_done: int = 0, extra_seconds: float = 0.0) -> float:
-        """Seconds left: each remaining step at the measured time per step of its stage (a stage not yet run:
-        the latest measured stage's time scaled by :meth:`step_cost_prior`), plus the measured overhead per
-        epoch (validation, checkpoints) for each remaining epoch. ``extra_*``: steps of the running epoch."""
-        rates = {s: self._stage_seconds[s] / n for s, n in self._stage_steps.items() if n}
-        if extra_done:
-            s = self.stage_of(self.iteration - 1)
-            n = self._stage_steps.get(s, 0) + extra_done
-            rates[s] = (self._stage_seconds.get(s, 0.0) + extra_seconds) / n
-        if not rates:
-            return math.nan
-        ref = max(rates)  # the latest stage measured: closest in cost to what comes next
-        remaining = Counter(self.stage_of(it) for it in range(self.iteration, self.iterations))
-        total = sum(
-            n * rates.get(s, rates[ref] * self.step_cost_prior(s) / self.step_cost_prior(ref))
-            for s, n in remaining.items()
-        )
-        epochs_left = self.num_epochs - self.epoch - (1 if extra_done else 0)
-        overhead = self._overhead_seconds / self._overhead_epochs if self._overhead_epochs else 0.0
-        return total + overhead * max(epochs_left, 0)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -714,11 +680,11 @@ class Trainer:
         while self.epoch < self.num_epochs:
             epoch = self.epoch
             steps = min(self.steps_per_epoch, self.iterations - self.iteration)
-            t0 = self._epoch_t0 = time.monotonic()
+            t0 = self.timing.epoch_started = time.monotonic()
             row: dict[str, Any] = {"epoch": epoch}
             row.update(self.run_steps(steps))
             t_steps = time.monotonic() - t0
-            self._note_steps(t_steps, steps)
+            self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
             row.update(self.on_epoch_end(epoch))
             due = (epoch + 1) % int(self.cfg["train"]["val_every"]) == 0 or epoch + 1 == self.num_epochs
@@ -748,9 +714,8 @@ class Trainer:
                     "trusted masks" if self.trusted_ids else "given masks",
                 )
                 tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "iteration")}, self.iteration)
-            self._overhead_seconds += time.monotonic() - t0 - t_steps
-            self._overhead_epochs += 1
-            eta = self.eta()
+            self.timing.note_overhead(time.monotonic() - t0 - t_steps)
+            eta = self.timing.eta(self.iteration, self.epoch)
             vd = row["val_dice"]
             self.reporter.info(
                 f"epoch {epoch + 1}/{self.num_epochs}  it {self.iteration}/{self.iterations}  "
