@@ -16,12 +16,8 @@ The training target of every case lives in ``self.targets`` (float32 foreground 
 initially the given mask), so label-correcting methods change it in one place; a method that changes it
 lists ``"targets"`` in ``checkpointed`` and resume keeps it.
 
-Patches come from a data stream (``self.rng``) that is the same on every rank: each step draws one
-global batch of ``train.batch x world size`` patches (a case and a seed per patch; cases are dealt
-out from a shuffled pass over the training cases, as ``DistributedSampler`` does) and each rank
-crops its own share. A run on N ranks therefore sees the patches of a one-process run with an N
-times larger ``train.batch``, and the crops do not depend on which process (or DataLoader worker)
-makes them.
+Data (the split, the cases as arrays, the patch stream that is the same on every rank, batches) are read and
+made by :mod:`svldrl.engine.training_data`; the ETA by :mod:`svldrl.engine.eta`.
 """
 
 from __future__ import annotations
@@ -32,7 +28,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,28 +37,34 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
-from torch.utils.data import DataLoader
 
 from svldrl import config as C
-from svldrl.data.dataset import Case, Dataset, load_case
+from svldrl.data.dataset import Case, Dataset
 from svldrl.data.fingerprint import ct_range, dataset_fingerprint, hash_ids
 from svldrl.data.io import write_text
-from svldrl.data.normalize import ForegroundCheck
 from svldrl.data.outputs import check_writable_dir
-from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
 from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
 from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
 from svldrl.engine.device import memory_format, resolve_device, use_amp
 from svldrl.engine.eta import StageTimer
 from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
-from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, crop_patch, pad_to_patch
+from svldrl.engine.patches import StepCrops
+from svldrl.engine.training_data import (
+    Batch,
+    Spec,
+    collate,
+    describe,
+    next_specs,
+    read_cases,
+    split_cases,
+    worker_crops,
+)
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
 from svldrl.rules import overlap
 
-Batch = dict[str, Any]
 #: Seconds between progress lines inside a long epoch.
 PROGRESS_EVERY = 30.0
 
@@ -356,6 +358,7 @@ class Trainer:
             )
 
     def _load_data(self) -> None:
+        """The data attributes methods use: the split's ids, the cases as arrays, the targets."""
         dcfg = self.cfg["data"]
         if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
             trusted = self.dataset.trusted_ids  # their masks may be experts': another set of masks
@@ -371,169 +374,32 @@ class Trainer:
                 f"CT normalisation: clip to the training foreground's [{stats['percentile_00_5']:g}, "
                 f"{stats['percentile_99_5']:g}] (percentiles 0.5 / 99.5), map to [0, 1]"
             )
-        cases = {c.case_id: c for c in self.dataset.train}
-        fold = parse_fold(dcfg["fold"])
-        if fold == ALL and self.cfg["train"]["checkpoint_select"] == "val":
-            raise UserError(
-                "--fold all trains on every case and keeps none for validation, so "
-                "train.checkpoint_select=val has nothing to select on; use final (the default) or a fold number"
-            )
-        #: The trusted training cases (sorted ids; empty without any): they validate, see trusted_split.
-        self.trusted_ids: list[str] = self.dataset.trusted_ids
-        if dcfg["train_on"] == "trusted" and not self.trusted_ids:
-            raise UserError(
-                "data.train_on=trusted, but no training case is trusted: add expert masks in labelsTr_trusted/, "
-                "train on a noisy set made with svldrl noise --trusted N, or list the cases with --trusted FILE"
-                + ("" if dcfg["trusted"] != "none" else " (data.trusted is none)"),
-                self.dataset.root,
-            )
-        if self.trusted_ids:
-            train_on = self.resolve_train_on(self.cfg)
-            self.train_ids, self.val_ids = trusted_split(sorted(cases), self.trusted_ids, fold, train_on)
-            if fold not in (0, ALL):
-                self.reporter.warn(
-                    f"--fold {fold}: with trusted cases the validation cases are the trusted ones and the splits "
-                    "are not used, so every fold number trains the same run"
-                )
-        else:
-            splits = (
-                None
-                if fold == ALL
-                else load_or_create_splits(
-                    self.dataset.root, sorted(cases), int(dcfg["num_folds"]), reporter=self.reporter
-                )
-            )
-            self.train_ids, self.val_ids = fold_cases(splits, fold, cases)
-        in_ram = dcfg["cache"] == "memory"
-        images: list[np.ndarray] = []
-        self.given: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
-        labels = ForegroundCheck(dcfg["foreground"])  # which masks hold none of --foreground's labels
-        for position, cid in enumerate(self.train_ids):
-            # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
-            # A mask without foreground is a case where the structure is absent (a multi-organ set binarised
-            # for one organ): a negative example, trained on like any other.
-            case = self.training_case(position, cases[cid])
-            img, lab, _ = load_case(case, dcfg, allow_empty=True, labels=labels)
-            if in_ram:
-                images.append(self._pad(img))
-            lab = self._pad(lab)
-            self.given.append(lab)
-            self.targets.append(lab.astype(np.float32))
-        val_images: list[np.ndarray] = []
-        self.val_labels: list[np.ndarray] = []
-        for cid in self.val_ids:
-            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True, labels=labels)
-            if in_ram:
-                val_images.append(img)
-            self.val_labels.append(lab)
-        # ... but most masks without the chosen labels (holding others) is a wrong label value: refused
-        labels.check("training masks", "they would train as all background", self.dataset.root)
+        split = split_cases(self.dataset, self.cfg, self.resolve_train_on(self.cfg), self.reporter)
+        # Set before the cases are read: training_case (MTCL's) looks at them.
+        self.train_ids, self.val_ids, self.trusted_ids = split.train_ids, split.val_ids, split.trusted_ids
+        data = read_cases(self.dataset, split, dcfg, self.patch, self.training_case, self.reporter)
+        self.images, self.given, self.fg_idx = data.images, data.given, data.fg_idx
+        self.val_images, self.val_labels = data.val_images, data.val_labels
+        self.targets = [g.astype(np.float32) for g in self.given]
         #: What a method's corrections before training did to each case (case id -> notes), for
         #: ``svldrl targets``' report; empty for methods that correct nothing then.
         self.target_notes: dict[str, dict[str, Any]] = {}
-        self.fg_idx = [np.flatnonzero(g) for g in self.given]
-        absent = [cid for cid, idx in zip(self.train_ids, self.fg_idx, strict=True) if not idx.size]
-        if len(absent) == len(self.train_ids):
-            which = "" if dcfg["foreground"] is None else f" with foreground labels {dcfg['foreground']}"
-            raise UserError(
-                f"every training mask of fold {dcfg['fold']} is empty (no foreground voxels{which}); "
-                "check the masks or --foreground",
-                self.dataset.root,
-            )
-        if absent:
-            others = [cid for cid in absent if cid in labels.lacking]
-            self.reporter.warn(
-                f"{len(absent)} training case(s) without foreground (structure absent), trained on as "
-                f"negatives: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
-                + (
-                    f" ({len(others)} of them hold other labels only: {labels.held(others)})"
-                    if others
-                    else ""
-                )
-            )
-        # data.cache none: masks stay (small, and targets are training state); images are read per access.
-        self.images: Sequence[np.ndarray] = (
-            images if in_ram else LazyImages([cases[c] for c in self.train_ids], dcfg, self.patch)
-        )
-        self.val_images: Sequence[np.ndarray] = (
-            val_images if in_ram else LazyImages([cases[c] for c in self.val_ids], dcfg)
-        )
-        self.reporter.info(
-            f"{self.name}: fold {fold}, {len(self.train_ids)} training / {len(self.val_ids)} validation "
-            f"cases ({self.dataset.labels_name if hasattr(self.dataset, 'labels_name') else 'given'} masks)"
-            + (f", {self.world} ranks x batch {self.cfg['train']['batch']}" if self.world > 1 else "")
-        )
-        if self.trusted_ids:
-            trained = [c for c in self.trusted_ids if c in set(self.train_ids)]
-            shown = ", ".join(self.trusted_ids[:8]) + (" ..." if len(self.trusted_ids) > 8 else "")
-            self.reporter.info(
-                f"{len(self.trusted_ids)} trusted cases ({self.dataset.trusted_source}): {shown}; "
-                + (
-                    f"validation and checkpoint selection on their trusted masks (not on the {self.dataset.label_set} "
-                    "masks; the fold split is not used)"
-                    if self.val_ids
-                    else "no validation (--fold all)"
-                )
-                + (
-                    f"; {len(trained)} of them also train, on their trusted masks"
-                    if trained
-                    else "; they do not train (held out for selection)"
-                )
-            )
+        describe(self.dataset, split, self.name, self.world, self.cfg["train"]["batch"], self.reporter)
 
-    def _pad(self, arr: np.ndarray) -> np.ndarray:
-        return pad_to_patch(arr, self.patch)
+    def _next_specs(self) -> list[Spec]:
+        """(case, seed) of this rank's patches in the next global batch (:func:`next_specs`)."""
+        batch = int(self.cfg["train"]["batch"])
+        return next_specs(self.rng, self._case_queue, len(self.images), batch, self.rank, self.world)
 
-    def _next_specs(self) -> list[tuple[int, int]]:
-        """(case, seed) of this rank's patches in the next global batch; all ranks advance ``self.rng`` alike.
-
-        Cases come from shuffled passes over the training cases (``DistributedSampler``'s rule over an
-        endless sequence of passes); global slot ``j`` goes to rank ``j % world``, so each case of a pass is
-        cropped by exactly one rank and the ranks' patches together are the one-process batch.
-        """
-        g = int(self.cfg["train"]["batch"]) * self.world
-        while len(self._case_queue) < g:
-            self._case_queue.extend(int(i) for i in self.rng.permutation(len(self.images)))
-        cases, self._case_queue = self._case_queue[:g], self._case_queue[g:]
-        seeds = self.rng.integers(2**62, size=g)
-        return [(cases[j], int(seeds[j])) for j in range(self.rank, g, self.world)]
-
-    def _crop(self, case: int, seed: int) -> Crop:
-        return crop_patch(
-            self.images[case],
-            self.fg_idx[case],
-            self.patch,
-            float(self.cfg["data"]["pos_fraction"]),
-            self.aug,
-            case,
-            seed,
-        )
-
-    def _collate(self, crops: list[Crop]) -> Batch:
-        """Stack crops and attach their current targets and given masks (read here, in the training process,
-        so that targets a method changed during the epoch are seen at once)."""
-        tgts, givens = [], []
-        for c in crops:
-            tgt, giv = self.targets[c.case][c.box], self.given[c.case][c.box]
-            if c.flip:
-                tgt, giv = np.flip(tgt, c.flip), np.flip(giv, c.flip)
-            tgts.append(torch.from_numpy(np.ascontiguousarray(tgt, dtype=np.float32))[None])
-            givens.append(torch.from_numpy(np.ascontiguousarray(giv).astype(np.float32))[None])
-        dev = self.device
-        return {
-            "image": torch.stack([c.image for c in crops]).float().to(dev),
-            "target": torch.stack(tgts).to(dev),
-            "given": torch.stack(givens).to(dev),
-            "case": [c.case for c in crops],
-            "box": [c.box for c in crops],
-            "flip": [c.flip for c in crops],
-        }
+    def _crops(self, specs: list[list[Spec]]) -> StepCrops:
+        """The crops of each step's specs, made on access."""
+        pos_fraction = float(self.cfg["data"]["pos_fraction"])
+        return StepCrops(self.images, self.fg_idx, specs, self.patch, pos_fraction, self.aug)
 
     def sample_batch(self) -> Batch:
         """This rank's ``train.batch`` patches of the next global batch: foreground-aware random crops
         (RandCropByPosNegLabel's rule), flips and intensity jitter."""
-        return self._collate([self._crop(case, seed) for case, seed in self._next_specs()])
+        return collate(self._crops([self._next_specs()])[0], self.targets, self.given, self.device)
 
     def _batches(self, steps: int) -> Iterator[Batch]:
         """The batches of ``steps`` steps: made here one by one, or by ``data.workers`` DataLoader workers."""
@@ -544,24 +410,9 @@ class Trainer:
             return
         # The epoch's (case, seed) specs are drawn up front from self.rng, so the stream (and the checkpointed
         # RNG state) is the same with and without workers, and the workers' own seeds do not matter.
-        specs = [self._next_specs() for _ in range(steps)]
-        data = StepCrops(
-            self.images, self.fg_idx, specs, self.patch, float(self.cfg["data"]["pos_fraction"]), self.aug
-        )
-        import torch.multiprocessing as mp
-
-        ctx = "fork" if "fork" in mp.get_all_start_methods() else None  # fork: workers share the cases in RAM
-        loader = DataLoader(
-            data,
-            batch_size=None,
-            shuffle=False,
-            num_workers=min(workers, steps),
-            collate_fn=as_is,
-            multiprocessing_context=ctx,
-            generator=torch.Generator().manual_seed(0),
-        )  # leave the global torch RNG alone
-        for crops in loader:
-            yield self._collate(crops)
+        steps_crops = self._crops([self._next_specs() for _ in range(steps)])
+        for crops in worker_crops(steps_crops, workers):
+            yield collate(crops, self.targets, self.given, self.device)
 
     # ------------------------------------------------------------------ loop
     def _seed(self, seed: int) -> None:
