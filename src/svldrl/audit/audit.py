@@ -21,7 +21,6 @@ Outputs go to ``OUT/{errors,confidence,corrected}/{case}.nii.gz`` on the mask's 
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
@@ -31,8 +30,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from svldrl import config as C
@@ -41,6 +38,7 @@ from svldrl.data.dataset import Case, Dataset, apply_trusted, check_grid, check_
 from svldrl.data.io import Volume, read_volume, write_nifti
 from svldrl.data.outputs import check_output_dir, mark_output_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
+from svldrl.engine.predict import predict_probability
 from svldrl.errors import UserError
 from svldrl.methods import get_method
 from svldrl.reporter import QUIET, Reporter
@@ -300,46 +298,7 @@ def assign_judges(judges: list[Judge], case_ids: list[str]) -> dict[str, tuple[i
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model output
-
-
-@torch.no_grad()
-def predict_probability(
-    method: type,
-    net: torch.nn.Module,
-    cfg: dict,
-    image: np.ndarray,
-    batch: int | None = None,
-    tta: bool = False,
-) -> np.ndarray:
-    """Foreground probability (float32) of a normalised 3D image with the method's predictor.
-
-    The same sliding window as :func:`svldrl.engine.predict.segment_volume` (so ``p > 0.5`` is its label
-    map without ``tta``), including the method's test-time refinement where ``make_predictor`` adds one.
-    ``tta``: the mean probability over the 8 mirrorings of the three axes (nnU-Net's test-time
-    augmentation; the trainer's augmentation flips every axis, so each mirrored view is one it learned).
-    """
-    device = next(net.parameters()).device
-    ic = cfg["infer"]
-    roi = (int(cfg["train"]["patch"]),) * 3
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    mirrorings = [axes for k in range(4) for axes in itertools.combinations((2, 3, 4), k)] if tta else [()]
-    total = None
-    for axes in mirrorings:
-        logits = sliding_window_inference(
-            torch.flip(x, axes) if axes else x,
-            roi,
-            batch or int(ic["sw_batch"]),
-            method.make_predictor(net, cfg),
-            overlap=ic["overlap"],
-            mode=ic["mode"],
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-        p = torch.softmax(logits.float(), 1)[:, 1]
-        p = torch.flip(p, [a - 1 for a in axes]) if axes else p
-        total = p if total is None else total + p
-    return (total / len(mirrorings))[0].numpy().astype(np.float32)
+# The given masks (the model's probabilities: svldrl.engine.predict.predict_probability)
 
 
 def read_given(case: Case, data_cfg: dict, image_vol: Volume | None = None) -> tuple[np.ndarray, Volume]:

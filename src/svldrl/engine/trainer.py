@@ -50,6 +50,7 @@ from svldrl.engine.device import memory_format, resolve_device, use_amp
 from svldrl.engine.eta import StageTimer
 from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
 from svldrl.engine.patches import StepCrops
+from svldrl.engine.predict import window_probability
 from svldrl.engine.training_data import (
     Batch,
     Spec,
@@ -324,7 +325,6 @@ class Trainer:
         was_training = network.training
         network.eval()
         ic = self.cfg["infer"]
-        x = torch.from_numpy(image)[None, None].to(self.device)
 
         # Part of training: bf16 under ``train.amp`` like the steps (on CPUs with bf16 kernels this pass is much of
         # ADELE's and MTCL's time: benchmarks/results/sizing_converged); float32 logits into the softmax.
@@ -334,15 +334,15 @@ class Trainer:
 
         if ic["train_pass"] == "whole":
             div = int(getattr(network, "divisor", 1))
-            roi = tuple(max(self.patch, -(-s // div) * div) for s in x.shape[2:])
+            roi = tuple(max(self.patch, -(-s // div) * div) for s in image.shape)
             # MONAI pads the volume to the window and crops the output back: one forward per case
-            logits = sliding_window_inference(x, roi, 1, seg, overlap=0.0)
+            window = (roi, 1, 0.0, "constant")
         else:
-            logits = sliding_window_inference(
-                x, (self.patch,) * 3, int(ic["sw_batch"]), seg, overlap=ic["overlap"], mode=ic["mode"]
-            )
+            window = ((self.patch,) * 3, int(ic["sw_batch"]), ic["overlap"], ic["mode"])
+        # stitched on the trainer's device, where the steps run anyway
+        probs = window_probability(seg, image, *window, self.device, self.device)
         network.train(was_training)
-        return torch.softmax(logits, 1)[0, 1].cpu().numpy()
+        return probs
 
     # ------------------------------------------------------------------ data
     def _check_run_folder(self, resume: bool) -> None:
