@@ -40,7 +40,6 @@ from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftInt
 
 from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset
-from svldrl.data.fingerprint import ct_range, dataset_fingerprint, hash_ids
 from svldrl.data.io import write_text
 from svldrl.data.outputs import check_writable_dir
 from svldrl.engine import distributed as D
@@ -58,6 +57,7 @@ from svldrl.engine.training_data import (
     describe,
     next_specs,
     read_cases,
+    resolve_data_settings,
     split_cases,
     worker_crops,
 )
@@ -101,7 +101,6 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         # 1. construct
-        self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir)
         self.resume = resume
@@ -118,13 +117,13 @@ class Trainer:
         self._seed(int(cfg["seed"]))
         if tc["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg["data"]["modality"] == "auto":
-            cfg["data"]["modality"] = dataset.modality
         self.patch = int(tc["patch"])
         self.iterations = int(tc["iterations"])
         self.steps_per_epoch = int(tc["steps_per_epoch"])
         self.num_epochs = math.ceil(self.iterations / self.steps_per_epoch)
         self._check_run_folder(resume)
+        #: The run's settings, with what the data decide resolved (a copy: the caller's config stays as given).
+        self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
         # 2. network and method state, 3. optimiser, schedule and loss
         self.network = self.build_network().to(self.device)
@@ -359,25 +358,12 @@ class Trainer:
 
     def _load_data(self) -> None:
         """The data attributes methods use: the split's ids, the cases as arrays, the targets."""
-        dcfg = self.cfg["data"]
-        if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
-            trusted = self.dataset.trusted_ids  # their masks may be experts': another set of masks
-            stats = dataset_fingerprint(
-                self.dataset.root,
-                self.dataset.train,
-                self.dataset.label_set + (f"+trusted:{hash_ids(trusted)}" if trusted else ""),
-                dcfg["foreground"],
-                self.reporter,
-            )
-            dcfg["intensity_range"] = ct_range(stats)  # in the run's config.yaml: predict normalises the same
-            self.reporter.info(
-                f"CT normalisation: clip to the training foreground's [{stats['percentile_00_5']:g}, "
-                f"{stats['percentile_99_5']:g}] (percentiles 0.5 / 99.5), map to [0, 1]"
-            )
         split = split_cases(self.dataset, self.cfg, self.resolve_train_on(self.cfg), self.reporter)
         # Set before the cases are read: training_case (MTCL's) looks at them.
         self.train_ids, self.val_ids, self.trusted_ids = split.train_ids, split.val_ids, split.trusted_ids
-        data = read_cases(self.dataset, split, dcfg, self.patch, self.training_case, self.reporter)
+        data = read_cases(
+            self.dataset, split, self.cfg["data"], self.patch, self.training_case, self.reporter
+        )
         self.images, self.given, self.fg_idx = data.images, data.given, data.fg_idx
         self.val_images, self.val_labels = data.val_images, data.val_labels
         self.targets = [g.astype(np.float32) for g in self.given]

@@ -1,5 +1,5 @@
-"""The training data of a run: its cases split into training and validation, read, checked and padded; the
-stream of patches drawn from them and the batches they make.
+"""The training data of a run: the settings the data decide, its cases split into training and validation,
+read, checked and padded; the stream of patches drawn from them and the batches they make.
 
 Patches come from a data stream (the trainer's ``rng``) that is the same on every rank: each step draws one
 global batch of ``train.batch x world size`` patches (a case and a seed per patch; cases are dealt out from a
@@ -10,6 +10,7 @@ do not depend on which process (or DataLoader worker) makes them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from svldrl.data.dataset import Case, Dataset, load_case
+from svldrl.data.fingerprint import ct_range, dataset_fingerprint, hash_ids
 from svldrl.data.normalize import ForegroundCheck
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
 from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, pad_to_patch
@@ -52,6 +54,35 @@ class TrainingCases:
     fg_idx: list[np.ndarray]
     val_images: Sequence[np.ndarray]
     val_labels: list[np.ndarray]
+
+
+def resolve_data_settings(cfg: dict, dataset: Dataset, reporter: Reporter) -> dict:
+    """A copy of ``cfg`` with what the data decide resolved (``cfg`` itself stays as given).
+
+    ``data.modality: auto`` becomes the dataset's; CT without ``data.ct_window`` or ``data.intensity_range`` gets
+    the range of the dataset fingerprint (the training foreground's percentiles 0.5 / 99.5, nnU-Net's CT rule,
+    :mod:`svldrl.data.fingerprint`). The run's config.yaml records both, so that ``svldrl predict`` and the
+    audit normalise as training did.
+    """
+    cfg = copy.deepcopy(cfg)
+    dcfg = cfg["data"]
+    if dcfg["modality"] == "auto":
+        dcfg["modality"] = dataset.modality
+    if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
+        trusted = dataset.trusted_ids  # their masks may be experts': another set of masks
+        stats = dataset_fingerprint(
+            dataset.root,
+            dataset.train,
+            dataset.label_set + (f"+trusted:{hash_ids(trusted)}" if trusted else ""),
+            dcfg["foreground"],
+            reporter,
+        )
+        dcfg["intensity_range"] = ct_range(stats)
+        reporter.info(
+            f"CT normalisation: clip to the training foreground's [{stats['percentile_00_5']:g}, "
+            f"{stats['percentile_99_5']:g}] (percentiles 0.5 / 99.5), map to [0, 1]"
+        )
+    return cfg
 
 
 def split_cases(dataset: Dataset, cfg: dict, train_on: str, reporter: Reporter) -> Split:
