@@ -3,14 +3,20 @@
 It knows no method. A method is a small subclass (nnU-Net's trainer-variant pattern) that changes
 one or two hooks. The lifecycle, as nnU-Net's:
 
-1. construct: settings, data (``training_case(position, case)`` picks the mask a case trains with),
+1. construct: settings (a copy with what the data decide resolved), data (``training_case(position, case)``
+   picks the mask a case trains with),
 2. ``build_network()``, then ``build_method_state()``: what the method keeps beside the network (a peer
    network and its optimiser, an EMA teacher, extra learnable parameters ...),
 3. ``build_optimizer(trainable_parameters())``, ``build_scheduler(optimizer)``, ``build_loss()``,
-4. restore: with ``resume``, the checkpoint's model, optimiser, scheduler, random streams, the metric log and
-   the attributes the method names in ``checkpointed`` (saved and restored by the base, none hand-written),
+4. ``restore()``: the caller's step when it continues a run (the trainer made with ``resume=True``, which
+   expects a checkpoint in the run folder where a fresh run refuses one): the checkpoint's model, optimiser,
+   scheduler, random streams, the metric log and the attributes the method names in ``checkpointed`` (saved and
+   restored by the base, none hand-written),
 5. ``fit()``: ``train_step(batch)`` per step, ``on_epoch_end(epoch)`` per epoch, validation with
    ``make_predictor(network, cfg)`` (also what ``svldrl predict`` uses).
+
+The constructor does 1-3, so ``Trainer(cfg, ds, out)`` then ``fit()`` trains a new run, and
+``Trainer(cfg, ds, out, resume=True)``, ``restore()``, ``fit()`` continues one (:func:`svldrl.runs.train`).
 
 The training target of every case lives in ``self.targets`` (float32 foreground probability,
 initially the given mask), so label-correcting methods change it in one place; a method that changes it
@@ -147,9 +153,7 @@ class Trainer:
         )
         self._rank_rngs: list[dict[str, Any]] | None = None
         self._ddp_params: frozenset[int] = frozenset()
-        # 4. restore
-        if resume:
-            self.restore()
+        self.restored = False  # 4. restore is the caller's step: restore() (resume) before fit()
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -504,7 +508,14 @@ class Trainer:
         return total / count if count else math.nan
 
     def fit(self) -> Path:
-        """Train to ``train.iterations`` steps (lifecycle step 5); returns the run folder."""
+        """Train to ``train.iterations`` steps (lifecycle step 5); returns the run folder.
+
+        Raises:
+            RuntimeError: a trainer made with ``resume`` that was not restored (it would train from scratch
+                over the run it was asked to continue).
+        """
+        if self.resume and not self.restored:
+            raise RuntimeError("a trainer made with resume=True continues a run: call restore() before fit()")
         self._wrap_network()
         if self.is_main:
             write_text(self.out / "config.yaml", C.dump_config(self.cfg))  # creates the run folder
@@ -608,7 +619,8 @@ class Trainer:
         save_checkpoint(self.out / name, self._state())
 
     def restore(self) -> None:
-        """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4)."""
+        """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4, after
+        construction, before :meth:`fit`)."""
         path = self.out / "checkpoint_latest.pt"
         meta = (self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
 
@@ -648,6 +660,7 @@ class Trainer:
             if "cuda" in own and self.device.type == "cuda":
                 torch.cuda.set_rng_state(own["cuda"], self.device)
         self.load_method_state(ckpt["extra"])
+        self.restored = True
         self.reporter.info(f"resumed {self.out} at epoch {self.epoch}, iteration {self.iteration}")
 
     def _seed_own(self, seed: int) -> None:
