@@ -9,6 +9,7 @@ the label audit and SFDA's source model use it.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ from svldrl.data.io import (
 )
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.engine.device import resolve_device
-from svldrl.engine.distributed import unwrap
+from svldrl.engine.distributed import sum_over_ranks, unwrap
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
+from svldrl.rules import overlap as dice_of
 
 CPU = torch.device("cpu")
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
@@ -238,3 +240,37 @@ def predict_probability(
         next(net.parameters()).device,
         tta=tta,
     )
+
+
+@torch.no_grad()
+def validation_dice(
+    network: torch.nn.Module,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    roi: Sequence[int],
+    infer: dict,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> float:
+    """Mean Dice of sliding-window label maps (``infer.*``) against ``labels``; a case empty in both is not
+    scored. ``network`` (what ``predictor`` runs) is in eval mode meanwhile and in train mode after.
+
+    Each rank segments its share of the cases (every ``world``-th); the sums are reduced, so every rank returns
+    the mean over all cases.
+    """
+    network.eval()
+    total = count = 0.0
+    for k in range(rank, len(labels), world):
+        x = torch.from_numpy(images[k])[None, None].to(device)
+        logits = sliding_window_inference(
+            x, tuple(roi), int(infer["sw_batch"]), predictor, overlap=infer["overlap"], mode=infer["mode"]
+        )
+        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        d = dice_of(pred, labels[k])[0]  # NaN when both are empty: not scored
+        if not math.isnan(d):
+            total, count = total + d, count + 1
+    network.train()
+    total, count = sum_over_ranks([total, count])
+    return total / count if count else math.nan

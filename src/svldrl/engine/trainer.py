@@ -22,16 +22,17 @@ The training target of every case lives in ``self.targets`` (float32 foreground 
 initially the given mask), so label-correcting methods change it in one place; a method that changes it
 lists ``"targets"`` in ``checkpointed`` and resume keeps it.
 
-Data (the split, the cases as arrays, the patch stream that is the same on every rank, batches) are read and
-made by :mod:`svldrl.engine.training_data`; the ETA by :mod:`svldrl.engine.eta`.
+What the loop stands on lives beside it, one module each: the data (the split, the cases as arrays, the patch
+stream that is the same on every rank, batches) in :mod:`~svldrl.engine.training_data`; device and number format
+in :mod:`~svldrl.engine.device`; random streams in :mod:`~svldrl.engine.streams`; checkpoints and the run folder
+in :mod:`~svldrl.engine.checkpoint`; sliding-window probabilities and validation Dice in
+:mod:`~svldrl.engine.predict`; logs in :mod:`~svldrl.engine.logs`; the ETA in :mod:`~svldrl.engine.eta`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -40,22 +41,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
 
 from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset
 from svldrl.data.io import write_text
-from svldrl.data.outputs import check_writable_dir
 from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
-from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
+from svldrl.engine.checkpoint import (
+    LATEST,
+    attribute_state,
+    check_run_folder,
+    load_attribute,
+    load_checkpoint,
+    save_checkpoint,
+)
 from svldrl.engine.device import memory_format, resolve_device, use_amp
 from svldrl.engine.eta import StageTimer
-from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
+from svldrl.engine.logs import TensorBoard, epoch_line, write_epoch_logs, write_history_csv
 from svldrl.engine.patches import StepCrops
-from svldrl.engine.predict import window_probability
+from svldrl.engine.predict import validation_dice, window_probability
+from svldrl.engine.streams import restore_own_streams, rng_state, seed_streams
 from svldrl.engine.training_data import (
     Batch,
     Spec,
@@ -70,7 +77,6 @@ from svldrl.engine.training_data import (
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
-from svldrl.rules import overlap
 
 #: Seconds between progress lines inside a long epoch.
 PROGRESS_EVERY = 30.0
@@ -120,14 +126,15 @@ class Trainer:
         self.amp = use_amp(tc["amp"], self.device)
         if tc["keep_freed_memory"] and self.device.type == "cpu":
             keep_freed_memory()
-        self._seed(int(cfg["seed"]))
+        # the data stream (self.rng, every rank alike) and this rank's own (self.generator for a method's sampling)
+        self.rng, self.generator = seed_streams(int(cfg["seed"]), self.rank)
         if tc["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.patch = int(tc["patch"])
         self.iterations = int(tc["iterations"])
         self.steps_per_epoch = int(tc["steps_per_epoch"])
         self.num_epochs = math.ceil(self.iterations / self.steps_per_epoch)
-        self._check_run_folder(resume)
+        check_run_folder(self.out, resume)
         #: The run's settings, with what the data decide resolved (a copy: the caller's config stays as given).
         self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
@@ -240,33 +247,19 @@ class Trainer:
         """The ``checkpointed`` attributes as plain data (``state_dict`` where they have one), plus the stage."""
         state: dict[str, Any] = {"stage": self.stage_of(min(self.iteration, self.iterations - 1))}
         for name in self.checkpointed:
-            value = getattr(self, name, None)
-            if name == "targets":
-                state[name] = self.targets_state()
-            elif hasattr(value, "state_dict"):
-                state[name] = value.state_dict()
-            elif isinstance(value, torch.Tensor):
-                state[name] = value.detach().cpu().clone()
-            elif value is not None:
-                state[name] = copy.deepcopy(value)
+            value = self.targets_state() if name == "targets" else attribute_state(getattr(self, name, None))
+            if value is not None:
+                state[name] = value
         return state
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         """Restore the ``checkpointed`` attributes from :meth:`method_state`'s output (the stage derives from
         the iteration and is not restored)."""
         for name in self.checkpointed:
-            if name not in state:
-                continue
-            value = getattr(self, name, None)
-            if name == "targets":
+            if name == "targets" and name in state:
                 self.load_targets_state(state[name])
-            elif hasattr(value, "load_state_dict"):
-                value.load_state_dict(state[name])
-            elif isinstance(value, torch.Tensor):
-                with torch.no_grad():
-                    value.copy_(state[name].to(value.device))
-            else:
-                setattr(self, name, copy.deepcopy(state[name]))
+            elif name in state:
+                load_attribute(self, name, state[name])
 
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -348,18 +341,6 @@ class Trainer:
         return probs
 
     # ------------------------------------------------------------------ data
-    def _check_run_folder(self, resume: bool) -> None:
-        # Decided on rank 0 and shared, so that every rank stops with the same message.
-        D.on_rank0(lambda: check_writable_dir(self.out, "run folder (--out)"))
-        has_run = D.on_rank0(lambda: (self.out / "checkpoint_latest.pt").exists())
-        if resume and not has_run:
-            raise UserError("nothing to resume: no checkpoint_latest.pt in the run folder", self.out)
-        if not resume and has_run:
-            raise UserError(
-                "run folder already holds a training; pass --resume to continue it or choose another --out",
-                self.out,
-            )
-
     def _load_data(self) -> None:
         """The data attributes methods use: the split's ids, the cases as arrays, the targets."""
         split = split_cases(self.dataset, self.cfg, self.resolve_train_on(self.cfg), self.reporter)
@@ -405,16 +386,6 @@ class Trainer:
             yield collate(crops, self.targets, self.given, self.device)
 
     # ------------------------------------------------------------------ loop
-    def _seed(self, seed: int) -> None:
-        """``self.rng`` (the data stream) from ``seed`` on every rank; this rank's own streams (torch, Python,
-        NumPy, ``self.generator``, e.g. for SVL-DRL's action sampling) from ``seed + 1000 * rank``."""
-        own = seed + 1000 * self.rank
-        random.seed(own)
-        np.random.seed(own % 2**32)
-        torch.manual_seed(own)
-        self.rng = np.random.default_rng(seed)
-        self.generator = torch.Generator(device="cpu").manual_seed(own)
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the training forward when ``train.amp`` is on."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -425,15 +396,10 @@ class Trainer:
         Done after the optimiser and any method state (teachers, peers) are built from the plain network, so
         that copies and checkpoints see plain parameter names; :func:`D.unwrap` gets back to it.
         """
-        net = self.network
-        if net is not D.unwrap(net):
-            return  # wrapped already (fit called again)
-        if self.world > 1 and self.use_ddp():
-            net = D.wrap_ddp(net, self.device)
-            self._ddp_params = frozenset(id(p) for p in net.parameters())
-        if self.cfg["train"]["compile"]:
-            net = torch.compile(net)
-        self.network = net
+        if self.network is D.unwrap(self.network):  # not wrapped yet (fit may run again)
+            ddp = self.world > 1 and self.use_ddp()
+            compiled = bool(self.cfg["train"]["compile"])
+            self.network, self._ddp_params = D.wrap(self.network, self.device, ddp, compiled)
 
     def run_steps(self, steps: int) -> dict[str, float]:
         """``steps`` optimiser steps; returns the mean of each log over the steps that logged it.
@@ -490,22 +456,18 @@ class Trainer:
         if not self.val_labels:
             return math.nan
         net = D.unwrap(self.network)
-        net.eval()
-        predictor = self.make_predictor(net, self.cfg)
-        ic = self.cfg["infer"]
-        total = count = 0.0
-        for k in range(self.rank, len(self.val_labels), self.world):
-            x = torch.from_numpy(self.val_images[k])[None, None].to(self.device)
-            logits = sliding_window_inference(
-                x, (self.patch,) * 3, int(ic["sw_batch"]), predictor, overlap=ic["overlap"], mode=ic["mode"]
-            )
-            pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-            d = overlap(pred, self.val_labels[k])[0]  # NaN when both are empty: not scored
-            if not math.isnan(d):
-                total, count = total + d, count + 1
-        net.train()
-        total, count = D.sum_over_ranks([total, count])
-        return total / count if count else math.nan
+        predictor, roi = self.make_predictor(net, self.cfg), (self.patch,) * 3
+        return validation_dice(
+            net,
+            predictor,
+            self.val_images,
+            self.val_labels,
+            roi,
+            self.cfg["infer"],
+            self.device,
+            self.rank,
+            self.world,
+        )
 
     def fit(self) -> Path:
         """Train to ``train.iterations`` steps (lifecycle step 5); returns the run folder.
@@ -519,9 +481,8 @@ class Trainer:
         self._wrap_network()
         if self.is_main:
             write_text(self.out / "config.yaml", C.dump_config(self.cfg))  # creates the run folder
-            if (
-                self.history
-            ):  # resumed: a kill between the checkpoint and the log leaves the log one epoch short
+            # resumed: a kill between the checkpoint and the log leaves the log one epoch short
+            if self.history:
                 write_history_csv(self.out / "metrics.csv", self.history)
         tb = TensorBoard(self.out / "tensorboard", purge_step=self.iteration or None, enabled=self.is_main)
         self.network.train()
@@ -547,31 +508,22 @@ class Trainer:
             improved = due and not math.isnan(row["val_dice"]) and row["val_dice"] > self.best_val
             if improved:
                 self.best_val = row["val_dice"]
-            self._rank_rngs = D.all_gather_object(self._local_rng_state()) if self.world > 1 else None
+            own_rng = rng_state(self.generator, self.device)
+            self._rank_rngs = D.all_gather_object(own_rng) if self.world > 1 else None
             if self.is_main:
                 # best before latest: a kill between the two redoes this epoch from the previous latest, which
                 # rewrites best; the other order could leave best_val pointing at a model never saved.
                 if improved:
                     self._save("checkpoint_best.pt")
-                self._save("checkpoint_latest.pt")
-                write_history_csv(self.out / "metrics.csv", self.history)
-                plot_progress(
-                    self.out / "progress.png",
-                    self.history,
+                self._save(LATEST)
+                title, val_masks = (
                     f"{self.name} ({self.out.name})",
                     "trusted masks" if self.trusted_ids else "given masks",
                 )
-                tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "iteration")}, self.iteration)
+                write_epoch_logs(self.out, self.history, self.iteration, tb, title, val_masks)
             self.timing.note_overhead(time.monotonic() - t0 - t_steps)
             eta = self.timing.eta(self.iteration, self.epoch)
-            vd = row["val_dice"]
-            self.reporter.info(
-                f"epoch {epoch + 1}/{self.num_epochs}  it {self.iteration}/{self.iterations}  "
-                f"loss {row.get('train_loss', math.nan):.4f}  "
-                f"val Dice{' (trusted)' if 'val_masks' in row else ''} {'-' if math.isnan(vd) else f'{vd:.4f}'}"
-                + (f"  stage {row['stage']}" if "stage" in row else "")
-                + f"  ETA {fmt_seconds(eta)}"
-            )
+            self.reporter.info(epoch_line(row, epoch, self.num_epochs, self.iteration, self.iterations, eta))
         if self.is_main:
             self._save("checkpoint_final.pt")
             if not (self.out / "checkpoint_best.pt").exists():
@@ -581,17 +533,6 @@ class Trainer:
         return self.out
 
     # ------------------------------------------------------------------ checkpoints
-    def _local_rng_state(self) -> dict[str, Any]:
-        """This rank's own random streams (the shared data stream is saved once)."""
-        state = {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
-        }
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
     def _state(self) -> dict[str, Any]:
         net = D.unwrap(self.network)
         return {
@@ -607,7 +548,7 @@ class Trainer:
             "history": self.history,
             "best_val": self.best_val,
             "rng": {
-                **self._local_rng_state(),
+                **rng_state(self.generator, self.device),
                 "numpy": self.rng.bit_generator.state,
                 "case_queue": list(self._case_queue),
                 **({"ranks": self._rank_rngs} if self._rank_rngs else {}),
@@ -621,7 +562,7 @@ class Trainer:
     def restore(self) -> None:
         """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4, after
         construction, before :meth:`fit`)."""
-        path = self.out / "checkpoint_latest.pt"
+        path = self.out / LATEST
         meta = (self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
 
         def check() -> None:
@@ -645,30 +586,8 @@ class Trainer:
         rng = ckpt["rng"]
         self.rng.bit_generator.state = rng["numpy"]
         self._case_queue = [int(i) for i in rng.get("case_queue", [])]
-        ranks = rng.get("ranks")
-        if ranks is not None and len(ranks) == self.world:
-            own: dict[str, Any] | None = ranks[self.rank]
-        elif self.rank == 0:
-            own = rng
-        else:  # another world size than the run that saved: fresh, still reproducible, streams for this rank
-            own = None
-            self._seed_own(int(self.cfg["seed"]) + 1000 * self.rank + 7919 * self.iteration)
-        if own is not None:
-            random.setstate(_as_tuple(own["python"]))
-            torch.set_rng_state(own["torch"])
-            self.generator.set_state(own["generator"])
-            if "cuda" in own and self.device.type == "cuda":
-                torch.cuda.set_rng_state(own["cuda"], self.device)
+        fresh = int(self.cfg["seed"]) + 1000 * self.rank + 7919 * self.iteration
+        restore_own_streams(rng, self.rank, self.world, self.generator, self.device, fresh)
         self.load_method_state(ckpt["extra"])
         self.restored = True
         self.reporter.info(f"resumed {self.out} at epoch {self.epoch}, iteration {self.iteration}")
-
-    def _seed_own(self, seed: int) -> None:
-        random.seed(seed)
-        torch.manual_seed(seed)
-        self.generator.manual_seed(seed)
-
-
-def _as_tuple(x: Any) -> Any:
-    """random.setstate needs tuples; a checkpoint round trip may give lists."""
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
