@@ -163,7 +163,9 @@ def write_report(
     settings = [CLEAN, *(n.name for n in bench.noise)]
     methods = list(dict.fromkeys([*(m.name for m in bench.methods), *bench.methods_on_clean]))
     plot_files = plots.write_plots(out / "plots", bench, agg, settings, methods, data.label_dice)
-    lines = _header(bench, out, data, runs, results, started, trained, command, carried)
+    cmd = command or f"svldrl.bench.run_benchmark({str(bench.path)!r}, {str(out)!r})"
+    cfg = runs[0].cfg if runs else C.load_config()
+    lines = _header(bench, data, cfg, cmd, _this_call(runs, results, started, trained, carried))
     lines += _score_sections(bench, data, agg, settings, methods)
     lines += _methods_section(bench, results)
     lines += _peer_section(out, agg)
@@ -184,28 +186,14 @@ def _n(agg: Aggregate, setting: str, method: str) -> int:
     return 0 if s is None else s["n"]
 
 
-def _header(
-    bench: Benchmark,
-    out: Path,
-    data: Data,
-    runs: list[Run],
-    results: list[dict[str, Any]],
-    started: float,
-    trained: int,
-    command: str | None,
-    carried: int,
-) -> list[str]:
-    """Title, how the table was made (command, date, machine, data, budget, seeds) and how to read it."""
+def _this_call(
+    runs: list[Run], results: list[dict[str, Any]], started: float, trained: int, carried: int
+) -> str:
+    """When, how long this call took and what it trained; how long all runs took."""
     run_time = sum(num(r.get("train_seconds")) + num(r.get("predict_seconds")) for r in results)
     wall = time.monotonic() - started
-    cmd = command or f"svldrl.bench.run_benchmark({str(bench.path)!r}, {str(out)!r})"
-    lines = [f"# Benchmark: {bench.name}", ""]
-    if bench.description:
-        lines += [bench.description, ""]
-    return lines + [
-        f"- Command: `{cmd}`",
-        f"- Config: `{bench.path}`",
-        f"- Date: {now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
+    return (
+        f"{now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
         f"{len(results)}/{len(runs)} complete"
         + (
             f", {carried} of them kept from the earlier results.csv without their run folders"
@@ -213,10 +201,22 @@ def _header(
             else ""
         )
         + "); summed training + prediction time of all runs "
-        f"{fmt_seconds(run_time)}",
+        f"{fmt_seconds(run_time)}"
+    )
+
+
+def _header(bench: Benchmark, data: Data, cfg: dict, cmd: str, this_call: str) -> list[str]:
+    """Title, how the table was made (command, date, machine, data, budget, seeds) and how to read it."""
+    lines = [f"# Benchmark: {bench.name}", ""]
+    if bench.description:
+        lines += [bench.description, ""]
+    return lines + [
+        f"- Command: `{cmd}`",
+        f"- Config: `{bench.path}`",
+        f"- Date: {this_call}",
         f"- Machine: {machine_description()}",
         f"- Dataset: {data.description}",
-        f"- Budget: {_budget(runs[0].cfg if runs else C.load_config())}",
+        f"- Budget: {_budget(cfg)}",
         f"- Seeds: {', '.join(map(str, bench.seeds))} (training); noise seed {bench.noise_seed} "
         "(every method sees the same noisy masks)",
         "",
