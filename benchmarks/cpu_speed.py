@@ -38,7 +38,8 @@ from monai.losses import DiceCELoss
 
 from svldrl import config as C
 from svldrl.engine.allocator import keep_freed_memory
-from svldrl.engine.trainer import bf16_supported, seg_target
+from svldrl.engine.device import bf16_supported
+from svldrl.engine.trainer import seg_target
 from svldrl.nets.factory import build_network
 
 VARIANTS = ("fp32", "fp32_cl", "bf16", "bf16_cl")

@@ -2,7 +2,7 @@
 
 For the default CPU network (unet [16, 32, 64, 128]) with the segmentation head only (supervised)
 and with the three decoders (svldrl), it measures the size of a checkpoint, the time to write one
-atomically (temporary file, fsync, rename), and the time from ``Trainer(..., resume=True)`` to the
+atomically (temporary file, fsync, rename), and the time from ``Trainer(..., resume=True).restore()`` to the
 first step against a fresh ``Trainer(...)`` on the same data (the difference is the resume cost).
 
     python benchmarks/resume_bench.py --out benchmarks/results/reliability
@@ -67,7 +67,7 @@ def main() -> None:
                 cls(C.load_config([run / "config.yaml"]), ds, Path(tmp) / f"fresh_{method}")
                 fresh.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                cls(C.load_config([run / "config.yaml"]), ds, run, resume=True)
+                cls(C.load_config([run / "config.yaml"]), ds, run, resume=True).restore()
                 resumed.append(time.perf_counter() - t0)
             rows.append(
                 {

@@ -101,17 +101,16 @@ def test_svldrl_eta_charges_the_rl_stages_their_own_cost(dataset: Path, tmp_path
     torch.set_num_threads(1)
     cfg = C.load_config(overrides=[*TINY, "method=svldrl", "train.iterations=10", "rl.warmup=0.5"])
     trainer = get_method("svldrl")(cfg, load_dataset(dataset), tmp_path / "run")
-    trainer.iteration, trainer.epoch = 4, 2
-    trainer._stage_seconds[1], trainer._stage_steps[1] = 4.0, 4  # warm-up: 1 s per step
-    prior = trainer.step_cost_prior(3)
+    timing = trainer.timing
+    timing.stage_seconds[1], timing.stage_steps[1] = 4.0, 4  # warm-up: 1 s per step
+    prior = timing.cost_prior(3)
     assert prior == pytest.approx(6.0)  # t_max 3, three decoders
-    # 1 warm-up step left at 1 s, 5 RL steps at the prior's 6 s
-    assert trainer.eta() == pytest.approx(1.0 + 5 * prior)
-    trainer.iteration, trainer.epoch = 6, 3
-    trainer._stage_seconds[2], trainer._stage_steps[2] = 10.0, 1  # an RL step measured at 10 s
-    assert trainer.eta() == pytest.approx(4 * 10.0)
+    # after 4 steps (2 epochs): 1 warm-up step left at 1 s, 5 RL steps at the prior's 6 s
+    assert timing.eta(4, 2) == pytest.approx(1.0 + 5 * prior)
+    timing.stage_seconds[2], timing.stage_steps[2] = 10.0, 1  # an RL step measured at 10 s
+    assert timing.eta(6, 3) == pytest.approx(4 * 10.0)
     sup = get_method("supervised")(C.load_config(overrides=[*TINY]), load_dataset(dataset), tmp_path / "r2")
-    assert math.isnan(sup.eta())  # nothing measured yet: no guess
+    assert math.isnan(sup.timing.eta(0, 0))  # nothing measured yet: no guess
 
 
 def test_long_epochs_print_progress(dataset: Path, tmp_path: Path, monkeypatch) -> None:

@@ -16,7 +16,7 @@ import torch
 from svldrl import config as C
 from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.trainer import memory_format
+from svldrl.engine.device import memory_format
 from svldrl.methods import get_method
 from svldrl.runs import predict_folder, train
 from tests.conftest import TINY

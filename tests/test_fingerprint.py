@@ -69,6 +69,8 @@ def test_training_records_the_range_and_predict_uses_it(
     stats = FP.compute_fingerprint(load_dataset(ct_dataset).train)
     assert saved["modality"] == "ct"
     assert saved["intensity_range"] == pytest.approx([stats["percentile_00_5"], stats["percentile_99_5"]])
+    # ... while the config the caller passed stays as given (the same one can train another dataset)
+    assert cfg["data"]["modality"] == "auto" and cfg["data"]["intensity_range"] is None
     cache = json.loads((ct_dataset / FP.FINGERPRINT_FILE).read_text())
     assert cache["written_by"] == "svldrl" and len(cache["entries"]) == 1
 

@@ -123,6 +123,7 @@ def test_label_actions_keep_refined_targets_across_resume(dataset: Path, tmp_pat
 
     cfg2 = C.load_config([run / "config.yaml"])
     resumed = SVLDRLTrainer(cfg2, load_dataset(dataset), run, resume=True)
+    resumed.restore()
     for a, b in zip(targets, resumed.targets):
         np.testing.assert_array_equal(a.numpy(), b)
 

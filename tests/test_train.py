@@ -119,6 +119,12 @@ def test_existing_run_without_resume_is_refused(dataset: Path, tmp_path: Path) -
     run = train(dataset, "clean", tmp_path / "run", _cfg("train.iterations=2"))
     with pytest.raises(UserError, match="--resume"):
         train(dataset, "clean", run, _cfg("train.iterations=2"))
+    # From Python, a trainer made to continue the run is restored before it trains, never over the run
+    from svldrl.data.dataset import load_dataset
+    from svldrl.engine.trainer import Trainer
+
+    with pytest.raises(RuntimeError, match="restore"):
+        Trainer(_cfg("train.iterations=2"), load_dataset(dataset), run, resume=True).fit()
 
 
 def _err(capsys) -> str:

@@ -21,7 +21,6 @@ Outputs go to ``OUT/{errors,confidence,corrected}/{case}.nii.gz`` on the mask's 
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
@@ -31,8 +30,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from svldrl import config as C
@@ -41,6 +38,7 @@ from svldrl.data.dataset import Case, Dataset, apply_trusted, check_grid, check_
 from svldrl.data.io import Volume, read_volume, write_nifti
 from svldrl.data.outputs import check_output_dir, mark_output_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
+from svldrl.engine.predict import predict_probability
 from svldrl.errors import UserError
 from svldrl.methods import get_method
 from svldrl.reporter import QUIET, Reporter
@@ -300,46 +298,7 @@ def assign_judges(judges: list[Judge], case_ids: list[str]) -> dict[str, tuple[i
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model output
-
-
-@torch.no_grad()
-def predict_probability(
-    method: type,
-    net: torch.nn.Module,
-    cfg: dict,
-    image: np.ndarray,
-    batch: int | None = None,
-    tta: bool = False,
-) -> np.ndarray:
-    """Foreground probability (float32) of a normalised 3D image with the method's predictor.
-
-    The same sliding window as :func:`svldrl.engine.predict.segment_volume` (so ``p > 0.5`` is its label
-    map without ``tta``), including the method's test-time refinement where ``make_predictor`` adds one.
-    ``tta``: the mean probability over the 8 mirrorings of the three axes (nnU-Net's test-time
-    augmentation; the trainer's augmentation flips every axis, so each mirrored view is one it learned).
-    """
-    device = next(net.parameters()).device
-    ic = cfg["infer"]
-    roi = (int(cfg["train"]["patch"]),) * 3
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    mirrorings = [axes for k in range(4) for axes in itertools.combinations((2, 3, 4), k)] if tta else [()]
-    total = None
-    for axes in mirrorings:
-        logits = sliding_window_inference(
-            torch.flip(x, axes) if axes else x,
-            roi,
-            batch or int(ic["sw_batch"]),
-            method.make_predictor(net, cfg),
-            overlap=ic["overlap"],
-            mode=ic["mode"],
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-        p = torch.softmax(logits.float(), 1)[:, 1]
-        p = torch.flip(p, [a - 1 for a in axes]) if axes else p
-        total = p if total is None else total + p
-    return (total / len(mirrorings))[0].numpy().astype(np.float32)
+# The given masks (the model's probabilities: svldrl.engine.predict.predict_probability)
 
 
 def read_given(case: Case, data_cfg: dict, image_vol: Volume | None = None) -> tuple[np.ndarray, Volume]:
@@ -454,11 +413,7 @@ def audit(
     Raises:
         UserError: a missing run or dataset, an unknown label set, a bad option or output folder.
     """
-    if detector not in DETECTORS:
-        raise UserError(f"--detector must be one of {', '.join(DETECTORS)}, got '{detector}'")
-    _check_threshold(threshold)
-    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise UserError(f"--top must be a non-negative integer, got {top!r}")
+    _check_options(detector, threshold, top)
     ds = load_dataset(dataset, labels=labels)
     out = Path(out)
     check_out(out, ds, overwrite)
@@ -472,6 +427,67 @@ def audit(
     )
 
     mark_output_dir(out, "audit", "--out")
+    rows, sums, counts = _predict(
+        out, cases, judges, plan, detector, threshold, band, device, checkpoint, batch, tta, reporter
+    )
+    t_cl = None
+    if detector == "cl":
+        t_cl = cl_thresholds(sums, counts)
+        rows = _confident_learning(out, cases, judges, plan, t_cl, band, reporter)
+    _rank(rows, judges, plan)
+    figures = _figures(out, rows[:top], cases, judges, plan)
+    meta = {
+        "dataset": str(ds.root),
+        "labels": labels,
+        "detector": detector,
+        "threshold": threshold if detector == "threshold" else None,
+        "cl_thresholds": None if t_cl is None else [float(t) for t in t_cl],
+        "runs": [_run_meta(j) for j in judges],
+        "n_in_fold": n_in,
+        "top": top,
+        "tta": tta,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    csv_path = report.write_csv(out / "audit.csv", rows)
+    md_path = report.write_markdown(out / "audit.md", rows, meta)
+    html_path = report.write_html(out / "audit.html", rows, meta)
+    reporter.info(f"audit: wrote {csv_path}, {md_path.name}, {html_path.name} and {len(figures)} figures")
+    return AuditResult(out, rows, csv_path, md_path, html_path, figures)
+
+
+def _run_meta(judge: Judge) -> dict[str, Any]:
+    return {
+        "run": str(judge.path),
+        "fold": judge.fold,
+        "method": judge.cfg["method"],
+        "trained_on": judge.cfg["labels"],
+    }
+
+
+def _check_options(detector: str, threshold: float, top: int) -> None:
+    if detector not in DETECTORS:
+        raise UserError(f"--detector must be one of {', '.join(DETECTORS)}, got '{detector}'")
+    _check_threshold(threshold)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise UserError(f"--top must be a non-negative integer, got {top!r}")
+
+
+def _predict(
+    out: Path,
+    cases: list[Case],
+    judges: list[Judge],
+    plan: dict[str, tuple[int, str]],
+    detector: str,
+    threshold: float,
+    band: float,
+    device: str,
+    checkpoint: str,
+    batch: int | None,
+    tta: bool,
+    reporter: Reporter,
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Each case's probability from its judge, written to ``OUT/confidence``; the ``threshold`` detector judges
+    each case at once (its rows), ``cl`` sums the per-class confidences for its pooled thresholds."""
     rows: list[dict[str, Any]] = []
     sums, counts = np.zeros(2), np.zeros(2)
     t0, done = time.monotonic(), 0
@@ -496,20 +512,33 @@ def audit(
             done += 1
             reporter.progress("audit: predict", done, len(cases), t0, extra=case.case_id)
         del net
+    return rows, sums, counts
 
-    t_cl = None
-    if detector == "cl":
-        # Thresholds pooled over all cases (cleanlab's per-class mean self-confidence); the second pass reads
-        # the probabilities back from OUT/confidence so memory holds one case at a time.
-        t_cl = cl_thresholds(sums, counts)
-        t0 = time.monotonic()
-        for n, case in enumerate(cases, 1):
-            given, mask_vol = read_given(case, judges[plan[case.case_id][0]].cfg["data"])
-            p = np.asarray(read_volume(out / "confidence" / f"{case.case_id}.nii.gz").array, dtype=np.float32)
-            errors = restrict_to_band(cl_suspect_errors(given, p, t_cl), given, band)
-            rows.append(_judge_case(out, case, given, mask_vol, errors))
-            reporter.progress("audit: confident learning", n, len(cases), t0, extra=case.case_id)
 
+def _confident_learning(
+    out: Path,
+    cases: list[Case],
+    judges: list[Judge],
+    plan: dict[str, tuple[int, str]],
+    t_cl: np.ndarray,
+    band: float,
+    reporter: Reporter,
+) -> list[dict[str, Any]]:
+    """The ``cl`` detector's rows with thresholds pooled over all cases (cleanlab's per-class mean
+    self-confidence); the probabilities are read back from ``OUT/confidence``, so memory holds one case."""
+    rows = []
+    t0 = time.monotonic()
+    for n, case in enumerate(cases, 1):
+        given, mask_vol = read_given(case, judges[plan[case.case_id][0]].cfg["data"])
+        p = np.asarray(read_volume(out / "confidence" / f"{case.case_id}.nii.gz").array, dtype=np.float32)
+        errors = restrict_to_band(cl_suspect_errors(given, p, t_cl), given, band)
+        rows.append(_judge_case(out, case, given, mask_vol, errors))
+        reporter.progress("audit: confident learning", n, len(cases), t0, extra=case.case_id)
+    return rows
+
+
+def _rank(rows: list[dict[str, Any]], judges: list[Judge], plan: dict[str, tuple[int, str]]) -> None:
+    """Who judged each row, and the rows ranked in place, worst first (lowest Dice, then most error voxels)."""
     for row in rows:
         ji, how = plan[row["case"]]
         row.update(judged_by=how, fold=judges[ji].fold, run=judges[ji].name)
@@ -517,9 +546,18 @@ def audit(
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
 
+
+def _figures(
+    out: Path,
+    rows: list[dict[str, Any]],
+    cases: list[Case],
+    judges: list[Judge],
+    plan: dict[str, tuple[int, str]],
+) -> list[Path]:
+    """An overlay figure for each of ``rows`` (the worst cases), named in its row."""
     figures = []
     by_id = {c.case_id: c for c in cases}
-    for row in rows[:top]:
+    for row in rows:
         case, judge = by_id[row["case"]], judges[plan[row["case"]][0]]
         image, _, _ = load_case(case, judge.cfg["data"], need_label=False)
         given, _ = read_given(case, judge.cfg["data"])
@@ -528,27 +566,7 @@ def audit(
         report.save_overlay(path, image, given, errors, row)
         row["figure"] = f"figures/{case.case_id}.png"
         figures.append(path)
-
-    meta = {
-        "dataset": str(ds.root),
-        "labels": labels,
-        "detector": detector,
-        "threshold": threshold if detector == "threshold" else None,
-        "cl_thresholds": None if t_cl is None else [float(t) for t in t_cl],
-        "runs": [
-            {"run": str(j.path), "fold": j.fold, "method": j.cfg["method"], "trained_on": j.cfg["labels"]}
-            for j in judges
-        ],
-        "n_in_fold": n_in,
-        "top": top,
-        "tta": tta,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    csv_path = report.write_csv(out / "audit.csv", rows)
-    md_path = report.write_markdown(out / "audit.md", rows, meta)
-    html_path = report.write_html(out / "audit.html", rows, meta)
-    reporter.info(f"audit: wrote {csv_path}, {md_path.name}, {html_path.name} and {len(figures)} figures")
-    return AuditResult(out, rows, csv_path, md_path, html_path, figures)
+    return figures
 
 
 def _judge_case(

@@ -157,52 +157,181 @@ def write_report(
     ``carried``: how many of ``results`` are rows kept from an earlier ``results.csv`` (no run folder here).
     """
     from svldrl.bench import plots
-    from svldrl.eval.summary import markdown_table
 
     write_csv(out / "results.csv", results)
     agg = aggregate(results)
     settings = [CLEAN, *(n.name for n in bench.noise)]
     methods = list(dict.fromkeys([*(m.name for m in bench.methods), *bench.methods_on_clean]))
+    plot_files = plots.write_plots(out / "plots", bench, agg, settings, methods, data.label_dice)
+    cmd = command or f"svldrl.bench.run_benchmark({str(bench.path)!r}, {str(out)!r})"
+    cfg = runs[0].cfg if runs else C.load_config()
+    lines = _header(bench, data, cfg, cmd, _this_call(runs, results, started, trained, carried))
+    lines += _score_sections(bench, data, agg, settings, methods)
+    lines += _methods_section(bench, results)
+    lines += _peer_section(out, agg)
+    lines += _closing_sections(runs, results, failed, plot_files)
+    return write_text(out / "results.md", "\n".join(lines))
 
-    def stat(setting: str, method: str, metric: str) -> tuple[float, float] | None:
-        s = agg.get((setting, method))
-        return None if s is None else s[metric]
 
-    def n_of(setting: str, method: str) -> int:
-        s = agg.get((setting, method))
-        return 0 if s is None else s["n"]
+Aggregate = dict[tuple[str, str], dict[str, Any]]
 
+
+def _stat(agg: Aggregate, setting: str, method: str, metric: str) -> tuple[float, float] | None:
+    s = agg.get((setting, method))
+    return None if s is None else s[metric]
+
+
+def _n(agg: Aggregate, setting: str, method: str) -> int:
+    s = agg.get((setting, method))
+    return 0 if s is None else s["n"]
+
+
+def _this_call(
+    runs: list[Run], results: list[dict[str, Any]], started: float, trained: int, carried: int
+) -> str:
+    """When, how long this call took and what it trained; how long all runs took."""
+    run_time = sum(num(r.get("train_seconds")) + num(r.get("predict_seconds")) for r in results)
+    wall = time.monotonic() - started
+    return (
+        f"{now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
+        f"{len(results)}/{len(runs)} complete"
+        + (
+            f", {carried} of them kept from the earlier results.csv without their run folders"
+            if carried
+            else ""
+        )
+        + "); summed training + prediction time of all runs "
+        f"{fmt_seconds(run_time)}"
+    )
+
+
+def _header(bench: Benchmark, data: Data, cfg: dict, cmd: str, this_call: str) -> list[str]:
+    """Title, how the table was made (command, date, machine, data, budget, seeds) and how to read it."""
+    lines = [f"# Benchmark: {bench.name}", ""]
+    if bench.description:
+        lines += [bench.description, ""]
+    return lines + [
+        f"- Command: `{cmd}`",
+        f"- Config: `{bench.path}`",
+        f"- Date: {this_call}",
+        f"- Machine: {machine_description()}",
+        f"- Dataset: {data.description}",
+        f"- Budget: {_budget(cfg)}",
+        f"- Seeds: {', '.join(map(str, bench.seeds))} (training); noise seed {bench.noise_seed} "
+        "(every method sees the same noisy masks)",
+        "",
+        "Scores are on the clean test masks: Dice and IoU in %, HD95 and ASD in mm, mean ± sample std over "
+        "seeds of each seed's mean over test cases"
+        + (" (folds averaged within a seed)" if bench.cv else "")
+        + ". The primary columns use the final checkpoint, as nnU-Net reports; *val-selected* uses the "
+        "checkpoint with the best Dice on the validation split carved from the training cases, scored "
+        "against their noisy masks as a user would have them (never the test set)"
+        + (
+            "; on a setting with trusted cases (params trusted=N), on those cases and their clean masks instead "
+            "(they are held out from training, except for MTCL, whose clean subset they are)"
+            if any(n.trusted for n in bench.noise)
+            else ""
+        )
+        + ".",
+        "",
+    ]
+
+
+def _budget(cfg: dict) -> str:
+    """The training budget every method gets, in one line."""
+    tc, nc = cfg["train"], cfg["nets"]
+    return (
+        f"{tc['iterations']} iterations per run for every method "
+        f"(batch {tc['batch']}, patch {tc['patch']}^3, "
+        f"{tc['steps_per_epoch']} steps per epoch, validation every {tc['val_every']} epoch(s)); "
+        f"backbone {nc['backbone']}"
+        + (
+            f" features {nc['features']}"
+            if nc["backbone"] == "unet"
+            else f" feature_size {nc['feature_size']}"
+        )
+    )
+
+
+def _score_sections(
+    bench: Benchmark, data: Data, agg: Aggregate, settings: list[str], methods: list[str]
+) -> list[str]:
+    """Where noise hurts (with noise settings), Dice by method and setting, all metrics, the noise settings."""
+    from svldrl.eval.summary import markdown_table
+
+    lines: list[str] = []
+    if bench.noise:  # a benchmark without noise settings (e.g. a normalisation check) has no gap to show
+        gap_rows = _gap_rows(bench, data, agg, methods)
+        lines += [
+            "## Where noise hurts",
+            "",
+            "The gap is supervised training on clean masks minus supervised training on the noisy masks "
+            "(Dice points): a method can only recover what this gap leaves.",
+            "",
+            markdown_table(gap_rows, list(gap_rows[0]) if gap_rows else ["setting"]),
+            "",
+        ]
+    long_rows = _long_rows(agg, settings, methods)
+    noise_rows = _noise_rows(bench, data)
+    return lines + [
+        "## Dice by method and setting (final checkpoint)",
+        "",
+        "The `clean` column is the oracle (trained on the clean masks)."
+        if bench.noise
+        else "Every method here trains on the clean masks.",
+        "",
+        markdown_table(_wide_rows(data, agg, settings, methods), ["method", *settings]),
+        "",
+        "## All metrics",
+        "",
+        markdown_table(long_rows, list(long_rows[0]) if long_rows else ["setting", "method"]),
+        "",
+        "## Noise settings",
+        "",
+        "Label Dice: mean Dice (%) of the noisy training masks against the clean ones, from each set's "
+        "noise report; a noise level is only comparable between papers through this number.",
+        "",
+        markdown_table(noise_rows, list(noise_rows[0])),
+        "",
+    ]
+
+
+def _gap_rows(bench: Benchmark, data: Data, agg: Aggregate, methods: list[str]) -> list[dict[str, str]]:
+    """Per noise setting: supervised on clean minus on noisy masks, and the best other method's gain."""
     sup = "supervised"
-    gap_rows, gaps = [], {}
+    rows = []
     for s in bench.noise:
-        clean, noisy = stat(CLEAN, sup, "dice"), stat(s.name, sup, "dice")
+        clean, noisy = _stat(agg, CLEAN, sup, "dice"), _stat(agg, s.name, sup, "dice")
         gap = None if clean is None or noisy is None else clean[0] - noisy[0]
-        gaps[s.name] = gap
         best = max(
             (
-                (m, stat(s.name, m, "dice"))
+                (m, _stat(agg, s.name, m, "dice"))
                 for m in methods
-                if m != sup and stat(s.name, m, "dice") is not None
+                if m != sup and _stat(agg, s.name, m, "dice") is not None
             ),
             key=lambda t: t[1][0] if not math.isnan(t[1][0]) else -1.0,
             default=(None, None),
         )
-        gap_rows.append(
+        rows.append(
             {
                 "setting": s.name,
                 "label Dice": f"{100 * data.label_dice[s.name]:.2f}",
-                "supervised on clean": _pct(clean, n_of(CLEAN, sup)),
-                "supervised on noisy": _pct(noisy, n_of(s.name, sup)),
+                "supervised on clean": _pct(clean, _n(agg, CLEAN, sup)),
+                "supervised on noisy": _pct(noisy, _n(agg, s.name, sup)),
                 "gap (clean − noisy)": "n/a" if gap is None else f"{100 * gap:+.2f}",
                 "best other method": best[0] or "n/a",
-                "its Dice": _pct(best[1], n_of(s.name, best[0]) if best[0] else 0),
+                "its Dice": _pct(best[1], _n(agg, s.name, best[0]) if best[0] else 0),
                 "gain over supervised": "n/a"
                 if best[1] is None or noisy is None
                 else f"{100 * (best[1][0] - noisy[0]):+.2f}",
             }
         )
+    return rows
 
-    noise_rows = [
+
+def _noise_rows(bench: Benchmark, data: Data) -> list[dict[str, str]]:
+    """The oracle and each noise setting: protocol, ratio, parameters, label Dice, voxel error rate."""
+    return [
         {
             "setting": f"{CLEAN} (oracle)",
             "protocol": "-",
@@ -226,125 +355,49 @@ def write_report(
         for s in bench.noise
     ]
 
-    wide_rows = []
+
+def _wide_rows(data: Data, agg: Aggregate, settings: list[str], methods: list[str]) -> list[dict[str, str]]:
+    """Dice of each method (rows) in each setting (columns), and the training masks' label Dice."""
+    rows = []
     for m in methods:
         row = {"method": m}
         for s in settings:
-            row[s] = _pct(stat(s, m, "dice"), n_of(s, m)) if (s, m) in agg else ""
-        wide_rows.append(row)
+            row[s] = _pct(_stat(agg, s, m, "dice"), _n(agg, s, m)) if (s, m) in agg else ""
+        rows.append(row)
     label_row = {"method": "*label Dice of the training masks*"}
     label_row.update({s: f"{100 * data.label_dice[s]:.2f}" for s in settings})
-    wide_rows.append(label_row)
+    return rows + [label_row]
 
-    long_rows = []
+
+def _long_rows(agg: Aggregate, settings: list[str], methods: list[str]) -> list[dict[str, str]]:
+    """Every metric of every (setting, method) with results."""
+    rows = []
     for s in settings:
         for m in methods:
             if (s, m) not in agg:
                 continue
-            n = n_of(s, m)
-            long_rows.append(
+            n = _n(agg, s, m)
+            rows.append(
                 {
                     "setting": f"{s} (oracle)" if s == CLEAN else s,
                     "method": m,
-                    "Dice": _pct(stat(s, m, "dice"), n),
-                    "IoU": _pct(stat(s, m, "iou"), n),
-                    "HD95 (mm)": _mm(stat(s, m, "hd95"), n),
-                    "ASD (mm)": _mm(stat(s, m, "asd"), n),
-                    "Dice, val-selected": _pct(stat(s, m, "dice_val_selected"), n),
-                    "IoU, val-selected": _pct(stat(s, m, "iou_val_selected"), n),
+                    "Dice": _pct(_stat(agg, s, m, "dice"), n),
+                    "IoU": _pct(_stat(agg, s, m, "iou"), n),
+                    "HD95 (mm)": _mm(_stat(agg, s, m, "hd95"), n),
+                    "ASD (mm)": _mm(_stat(agg, s, m, "asd"), n),
+                    "Dice, val-selected": _pct(_stat(agg, s, m, "dice_val_selected"), n),
+                    "IoU, val-selected": _pct(_stat(agg, s, m, "iou_val_selected"), n),
                     "seeds": str(n),
-                    "train s/run": f"{stat(s, m, 'train_seconds')[0]:.0f}",
+                    "train s/run": f"{_stat(agg, s, m, 'train_seconds')[0]:.0f}",
                 }
             )
+    return rows
 
-    plot_files = plots.write_plots(out / "plots", bench, agg, settings, methods, data.label_dice)
 
-    cfg0 = runs[0].cfg if runs else C.load_config()
-    tc, nc = cfg0["train"], cfg0["nets"]
-    budget = (
-        f"{tc['iterations']} iterations per run for every method "
-        f"(batch {tc['batch']}, patch {tc['patch']}^3, "
-        f"{tc['steps_per_epoch']} steps per epoch, validation every {tc['val_every']} epoch(s)); "
-        f"backbone {nc['backbone']}"
-        + (
-            f" features {nc['features']}"
-            if nc["backbone"] == "unet"
-            else f" feature_size {nc['feature_size']}"
-        )
-    )
-    have = {(r["noise"], r["method"], r["seed"], r.get("fold")) for r in results}
-    missing = [r for r in runs if (r.noise, r.method.name, r.seed, r.fold) not in have]
-    run_time = sum(num(r.get("train_seconds")) + num(r.get("predict_seconds")) for r in results)
-    wall = time.monotonic() - started
-    cmd = command or f"svldrl.bench.run_benchmark({str(bench.path)!r}, {str(out)!r})"
+def _methods_section(bench: Benchmark, results: list[dict[str, Any]]) -> list[str]:
+    """Each method's overrides and cost against plain training, and the shared overrides."""
+    from svldrl.eval.summary import markdown_table
 
-    lines = [f"# Benchmark: {bench.name}", ""]
-    if bench.description:
-        lines += [bench.description, ""]
-    lines += [
-        f"- Command: `{cmd}`",
-        f"- Config: `{bench.path}`",
-        f"- Date: {now()}; wall time of this call {fmt_seconds(wall)} ({trained} run(s) trained now, "
-        f"{len(results)}/{len(runs)} complete"
-        + (
-            f", {carried} of them kept from the earlier results.csv without their run folders"
-            if carried
-            else ""
-        )
-        + "); summed training + prediction time of all runs "
-        f"{fmt_seconds(run_time)}",
-        f"- Machine: {machine_description()}",
-        f"- Dataset: {data.description}",
-        f"- Budget: {budget}",
-        f"- Seeds: {', '.join(map(str, bench.seeds))} (training); noise seed {bench.noise_seed} "
-        "(every method sees the same noisy masks)",
-        "",
-        "Scores are on the clean test masks: Dice and IoU in %, HD95 and ASD in mm, mean ± sample std over "
-        "seeds of each seed's mean over test cases"
-        + (" (folds averaged within a seed)" if bench.cv else "")
-        + ". The primary columns use the final checkpoint, as nnU-Net reports; *val-selected* uses the "
-        "checkpoint with the best Dice on the validation split carved from the training cases, scored "
-        "against their noisy masks as a user would have them (never the test set)"
-        + (
-            "; on a setting with trusted cases (params trusted=N), on those cases and their clean masks instead "
-            "(they are held out from training, except for MTCL, whose clean subset they are)"
-            if any(n.trusted for n in bench.noise)
-            else ""
-        )
-        + ".",
-        "",
-    ]
-    if bench.noise:  # a benchmark without noise settings (e.g. a normalisation check) has no gap to show
-        lines += [
-            "## Where noise hurts",
-            "",
-            "The gap is supervised training on clean masks minus supervised training on the noisy masks "
-            "(Dice points): a method can only recover what this gap leaves.",
-            "",
-            markdown_table(gap_rows, list(gap_rows[0]) if gap_rows else ["setting"]),
-            "",
-        ]
-    lines += [
-        "## Dice by method and setting (final checkpoint)",
-        "",
-        "The `clean` column is the oracle (trained on the clean masks)."
-        if bench.noise
-        else "Every method here trains on the clean masks.",
-        "",
-        markdown_table(wide_rows, ["method", *settings]),
-        "",
-        "## All metrics",
-        "",
-        markdown_table(long_rows, list(long_rows[0]) if long_rows else ["setting", "method"]),
-        "",
-        "## Noise settings",
-        "",
-        "Label Dice: mean Dice (%) of the noisy training masks against the clean ones, from each set's "
-        "noise report; a noise level is only comparable between papers through this number.",
-        "",
-        markdown_table(noise_rows, list(noise_rows[0])),
-        "",
-    ]
     overrides = [
         {
             "method": m.name,
@@ -354,7 +407,7 @@ def write_report(
         }
         for m in bench.methods
     ]
-    lines += [
+    return [
         "## Methods",
         "",
         markdown_table(overrides, ["method", "registered method", "overrides", "train s/run", "x plain"]),
@@ -365,7 +418,18 @@ def write_report(
         f"Shared overrides (`base`): `{' '.join(bench.base) or '-'}`",
         "",
     ]
-    lines += _peer_section(out, agg)
+
+
+def _closing_sections(
+    runs: list[Run],
+    results: list[dict[str, Any]],
+    failed: list[tuple[Run, str]] | None,
+    plot_files: list[Path],
+) -> list[str]:
+    """Failed and missing runs, the plots, and where the per-run numbers are."""
+    have = {(r["noise"], r["method"], r["seed"], r.get("fold")) for r in results}
+    missing = [r for r in runs if (r.noise, r.method.name, r.seed, r.fold) not in have]
+    lines: list[str] = []
     if failed:
         lines += ["## Failed runs", ""] + [
             f"- {r.label}: {msg} (`{r.dir / ERROR_NAME}`)" for r, msg in failed
@@ -381,12 +445,11 @@ def write_report(
         ]
     if plot_files:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plot_files] + [""]
-    lines += [
+    return lines + [
         "Per-run numbers: `results.csv`; each run's folder holds its training logs, predictions and "
         "`summary.json` files.",
         "",
     ]
-    return write_text(out / "results.md", "\n".join(lines))
 
 
 def cost(results: list[dict[str, Any]], method: str, reference: str = "supervised") -> tuple[float, float]:

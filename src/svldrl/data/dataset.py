@@ -1,15 +1,7 @@
-"""Dataset layouts to a list of cases, and one case to normalised arrays.
+"""A dataset as a list of cases, and one case as normalised arrays.
 
-Four layouts are read, each found by what the path holds:
-
-- nnU-Net v2 raw folder: ``imagesTr/{CASE}_0000{ending}``, ``labelsTr/{CASE}{ending}``, ``dataset.json``
-  (``channel_names``, ``labels``, ``numTraining``, ``file_ending``); optional ``imagesTs/``, ``labelsTs/``.
-  Multi-channel datasets are accepted; the pipeline is single-channel and reads channel ``_0000``.
-- MSD / MONAI datalist JSON: ``{"training": [{"image", "label"}], "test": [...]}``, paths relative to
-  the JSON's folder. An MSD task folder (``dataset.json`` with ``training``) is read the same way.
-- Folder of HDF5 files (Left Atrium / Pancreas-CT releases): datasets ``image`` and ``label``;
-  ``train.list`` / ``test.list`` beside them pick the split.
-- Folder of ``<name>_image.nrrd`` + ``<name>_label.nrrd`` pairs (pyradiomics' test data), all training.
+The formats a dataset may come in (nnU-Net v2 raw folder, MSD / MONAI datalist JSON, HDF5 folder, image / mask
+pairs) are read by :mod:`svldrl.data.layouts`, one module each, found by what the path holds.
 
 Noisy masks live beside the clean ones in ``labelsTr_noisy/<name>/{case_id}.nii.gz`` and are chosen
 with ``labels="noisy/<name>"``.
@@ -32,31 +24,20 @@ are marked on the training cases (``Case.trusted``) by ``load_dataset(..., trust
 from __future__ import annotations
 
 import os
-import re
-import warnings
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from svldrl.data.io import (
-    H5_ENDINGS,
-    NIFTI_ENDINGS,
-    SITK_ENDINGS,
-    Grid,
-    Volume,
-    file_ending,
-    read_grid,
-    read_json,
-    read_volume,
-)
+from svldrl.data.cases import NOISY_DIR as NOISY_DIR  # re-exported: where noisy label sets live
+from svldrl.data.cases import Case, Dataset
+from svldrl.data.io import Grid, Volume, read_grid, read_json, read_volume
+from svldrl.data.layouts import read_layout
+from svldrl.data.layouts.common import visible_files
 from svldrl.data.normalize import ForegroundCheck, map_foreground, normalize_intensity
 from svldrl.errors import UserError
 
-NOISY_DIR = "labelsTr_noisy"
 NOISY_ENDING = ".nii.gz"
 #: A user's expert masks for some training cases (``{case_id}.nii.gz``), beside ``labelsTr/``.
 TRUSTED_DIR = "labelsTr_trusted"
@@ -64,82 +45,6 @@ TRUSTED_DIR = "labelsTr_trusted"
 TRUSTED_FILE = "trusted.json"
 #: ``data.trusted`` values besides a file: the dataset's and the noisy set's own records, or no trusted cases.
 TRUSTED_AUTO, TRUSTED_NONE = "auto", "none"
-LAYOUTS = ("nnunet", "datalist", "hdf5", "folder")
-# HDF5 stems shared by every case of a release (LA: <case>/mri_norm2.h5): the folder names the case.
-GENERIC_H5_STEMS = {"mri_norm2", "mri_norm", "image", "data", "volume", "img"}
-_PAIR_ENDINGS = "|".join(re.escape(e) for e in SITK_ENDINGS + NIFTI_ENDINGS)
-_PAIR_IMAGE = re.compile(rf"(.+)_image({_PAIR_ENDINGS})", re.IGNORECASE)
-_PAIR_LABEL = re.compile(rf"(.+)_(?:label|mask)({_PAIR_ENDINGS})", re.IGNORECASE)
-_CHANNEL = re.compile(r"(.+)_(\d{4})")
-
-
-@dataclass
-class Case:
-    """One volume and its mask.
-
-    ``image_key`` / ``label_key`` pick the datasets of HDF5 files. ``modality`` is the dataset's
-    ("mr" / "ct"), used when the config says ``data.modality: auto``. With a noisy label set, ``label`` is
-    the noisy mask and ``clean_label`` / ``clean_label_key`` the dataset's own (methods with a clean subset,
-    such as MTCL's, train those cases on it). ``trusted``: the mask in ``label`` is trusted (an expert's, or
-    one the noise left untouched; see the module docstring): validation and MTCL's clean subset use it.
-    """
-
-    case_id: str
-    image: Path
-    label: Path | None
-    image_key: str = "image"
-    label_key: str = "label"
-    modality: str | None = None
-    clean_label: Path | None = None
-    clean_label_key: str = "label"
-    trusted: bool = False
-
-    def with_clean_label(self) -> Case:
-        """This case with the dataset's own mask (itself when no other label set was chosen)."""
-        if self.clean_label is None:
-            return self
-        return replace(self, label=self.clean_label, label_key=self.clean_label_key)
-
-
-@dataclass
-class Dataset:
-    """Training and test cases of one dataset.
-
-    ``labels`` maps label names to values as in dataset.json (region-based nnU-Net datasets may
-    map a name to a list of values). ``label_set`` is ``"clean"`` or ``"noisy/<name>"``. ``trusted_source``
-    says where the trusted cases (``Case.trusted``) come from, empty without any.
-    """
-
-    root: Path
-    train: list[Case]
-    test: list[Case]
-    modality: str
-    labels: dict[str, int]
-    layout: str
-    file_ending: str
-    label_set: str = "clean"
-    trusted_source: str = ""
-
-    def noisy_dir(self, name: str) -> Path:
-        """Folder of the noisy training masks called ``name``."""
-        return self.root / NOISY_DIR / name
-
-    @property
-    def case_ids(self) -> list[str]:
-        """Ids of the training cases, in order."""
-        return [c.case_id for c in self.train]
-
-    @property
-    def trusted_ids(self) -> list[str]:
-        """Ids of the trusted training cases, sorted (empty without trusted cases)."""
-        return sorted(c.case_id for c in self.train if c.trusted)
-
-    def case(self, case_id: str) -> Case:
-        """The training or test case with this id."""
-        for c in self.train + self.test:
-            if c.case_id == case_id:
-                return c
-        raise UserError(f"no case '{case_id}' in the dataset", self.root)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,7 +52,7 @@ class Dataset:
 
 
 def load_dataset(path: str | Path, labels: str = "clean", trusted: str = TRUSTED_NONE) -> Dataset:
-    """Read a dataset in any of the four layouts (see the module docstring).
+    """Read a dataset in any of the layouts :data:`svldrl.data.layouts.LAYOUTS` knows.
 
     Args:
         path: nnU-Net raw folder, datalist ``.json`` file, folder of ``.h5`` files, or folder of
@@ -165,367 +70,7 @@ def load_dataset(path: str | Path, labels: str = "clean", trusted: str = TRUSTED
     path = Path(os.path.abspath(path))
     if not path.exists():
         raise UserError("dataset not found", path)
-    if path.is_file():
-        if path.suffix.lower() != ".json":
-            raise UserError("expected a dataset folder or a datalist .json file", path)
-        data = _read_json(path)
-        if "training" in data:
-            ds = _load_datalist(path, data)
-        elif path.name == "dataset.json":
-            ds = _load_nnunet(path.parent, path, data)
-        else:
-            raise UserError("datalist JSON has no 'training' list", path)
-    else:
-        ds = _load_folder(path)
-    return apply_trusted(_apply_label_set(ds, labels), trusted)
-
-
-def _load_folder(root: Path) -> Dataset:
-    dataset_json = root / "dataset.json"
-    if dataset_json.is_file():
-        data = _read_json(dataset_json)
-        if "training" in data and "channel_names" not in data:
-            return _load_datalist(dataset_json, data)  # MSD task folder / nnU-Net v1
-        return _load_nnunet(root, dataset_json, data)
-    if (root / "imagesTr").is_dir() or (root / "labelsTr").is_dir():
-        raise UserError(
-            "missing dataset.json (nnU-Net raw folders need channel_names, labels, numTraining, file_ending)",
-            dataset_json,
-        )
-    h5_files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.name.lower().endswith(H5_ENDINGS) and not p.name.startswith(".") and p.is_file()
-    )
-    if h5_files:
-        return _load_hdf5(root, h5_files)
-    ds = _load_pairs(root)
-    if ds is None:
-        raise UserError(
-            "no cases found: expected dataset.json + imagesTr/ (nnU-Net), .h5 files, "
-            "or <name>_image.nrrd + <name>_label.nrrd pairs",
-            root,
-        )
-    return ds
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object the user gave (dataset.json, a datalist): one-line errors for anything else."""
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise UserError("malformed JSON: expected an object at the top level", path)
-    return data
-
-
-def _modality_of(name: Any) -> str:
-    return "ct" if str(name).strip().upper() == "CT" else "mr"
-
-
-def _visible_files(folder: Path) -> list[Path]:
-    # Hidden files are OS clutter (.DS_Store) or our own half-written temporaries; never cases.
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
-
-
-# nnU-Net v2 ------------------------------------------------------------------------------------------------
-
-
-def _load_nnunet(root: Path, dataset_json: Path, data: dict) -> Dataset:
-    for key in ("channel_names", "labels", "file_ending"):
-        if key not in data:
-            raise UserError(f"malformed dataset.json: missing key '{key}'", dataset_json)
-    channels = data["channel_names"]
-    if not isinstance(channels, dict) or not channels:
-        raise UserError("malformed dataset.json: channel_names must be a non-empty mapping", dataset_json)
-    labels = data["labels"]
-    if not isinstance(labels, dict) or not all(_is_label_value(v) for v in labels.values()):
-        raise UserError("malformed dataset.json: labels must map names to integer values", dataset_json)
-    if 0 not in [v for v in labels.values() if isinstance(v, int)]:
-        raise UserError("malformed dataset.json: labels have no background 0", dataset_json)
-    ending = data["file_ending"]
-    if not isinstance(ending, str) or not ending.startswith("."):
-        raise UserError(
-            f"malformed dataset.json: file_ending must look like '.nii.gz', got {ending!r}", dataset_json
-        )
-    first = channels.get("0", next(iter(channels.values())))
-    modality = _modality_of(first)
-
-    images_tr = root / "imagesTr"
-    if not images_tr.is_dir():
-        raise UserError("missing imagesTr folder", images_tr)
-    train = _nnunet_cases(images_tr, root / "labelsTr", ending, len(channels), modality, require_labels=True)
-    if not train:
-        raise UserError("no training cases: imagesTr holds no images", images_tr)
-    n_declared = data.get("numTraining")
-    if isinstance(n_declared, int) and n_declared != len(train):
-        warnings.warn(
-            f"{dataset_json}: numTraining is {n_declared} but imagesTr holds {len(train)} cases", stacklevel=3
-        )
-    test: list[Case] = []
-    images_ts = root / "imagesTs"
-    if images_ts.is_dir():
-        labels_ts = root / "labelsTs"
-        test = _nnunet_cases(images_ts, labels_ts, ending, len(channels), modality, require_labels=False)
-    train_ids = {c.case_id for c in train}
-    for c in test:
-        if c.case_id in train_ids:
-            raise UserError(f"duplicate case id '{c.case_id}': also in imagesTr", c.image)
-    return Dataset(root, train, test, modality, dict(labels), "nnunet", ending)
-
-
-def _is_label_value(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return True
-    # Region-based nnU-Net datasets (BraTS) map a region name to a list of label values.
-    return isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-
-
-def _nnunet_cases(
-    image_dir: Path, label_dir: Path, ending: str, n_channels: int, modality: str, require_labels: bool
-) -> list[Case]:
-    images: dict[str, Path] = {}
-    extra_channels: dict[str, Path] = {}
-    for f in _visible_files(image_dir):
-        if not f.name.endswith(ending):
-            raise UserError(f"file ending differs from dataset.json file_ending '{ending}'", f)
-        stem = f.name[: -len(ending)]
-        m = _CHANNEL.fullmatch(stem)
-        if m is None:
-            raise UserError(f"image name lacks the channel suffix: expected {stem}_0000{ending}", f)
-        case_id, channel = m.group(1), int(m.group(2))
-        if channel >= n_channels:
-            expected = "_0000" if n_channels == 1 else f"_0000.._{n_channels - 1:04d}"
-            raise UserError(
-                f"wrong channel suffix _{m.group(2)}: dataset.json channel_names has {n_channels} "
-                f"channel(s), expected {expected}",
-                f,
-            )
-        if channel == 0:
-            images[case_id] = f
-        else:
-            extra_channels.setdefault(case_id, f)
-    for case_id, f in extra_channels.items():
-        if case_id not in images:
-            raise UserError(f"case '{case_id}' has no channel _0000 image", f)
-
-    masks: dict[str, Path] = {}
-    if label_dir.is_dir():
-        for f in _visible_files(label_dir):
-            if not f.name.endswith(ending):
-                raise UserError(f"file ending differs from dataset.json file_ending '{ending}'", f)
-            case_id = f.name[: -len(ending)]
-            if case_id not in images:
-                m = _CHANNEL.fullmatch(case_id)
-                if m is not None and m.group(1) in images:
-                    raise UserError(f"mask names carry no channel suffix: expected {m.group(1)}{ending}", f)
-                raise UserError(f"mask has no image (expected {image_dir.name}/{case_id}_0000{ending})", f)
-            masks[case_id] = f
-        # A labelsTs folder with masks must cover every test image, as labelsTr does (empty: ignored).
-        require_labels = require_labels or bool(masks)
-    for case_id, f in images.items():
-        if require_labels and case_id not in masks:
-            raise UserError(f"image has no mask (expected {label_dir.name}/{case_id}{ending})", f)
-    return [Case(cid, images[cid], masks.get(cid), modality=modality) for cid in sorted(images)]
-
-
-# Datalist JSON ---------------------------------------------------------------------------------------------
-
-
-def _load_datalist(json_path: Path, data: dict) -> Dataset:
-    base = Path(os.path.abspath(json_path.parent))
-    training = data.get("training")
-    if not isinstance(training, list):
-        raise UserError('datalist \'training\' must be a list of {"image": ..., "label": ...}', json_path)
-    modality = "mr"
-    for key in ("modality", "channel_names"):  # MSD says "modality", nnU-Net v2 "channel_names"
-        if isinstance(data.get(key), dict) and data[key]:
-            modality = _modality_of(next(iter(data[key].values())))
-            break
-    seen: dict[str, str] = {}
-    train: list[Case] = []
-    # MONAI datalists may carry a "validation" list: labelled cases, so part of the training pool
-    # (our cross-validation splits decide what is validated on).
-    for section in ("training", "validation"):
-        entries = data.get(section) or []
-        if not isinstance(entries, list):
-            raise UserError(f"datalist '{section}' must be a list", json_path)
-        for i, entry in enumerate(entries):
-            where = f"{section}[{i}]"
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise UserError(f"{where} must be an object with 'image' and 'label'", json_path)
-            case = _datalist_case(base, json_path, entry["image"], entry["label"], where, modality)
-            _claim(seen, case, json_path)
-            train.append(case)
-    if not train:
-        raise UserError("datalist has no training cases", json_path)
-    test: list[Case] = []
-    tests = data.get("test") or []
-    if not isinstance(tests, list):
-        raise UserError("datalist 'test' must be a list", json_path)
-    for i, entry in enumerate(tests):
-        where = f"test[{i}]"
-        if isinstance(entry, dict) and "image" in entry:
-            case = _datalist_case(base, json_path, entry["image"], entry.get("label"), where, modality)
-        elif isinstance(entry, str):
-            case = _datalist_case(base, json_path, entry, None, where, modality)
-        else:
-            raise UserError(f"{where} must be a path or an object with 'image'", json_path)
-        _claim(seen, case, json_path)
-        test.append(case)
-    return Dataset(
-        base,
-        train,
-        test,
-        modality,
-        _datalist_labels(data),
-        "datalist",
-        file_ending(train[0].image) or ".nii.gz",
-    )
-
-
-def _datalist_case(base: Path, json_path: Path, image: Any, label: Any, where: str, modality: str) -> Case:
-    if isinstance(image, list) and image:
-        image = image[0]  # multi-channel entry (BraTS: flair, t1ce, t1, t2): the pipeline reads one channel
-    if not isinstance(image, str) or not image:
-        raise UserError(f"{where}.image must be a path", json_path)
-    image_path = _resolve_inside(base, image, json_path, f"{where}.image")
-    label_path = None
-    if label is not None:
-        if not isinstance(label, str) or not label:
-            raise UserError(f"{where}.label must be a path", json_path)
-        label_path = _resolve_inside(base, label, json_path, f"{where}.label")
-    ending = file_ending(image_path)
-    stem = image_path.name[: -len(ending)] if ending else image_path.name
-    case_id = stem[:-5] if _CHANNEL.fullmatch(stem) and stem.endswith("_0000") else stem
-    return Case(case_id, image_path, label_path, modality=modality)
-
-
-def _resolve_inside(base: Path, rel: str, json_path: Path, where: str) -> Path:
-    """``base / rel`` normalised; refuse paths leaving ``base`` (checked lexically: symlinked data works)."""
-    p = Path(rel)
-    full = Path(os.path.normpath(p if p.is_absolute() else base / p))
-    if os.path.commonpath([str(full), str(base)]) != str(base):
-        raise UserError(f"{where} '{rel}' points outside the datalist's folder {base}", json_path)
-    if not full.is_file():
-        # nnU-Net v1 lists images as imagesTr/CASE.nii.gz while the file is imagesTr/CASE_0000.nii.gz.
-        ending = file_ending(full)
-        alt = full.with_name(full.name[: -len(ending)] + "_0000" + ending) if ending else full
-        if alt.is_file() and "imagesT" in str(full.parent.name):
-            return alt
-        raise UserError(f"{where} file not found: {full}", json_path)
-    return full
-
-
-def _claim(seen: dict[str, str], case: Case, source: Path) -> None:
-    if case.case_id in seen:
-        raise UserError(f"duplicate case id '{case.case_id}' ({seen[case.case_id]} and {case.image})", source)
-    seen[case.case_id] = str(case.image)
-
-
-def _datalist_labels(data: dict) -> dict[str, int]:
-    labels = data.get("labels")
-    if isinstance(labels, dict) and labels:
-        # MSD: {"0": "background", "1": "left atrium"}; nnU-Net: {"background": 0, "left atrium": 1}.
-        if all(str(k).isdigit() and isinstance(v, str) for k, v in labels.items()):
-            return {v: int(k) for k, v in labels.items()}
-        if all(_is_label_value(v) for v in labels.values()):
-            return dict(labels)
-    return {"background": 0, "foreground": 1}
-
-
-# HDF5 folder -----------------------------------------------------------------------------------------------
-
-
-def _load_hdf5(root: Path, files: list[Path]) -> Dataset:
-    import h5py
-
-    stem_count = Counter(_h5_stem(f) for f in files)
-    cases: dict[str, Case] = {}
-    aliases: dict[str, str] = {}
-    for f in files:
-        stem = _h5_stem(f)
-        generic = stem_count[stem] > 1 or stem.lower() in GENERIC_H5_STEMS
-        case_id = f.parent.name if generic and f.parent != root else stem
-        if case_id in cases:
-            raise UserError(f"duplicate case id '{case_id}' (also {cases[case_id].image})", f)
-        try:
-            with h5py.File(f, "r") as h:
-                keys = set(h.keys())
-        except Exception as exc:  # h5py raises OSError / KeyError / ValueError on broken files
-            raise UserError(f"cannot read HDF5 file ({type(exc).__name__})", f) from None
-        if "image" not in keys:
-            raise UserError(f"HDF5 file has no dataset 'image' (has: {', '.join(sorted(keys)) or 'none'})", f)
-        cases[case_id] = Case(case_id, f, f if "label" in keys else None, modality="mr")
-        # List files name cases by id, file stem, or stem without the release's "_norm" suffix.
-        for alias in {case_id, stem, re.sub(r"_norm\d*$", "", stem)}:
-            aliases.setdefault(alias, case_id)
-
-    def read_list(name: str) -> list[str] | None:
-        list_path = root / name
-        if not list_path.is_file():
-            return None
-        ids = []
-        for line in list_path.read_text().splitlines():
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            key = Path(entry).name
-            key = key[: -len(file_ending(key))] if key.lower().endswith(H5_ENDINGS) else key
-            if key not in aliases:
-                raise UserError(f"names '{entry}', but no such .h5 file is in the folder", list_path)
-            ids.append(aliases[key])
-        return ids
-
-    train_ids = read_list("train.list")
-    test_ids = read_list("test.list") or []
-    both = sorted(set(test_ids) & set(train_ids or []))
-    if both:
-        raise UserError(f"case '{both[0]}' is in both train.list and test.list", root / "test.list")
-    if train_ids is None:
-        train_ids = [cid for cid in cases if cid not in set(test_ids)]
-    train = [cases[cid] for cid in dict.fromkeys(train_ids)]
-    test = [cases[cid] for cid in dict.fromkeys(test_ids)]
-    for c in train:
-        if c.label is None:
-            raise UserError("training case has no dataset 'label'", c.image)
-    if not train:
-        raise UserError("no training cases among the .h5 files", root)
-    return Dataset(root, train, test, "mr", {"background": 0, "foreground": 1}, "hdf5", ".h5")
-
-
-def _h5_stem(f: Path) -> str:
-    return f.name[: -len(file_ending(f))]
-
-
-# Image / mask pairs ----------------------------------------------------------------------------------------
-
-
-def _load_pairs(root: Path) -> Dataset | None:
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    for f in _visible_files(root):
-        if m := _PAIR_LABEL.fullmatch(f.name):
-            target = masks
-        elif m := _PAIR_IMAGE.fullmatch(f.name):
-            target = images
-        else:
-            continue
-        if m.group(1) in target:
-            raise UserError(f"duplicate case id '{m.group(1)}' (also {target[m.group(1)]})", f)
-        target[m.group(1)] = f
-    if not images and not masks:
-        return None
-    for cid, f in images.items():
-        if cid not in masks:
-            raise UserError(f"image has no mask (expected {cid}_label{file_ending(f)})", f)
-    for cid, f in masks.items():
-        if cid not in images:
-            raise UserError(f"mask has no image (expected {cid}_image{file_ending(f)})", f)
-    train = [Case(cid, images[cid], masks[cid], modality="mr") for cid in sorted(images)]
-    return Dataset(
-        root, train, [], "mr", {"background": 0, "foreground": 1}, "folder", file_ending(train[0].image)
-    )
+    return apply_trusted(_apply_label_set(read_layout(path), labels), trusted)
 
 
 # Noisy label sets ------------------------------------------------------------------------------------------
@@ -662,7 +207,7 @@ def _expert_masks(ds: Dataset) -> dict[str, Path]:
     endings = list(dict.fromkeys([NOISY_ENDING, ds.file_ending]))
     known = set(ds.case_ids)
     masks: dict[str, Path] = {}
-    for f in _visible_files(folder):
+    for f in visible_files(folder):
         ending = next((e for e in endings if f.name.endswith(e)), None)
         if ending is None:
             raise UserError(f"not a trusted mask: expected {{CASE}}{' or {CASE}'.join(endings)}", f)

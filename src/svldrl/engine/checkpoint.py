@@ -1,7 +1,9 @@
-"""Checkpoints: written atomically, loaded with ``weights_only=True``, checked against the run."""
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, checked against the run; the run folder
+they make, and the attributes a method names in ``checkpointed``, saved and put back the same way for all."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 import warnings
 import zipfile
@@ -12,10 +14,31 @@ import torch
 
 from svldrl import __version__
 from svldrl.data.io import atomic_write
+from svldrl.data.outputs import check_writable_dir
+from svldrl.engine import distributed as D
 from svldrl.errors import UserError
 
 FORMAT = "svldrl-checkpoint"
 FORMAT_VERSION = 1
+#: The checkpoint a resume continues from; a run folder holds a training once it has one.
+LATEST = "checkpoint_latest.pt"
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """A new run refuses a folder that holds a training, a resume needs one; decided on rank 0 and shared, so
+    that every rank stops with the same message.
+
+    Raises:
+        UserError: a folder that cannot be written, or holds (or lacks) a training against ``resume``.
+    """
+    D.on_rank0(lambda: check_writable_dir(out, "run folder (--out)"))
+    has_run = D.on_rank0(lambda: (out / LATEST).exists())
+    if resume and not has_run:
+        raise UserError(f"nothing to resume: no {LATEST} in the run folder", out)
+    if not resume and has_run:
+        raise UserError(
+            "run folder already holds a training; pass --resume to continue it or choose another --out", out
+        )
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -83,3 +106,27 @@ def checkpoint_iteration(path: str | Path) -> int:
     """
     # mapped only where torch can map it (a zip file); anything else is read and refused as load_checkpoint says
     return int(load_checkpoint(path, mmap=zipfile.is_zipfile(path))["iteration"])
+
+
+def attribute_state(value: Any) -> Any:
+    """A checkpointed attribute as plain data: its ``state_dict()`` where it has one, a tensor's detached CPU
+    copy, a deep copy of anything else; None (not saved) for None."""
+    if hasattr(value, "state_dict"):
+        return value.state_dict()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    return None if value is None else copy.deepcopy(value)
+
+
+def load_attribute(owner: Any, name: str, saved: Any) -> None:
+    """Put back what :func:`attribute_state` saved of ``owner.name``: in place into an object with
+    ``load_state_dict`` or a tensor (a module, an optimiser or a parameter stays the one others refer to), else
+    as a copy."""
+    value = getattr(owner, name, None)
+    if hasattr(value, "load_state_dict"):
+        value.load_state_dict(saved)
+    elif isinstance(value, torch.Tensor):
+        with torch.no_grad():
+            value.copy_(saved.to(value.device))
+    else:
+        setattr(owner, name, copy.deepcopy(saved))

@@ -109,6 +109,18 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DDP:
     return DDP(model, device_ids=ids, find_unused_parameters=False, **sync)
 
 
+def wrap(
+    model: torch.nn.Module, device: torch.device, ddp: bool, compiled: bool
+) -> tuple[torch.nn.Module, frozenset[int]]:
+    """``model`` in DistributedDataParallel (``ddp``) and ``torch.compile`` (``compiled``), and the ids of the
+    parameters DDP averages (the rest is averaged by :func:`average_gradients`)."""
+    ddp_params: frozenset[int] = frozenset()
+    if ddp:
+        model = wrap_ddp(model, device)
+        ddp_params = frozenset(id(p) for p in model.parameters())
+    return (torch.compile(model) if compiled else model), ddp_params
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain network inside DDP and ``torch.compile`` wrappers (for state dicts and evaluation)."""
     while True:

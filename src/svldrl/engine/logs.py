@@ -1,5 +1,5 @@
 """Run logs: the metric history (CSV, rewritten atomically from the history kept in checkpoints),
-TensorBoard events and ``progress.png``."""
+TensorBoard events, ``progress.png`` and the progress line of each epoch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from svldrl.data.io import atomic_write, write_text
-from svldrl.reporter import fmt_number
+from svldrl.reporter import fmt_number, fmt_seconds
 
 
 def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -87,3 +87,27 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+def write_epoch_logs(
+    out: Path, history: list[dict[str, Any]], iteration: int, tb: TensorBoard, title: str, val_masks: str
+) -> None:
+    """After an epoch (its row last in ``history``, ``iteration`` steps done): ``metrics.csv``, ``progress.png``
+    and its TensorBoard scalars."""
+    write_history_csv(out / "metrics.csv", history)
+    plot_progress(out / "progress.png", history, title, val_masks)
+    tb.scalars({k: v for k, v in history[-1].items() if k not in ("epoch", "iteration")}, iteration)
+
+
+def epoch_line(
+    row: dict[str, Any], epoch: int, epochs: int, iteration: int, iterations: int, eta: float
+) -> str:
+    """The progress line of epoch ``epoch`` (0-based) that ended with ``row``."""
+    vd = row["val_dice"]
+    return (
+        f"epoch {epoch + 1}/{epochs}  it {iteration}/{iterations}  "
+        f"loss {row.get('train_loss', math.nan):.4f}  "
+        f"val Dice{' (trusted)' if 'val_masks' in row else ''} {'-' if math.isnan(vd) else f'{vd:.4f}'}"
+        + (f"  stage {row['stage']}" if "stage" in row else "")
+        + f"  ETA {fmt_seconds(eta)}"
+    )

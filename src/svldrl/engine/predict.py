@@ -1,17 +1,23 @@
 """Sliding-window inference: a trained network's checkpoint, windows stitched in bounded memory.
 
 The command ``svldrl predict`` (a run folder by method name, a folder of images, NIfTI out with each input's
-affine) is :func:`svldrl.runs.predict_folder`; this module is the method-agnostic part it stands on.
+affine) is :func:`svldrl.runs.predict_folder`; this module is the method-agnostic part it stands on. Foreground
+probabilities have one home here too (:func:`window_probability`): the trainer's pass over its training cases,
+the label audit and SFDA's source model use it.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
 from svldrl.data.io import (
@@ -19,11 +25,13 @@ from svldrl.data.io import (
     file_ending,
 )
 from svldrl.engine.checkpoint import load_checkpoint
-from svldrl.engine.distributed import unwrap
-from svldrl.engine.trainer import resolve_device
+from svldrl.engine.device import resolve_device
+from svldrl.engine.distributed import sum_over_ranks, unwrap
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
+from svldrl.rules import overlap as dice_of
 
+CPU = torch.device("cpu")
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
 
 
@@ -162,3 +170,107 @@ def segment_volume(
         device,
     )
     return label, {}
+
+
+@torch.no_grad()
+def window_probability(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    roi: Sequence[int],
+    sw_batch: int,
+    overlap: float,
+    mode: str,
+    sw_device: torch.device,
+    device: torch.device = CPU,
+    tta: bool = False,
+) -> np.ndarray:
+    """Foreground probability (float32, the image's shape) of a normalised 3D image: the softmax of MONAI's
+    sliding-window stitching of ``predictor``'s two-class logits.
+
+    Windows run on ``sw_device``; the stitched logits live on ``device`` (the CPU by default, so the device holds
+    only the window batch; the trainer keeps them on its device). ``tta``: the mean probability over the 8
+    mirrorings of the three axes (nnU-Net's test-time augmentation; the trainer's augmentation flips every axis,
+    so each mirrored view is one it learned).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    mirrorings = [axes for k in range(4) for axes in itertools.combinations((2, 3, 4), k)] if tta else [()]
+    total = None
+    for axes in mirrorings:
+        logits = sliding_window_inference(
+            torch.flip(x, axes) if axes else x,
+            tuple(roi),
+            sw_batch,
+            predictor,
+            overlap=overlap,
+            mode=mode,
+            sw_device=sw_device,
+            device=device,
+        )
+        p = torch.softmax(logits.float(), 1)[:, 1]
+        p = torch.flip(p, [a - 1 for a in axes]) if axes else p
+        total = p if total is None else total + p
+    if len(mirrorings) > 1:
+        total = total / len(mirrorings)
+    return total[0].cpu().numpy()
+
+
+def predict_probability(
+    method: type,
+    net: torch.nn.Module,
+    cfg: dict,
+    image: np.ndarray,
+    batch: int | None = None,
+    tta: bool = False,
+) -> np.ndarray:
+    """Foreground probability (float32) of a normalised 3D image by a trained run's network, in the run's sliding
+    window (:func:`window_probability`).
+
+    The windows of :func:`segment_volume` (so ``p > 0.5`` is its label map without ``tta``), including the
+    method's test-time refinement where ``make_predictor`` adds one. ``batch``: windows per forward (default
+    the run's ``infer.sw_batch``).
+    """
+    ic = cfg["infer"]
+    return window_probability(
+        method.make_predictor(net, cfg),
+        image,
+        (int(cfg["train"]["patch"]),) * 3,
+        batch or int(ic["sw_batch"]),
+        ic["overlap"],
+        ic["mode"],
+        next(net.parameters()).device,
+        tta=tta,
+    )
+
+
+@torch.no_grad()
+def validation_dice(
+    network: torch.nn.Module,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    roi: Sequence[int],
+    infer: dict,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> float:
+    """Mean Dice of sliding-window label maps (``infer.*``) against ``labels``; a case empty in both is not
+    scored. ``network`` (what ``predictor`` runs) is in eval mode meanwhile and in train mode after.
+
+    Each rank segments its share of the cases (every ``world``-th); the sums are reduced, so every rank returns
+    the mean over all cases.
+    """
+    network.eval()
+    total = count = 0.0
+    for k in range(rank, len(labels), world):
+        x = torch.from_numpy(images[k])[None, None].to(device)
+        logits = sliding_window_inference(
+            x, tuple(roi), int(infer["sw_batch"]), predictor, overlap=infer["overlap"], mode=infer["mode"]
+        )
+        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        d = dice_of(pred, labels[k])[0]  # NaN when both are empty: not scored
+        if not math.isnan(d):
+            total, count = total + d, count + 1
+    network.train()
+    total, count = sum_over_ranks([total, count])
+    return total / count if count else math.nan

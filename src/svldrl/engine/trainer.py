@@ -3,106 +3,83 @@
 It knows no method. A method is a small subclass (nnU-Net's trainer-variant pattern) that changes
 one or two hooks. The lifecycle, as nnU-Net's:
 
-1. construct: settings, data (``training_case(position, case)`` picks the mask a case trains with),
+1. construct: settings (a copy with what the data decide resolved), data (``training_case(position, case)``
+   picks the mask a case trains with),
 2. ``build_network()``, then ``build_method_state()``: what the method keeps beside the network (a peer
    network and its optimiser, an EMA teacher, extra learnable parameters ...),
 3. ``build_optimizer(trainable_parameters())``, ``build_scheduler(optimizer)``, ``build_loss()``,
-4. restore: with ``resume``, the checkpoint's model, optimiser, scheduler, random streams, the metric log and
-   the attributes the method names in ``checkpointed`` (saved and restored by the base, none hand-written),
+4. ``restore()``: the caller's step when it continues a run (the trainer made with ``resume=True``, which
+   expects a checkpoint in the run folder where a fresh run refuses one): the checkpoint's model, optimiser,
+   scheduler, random streams, the metric log and the attributes the method names in ``checkpointed`` (saved and
+   restored by the base, none hand-written),
 5. ``fit()``: ``train_step(batch)`` per step, ``on_epoch_end(epoch)`` per epoch, validation with
    ``make_predictor(network, cfg)`` (also what ``svldrl predict`` uses).
+
+The constructor does 1-3, so ``Trainer(cfg, ds, out)`` then ``fit()`` trains a new run, and
+``Trainer(cfg, ds, out, resume=True)``, ``restore()``, ``fit()`` continues one (:func:`svldrl.runs.train`).
 
 The training target of every case lives in ``self.targets`` (float32 foreground probability,
 initially the given mask), so label-correcting methods change it in one place; a method that changes it
 lists ``"targets"`` in ``checkpointed`` and resume keeps it.
 
-Patches come from a data stream (``self.rng``) that is the same on every rank: each step draws one
-global batch of ``train.batch x world size`` patches (a case and a seed per patch; cases are dealt
-out from a shuffled pass over the training cases, as ``DistributedSampler`` does) and each rank
-crops its own share. A run on N ranks therefore sees the patches of a one-process run with an N
-times larger ``train.batch``, and the crops do not depend on which process (or DataLoader worker)
-makes them.
+What the loop stands on lives beside it, one module each: the data (the split, the cases as arrays, the patch
+stream that is the same on every rank, batches) in :mod:`~svldrl.engine.training_data`; device and number format
+in :mod:`~svldrl.engine.device`; random streams in :mod:`~svldrl.engine.streams`; checkpoints and the run folder
+in :mod:`~svldrl.engine.checkpoint`; sliding-window probabilities and validation Dice in
+:mod:`~svldrl.engine.predict`; logs in :mod:`~svldrl.engine.logs`; the ETA in :mod:`~svldrl.engine.eta`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import random
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
-from torch.utils.data import DataLoader
 
 from svldrl import config as C
-from svldrl.data.dataset import Case, Dataset, load_case
-from svldrl.data.fingerprint import ct_range, dataset_fingerprint, hash_ids
+from svldrl.data.dataset import Case, Dataset
 from svldrl.data.io import write_text
-from svldrl.data.normalize import ForegroundCheck
-from svldrl.data.outputs import check_writable_dir
-from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
 from svldrl.engine import distributed as D
 from svldrl.engine.allocator import keep_freed_memory
-from svldrl.engine.checkpoint import load_checkpoint, save_checkpoint
-from svldrl.engine.logs import TensorBoard, plot_progress, write_history_csv
-from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, crop_patch, pad_to_patch
+from svldrl.engine.checkpoint import (
+    LATEST,
+    attribute_state,
+    check_run_folder,
+    load_attribute,
+    load_checkpoint,
+    save_checkpoint,
+)
+from svldrl.engine.device import memory_format, resolve_device, use_amp
+from svldrl.engine.eta import StageTimer
+from svldrl.engine.logs import TensorBoard, epoch_line, write_epoch_logs, write_history_csv
+from svldrl.engine.patches import StepCrops
+from svldrl.engine.predict import validation_dice, window_probability
+from svldrl.engine.streams import restore_own_streams, rng_state, seed_streams
+from svldrl.engine.training_data import (
+    Batch,
+    Spec,
+    collate,
+    describe,
+    next_specs,
+    read_cases,
+    resolve_data_settings,
+    split_cases,
+    worker_crops,
+)
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
-from svldrl.rules import overlap
 
-Batch = dict[str, Any]
 #: Seconds between progress lines inside a long epoch.
 PROGRESS_EVERY = 30.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the local CUDA device under torchrun, else cuda:0 if present, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", D.local_rank())
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 kernels natively: a CUDA GPU with bf16, or a CPU with AMX-BF16 or
-    AVX512-BF16 (oneDNN then uses them; without them bf16 is emulated and slower than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_amp(setting: bool | str, device: torch.device) -> bool:
-    """``train.amp`` resolved for ``device``: ``auto`` means bf16 where :func:`bf16_supported`."""
-    return bf16_supported(device) if setting == "auto" else bool(setting)
-
-
-def memory_format(setting: str, device: torch.device, amp: bool) -> torch.memory_format:
-    """``train.memory_format`` resolved: ``auto`` is channels_last on a CPU under bf16 autocast, where oneDNN's
-    3D convolutions run 1.4x faster in that layout (benchmarks/results/cpu_speed: bf16_cl against bf16), and
-    contiguous elsewhere (cuDNN's 3D convolutions gain nothing dependable from it)."""
-    if setting == "auto":
-        setting = "channels_last" if device.type == "cpu" and amp else "contiguous"
-    return torch.channels_last_3d if setting == "channels_last" else torch.contiguous_format
 
 
 def seg_target(q: torch.Tensor) -> torch.Tensor:
@@ -136,7 +113,6 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         # 1. construct
-        self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir)
         self.resume = resume
@@ -150,16 +126,17 @@ class Trainer:
         self.amp = use_amp(tc["amp"], self.device)
         if tc["keep_freed_memory"] and self.device.type == "cpu":
             keep_freed_memory()
-        self._seed(int(cfg["seed"]))
+        # the data stream (self.rng, every rank alike) and this rank's own (self.generator for a method's sampling)
+        self.rng, self.generator = seed_streams(int(cfg["seed"]), self.rank)
         if tc["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg["data"]["modality"] == "auto":
-            cfg["data"]["modality"] = dataset.modality
         self.patch = int(tc["patch"])
         self.iterations = int(tc["iterations"])
         self.steps_per_epoch = int(tc["steps_per_epoch"])
         self.num_epochs = math.ceil(self.iterations / self.steps_per_epoch)
-        self._check_run_folder(resume)
+        check_run_folder(self.out, resume)
+        #: The run's settings, with what the data decide resolved (a copy: the caller's config stays as given).
+        self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
         # 2. network and method state, 3. optimiser, schedule and loss
         self.network = self.build_network().to(self.device)
@@ -178,16 +155,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
-        # measured time per training stage (steps) and per epoch beyond the steps (validation, checkpoints)
-        self._stage_seconds: dict[int, float] = defaultdict(float)
-        self._stage_steps: dict[int, int] = defaultdict(int)
-        self._overhead_seconds, self._overhead_epochs = 0.0, 0
-        self._epoch_t0 = time.monotonic()
+        self.timing = StageTimer(
+            self.stage_of, lambda s: type(self).stage_cost(self.cfg, s), self.iterations, self.num_epochs
+        )
         self._rank_rngs: list[dict[str, Any]] | None = None
         self._ddp_params: frozenset[int] = frozenset()
-        # 4. restore
-        if resume:
-            self.restore()
+        self.restored = False  # 4. restore is the caller's step: restore() (resume) before fit()
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -274,33 +247,19 @@ class Trainer:
         """The ``checkpointed`` attributes as plain data (``state_dict`` where they have one), plus the stage."""
         state: dict[str, Any] = {"stage": self.stage_of(min(self.iteration, self.iterations - 1))}
         for name in self.checkpointed:
-            value = getattr(self, name, None)
-            if name == "targets":
-                state[name] = self.targets_state()
-            elif hasattr(value, "state_dict"):
-                state[name] = value.state_dict()
-            elif isinstance(value, torch.Tensor):
-                state[name] = value.detach().cpu().clone()
-            elif value is not None:
-                state[name] = copy.deepcopy(value)
+            value = self.targets_state() if name == "targets" else attribute_state(getattr(self, name, None))
+            if value is not None:
+                state[name] = value
         return state
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         """Restore the ``checkpointed`` attributes from :meth:`method_state`'s output (the stage derives from
         the iteration and is not restored)."""
         for name in self.checkpointed:
-            if name not in state:
-                continue
-            value = getattr(self, name, None)
-            if name == "targets":
+            if name == "targets" and name in state:
                 self.load_targets_state(state[name])
-            elif hasattr(value, "load_state_dict"):
-                value.load_state_dict(state[name])
-            elif isinstance(value, torch.Tensor):
-                with torch.no_grad():
-                    value.copy_(state[name].to(value.device))
-            else:
-                setattr(self, name, copy.deepcopy(state[name]))
+            elif name in state:
+                load_attribute(self, name, state[name])
 
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -362,7 +321,6 @@ class Trainer:
         was_training = network.training
         network.eval()
         ic = self.cfg["infer"]
-        x = torch.from_numpy(image)[None, None].to(self.device)
 
         # Part of training: bf16 under ``train.amp`` like the steps (on CPUs with bf16 kernels this pass is much of
         # ADELE's and MTCL's time: benchmarks/results/sizing_converged); float32 logits into the softmax.
@@ -372,208 +330,47 @@ class Trainer:
 
         if ic["train_pass"] == "whole":
             div = int(getattr(network, "divisor", 1))
-            roi = tuple(max(self.patch, -(-s // div) * div) for s in x.shape[2:])
+            roi = tuple(max(self.patch, -(-s // div) * div) for s in image.shape)
             # MONAI pads the volume to the window and crops the output back: one forward per case
-            logits = sliding_window_inference(x, roi, 1, seg, overlap=0.0)
+            window = (roi, 1, 0.0, "constant")
         else:
-            logits = sliding_window_inference(
-                x, (self.patch,) * 3, int(ic["sw_batch"]), seg, overlap=ic["overlap"], mode=ic["mode"]
-            )
+            window = ((self.patch,) * 3, int(ic["sw_batch"]), ic["overlap"], ic["mode"])
+        # stitched on the trainer's device, where the steps run anyway
+        probs = window_probability(seg, image, *window, self.device, self.device)
         network.train(was_training)
-        return torch.softmax(logits, 1)[0, 1].cpu().numpy()
+        return probs
 
     # ------------------------------------------------------------------ data
-    def _check_run_folder(self, resume: bool) -> None:
-        # Decided on rank 0 and shared, so that every rank stops with the same message.
-        D.on_rank0(lambda: check_writable_dir(self.out, "run folder (--out)"))
-        has_run = D.on_rank0(lambda: (self.out / "checkpoint_latest.pt").exists())
-        if resume and not has_run:
-            raise UserError("nothing to resume: no checkpoint_latest.pt in the run folder", self.out)
-        if not resume and has_run:
-            raise UserError(
-                "run folder already holds a training; pass --resume to continue it or choose another --out",
-                self.out,
-            )
-
     def _load_data(self) -> None:
-        dcfg = self.cfg["data"]
-        if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
-            trusted = self.dataset.trusted_ids  # their masks may be experts': another set of masks
-            stats = dataset_fingerprint(
-                self.dataset.root,
-                self.dataset.train,
-                self.dataset.label_set + (f"+trusted:{hash_ids(trusted)}" if trusted else ""),
-                dcfg["foreground"],
-                self.reporter,
-            )
-            dcfg["intensity_range"] = ct_range(stats)  # in the run's config.yaml: predict normalises the same
-            self.reporter.info(
-                f"CT normalisation: clip to the training foreground's [{stats['percentile_00_5']:g}, "
-                f"{stats['percentile_99_5']:g}] (percentiles 0.5 / 99.5), map to [0, 1]"
-            )
-        cases = {c.case_id: c for c in self.dataset.train}
-        fold = parse_fold(dcfg["fold"])
-        if fold == ALL and self.cfg["train"]["checkpoint_select"] == "val":
-            raise UserError(
-                "--fold all trains on every case and keeps none for validation, so "
-                "train.checkpoint_select=val has nothing to select on; use final (the default) or a fold number"
-            )
-        #: The trusted training cases (sorted ids; empty without any): they validate, see trusted_split.
-        self.trusted_ids: list[str] = self.dataset.trusted_ids
-        if dcfg["train_on"] == "trusted" and not self.trusted_ids:
-            raise UserError(
-                "data.train_on=trusted, but no training case is trusted: add expert masks in labelsTr_trusted/, "
-                "train on a noisy set made with svldrl noise --trusted N, or list the cases with --trusted FILE"
-                + ("" if dcfg["trusted"] != "none" else " (data.trusted is none)"),
-                self.dataset.root,
-            )
-        if self.trusted_ids:
-            train_on = self.resolve_train_on(self.cfg)
-            self.train_ids, self.val_ids = trusted_split(sorted(cases), self.trusted_ids, fold, train_on)
-            if fold not in (0, ALL):
-                self.reporter.warn(
-                    f"--fold {fold}: with trusted cases the validation cases are the trusted ones and the splits "
-                    "are not used, so every fold number trains the same run"
-                )
-        else:
-            splits = (
-                None
-                if fold == ALL
-                else load_or_create_splits(
-                    self.dataset.root, sorted(cases), int(dcfg["num_folds"]), reporter=self.reporter
-                )
-            )
-            self.train_ids, self.val_ids = fold_cases(splits, fold, cases)
-        in_ram = dcfg["cache"] == "memory"
-        images: list[np.ndarray] = []
-        self.given: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
-        labels = ForegroundCheck(dcfg["foreground"])  # which masks hold none of --foreground's labels
-        for position, cid in enumerate(self.train_ids):
-            # Every case is read and checked now, whatever the cache mode: bad input stops the run at once.
-            # A mask without foreground is a case where the structure is absent (a multi-organ set binarised
-            # for one organ): a negative example, trained on like any other.
-            case = self.training_case(position, cases[cid])
-            img, lab, _ = load_case(case, dcfg, allow_empty=True, labels=labels)
-            if in_ram:
-                images.append(self._pad(img))
-            lab = self._pad(lab)
-            self.given.append(lab)
-            self.targets.append(lab.astype(np.float32))
-        val_images: list[np.ndarray] = []
-        self.val_labels: list[np.ndarray] = []
-        for cid in self.val_ids:
-            img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True, labels=labels)
-            if in_ram:
-                val_images.append(img)
-            self.val_labels.append(lab)
-        # ... but most masks without the chosen labels (holding others) is a wrong label value: refused
-        labels.check("training masks", "they would train as all background", self.dataset.root)
+        """The data attributes methods use: the split's ids, the cases as arrays, the targets."""
+        split = split_cases(self.dataset, self.cfg, self.resolve_train_on(self.cfg), self.reporter)
+        # Set before the cases are read: training_case (MTCL's) looks at them.
+        self.train_ids, self.val_ids, self.trusted_ids = split.train_ids, split.val_ids, split.trusted_ids
+        data = read_cases(
+            self.dataset, split, self.cfg["data"], self.patch, self.training_case, self.reporter
+        )
+        self.images, self.given, self.fg_idx = data.images, data.given, data.fg_idx
+        self.val_images, self.val_labels = data.val_images, data.val_labels
+        self.targets = [g.astype(np.float32) for g in self.given]
         #: What a method's corrections before training did to each case (case id -> notes), for
         #: ``svldrl targets``' report; empty for methods that correct nothing then.
         self.target_notes: dict[str, dict[str, Any]] = {}
-        self.fg_idx = [np.flatnonzero(g) for g in self.given]
-        absent = [cid for cid, idx in zip(self.train_ids, self.fg_idx, strict=True) if not idx.size]
-        if len(absent) == len(self.train_ids):
-            which = "" if dcfg["foreground"] is None else f" with foreground labels {dcfg['foreground']}"
-            raise UserError(
-                f"every training mask of fold {dcfg['fold']} is empty (no foreground voxels{which}); "
-                "check the masks or --foreground",
-                self.dataset.root,
-            )
-        if absent:
-            others = [cid for cid in absent if cid in labels.lacking]
-            self.reporter.warn(
-                f"{len(absent)} training case(s) without foreground (structure absent), trained on as "
-                f"negatives: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
-                + (
-                    f" ({len(others)} of them hold other labels only: {labels.held(others)})"
-                    if others
-                    else ""
-                )
-            )
-        # data.cache none: masks stay (small, and targets are training state); images are read per access.
-        self.images: Sequence[np.ndarray] = (
-            images if in_ram else LazyImages([cases[c] for c in self.train_ids], dcfg, self.patch)
-        )
-        self.val_images: Sequence[np.ndarray] = (
-            val_images if in_ram else LazyImages([cases[c] for c in self.val_ids], dcfg)
-        )
-        self.reporter.info(
-            f"{self.name}: fold {fold}, {len(self.train_ids)} training / {len(self.val_ids)} validation "
-            f"cases ({self.dataset.labels_name if hasattr(self.dataset, 'labels_name') else 'given'} masks)"
-            + (f", {self.world} ranks x batch {self.cfg['train']['batch']}" if self.world > 1 else "")
-        )
-        if self.trusted_ids:
-            trained = [c for c in self.trusted_ids if c in set(self.train_ids)]
-            shown = ", ".join(self.trusted_ids[:8]) + (" ..." if len(self.trusted_ids) > 8 else "")
-            self.reporter.info(
-                f"{len(self.trusted_ids)} trusted cases ({self.dataset.trusted_source}): {shown}; "
-                + (
-                    f"validation and checkpoint selection on their trusted masks (not on the {self.dataset.label_set} "
-                    "masks; the fold split is not used)"
-                    if self.val_ids
-                    else "no validation (--fold all)"
-                )
-                + (
-                    f"; {len(trained)} of them also train, on their trusted masks"
-                    if trained
-                    else "; they do not train (held out for selection)"
-                )
-            )
+        describe(self.dataset, split, self.name, self.world, self.cfg["train"]["batch"], self.reporter)
 
-    def _pad(self, arr: np.ndarray) -> np.ndarray:
-        return pad_to_patch(arr, self.patch)
+    def _next_specs(self) -> list[Spec]:
+        """(case, seed) of this rank's patches in the next global batch (:func:`next_specs`)."""
+        batch = int(self.cfg["train"]["batch"])
+        return next_specs(self.rng, self._case_queue, len(self.images), batch, self.rank, self.world)
 
-    def _next_specs(self) -> list[tuple[int, int]]:
-        """(case, seed) of this rank's patches in the next global batch; all ranks advance ``self.rng`` alike.
-
-        Cases come from shuffled passes over the training cases (``DistributedSampler``'s rule over an
-        endless sequence of passes); global slot ``j`` goes to rank ``j % world``, so each case of a pass is
-        cropped by exactly one rank and the ranks' patches together are the one-process batch.
-        """
-        g = int(self.cfg["train"]["batch"]) * self.world
-        while len(self._case_queue) < g:
-            self._case_queue.extend(int(i) for i in self.rng.permutation(len(self.images)))
-        cases, self._case_queue = self._case_queue[:g], self._case_queue[g:]
-        seeds = self.rng.integers(2**62, size=g)
-        return [(cases[j], int(seeds[j])) for j in range(self.rank, g, self.world)]
-
-    def _crop(self, case: int, seed: int) -> Crop:
-        return crop_patch(
-            self.images[case],
-            self.fg_idx[case],
-            self.patch,
-            float(self.cfg["data"]["pos_fraction"]),
-            self.aug,
-            case,
-            seed,
-        )
-
-    def _collate(self, crops: list[Crop]) -> Batch:
-        """Stack crops and attach their current targets and given masks (read here, in the training process,
-        so that targets a method changed during the epoch are seen at once)."""
-        tgts, givens = [], []
-        for c in crops:
-            tgt, giv = self.targets[c.case][c.box], self.given[c.case][c.box]
-            if c.flip:
-                tgt, giv = np.flip(tgt, c.flip), np.flip(giv, c.flip)
-            tgts.append(torch.from_numpy(np.ascontiguousarray(tgt, dtype=np.float32))[None])
-            givens.append(torch.from_numpy(np.ascontiguousarray(giv).astype(np.float32))[None])
-        dev = self.device
-        return {
-            "image": torch.stack([c.image for c in crops]).float().to(dev),
-            "target": torch.stack(tgts).to(dev),
-            "given": torch.stack(givens).to(dev),
-            "case": [c.case for c in crops],
-            "box": [c.box for c in crops],
-            "flip": [c.flip for c in crops],
-        }
+    def _crops(self, specs: list[list[Spec]]) -> StepCrops:
+        """The crops of each step's specs, made on access."""
+        pos_fraction = float(self.cfg["data"]["pos_fraction"])
+        return StepCrops(self.images, self.fg_idx, specs, self.patch, pos_fraction, self.aug)
 
     def sample_batch(self) -> Batch:
         """This rank's ``train.batch`` patches of the next global batch: foreground-aware random crops
         (RandCropByPosNegLabel's rule), flips and intensity jitter."""
-        return self._collate([self._crop(case, seed) for case, seed in self._next_specs()])
+        return collate(self._crops([self._next_specs()])[0], self.targets, self.given, self.device)
 
     def _batches(self, steps: int) -> Iterator[Batch]:
         """The batches of ``steps`` steps: made here one by one, or by ``data.workers`` DataLoader workers."""
@@ -584,36 +381,11 @@ class Trainer:
             return
         # The epoch's (case, seed) specs are drawn up front from self.rng, so the stream (and the checkpointed
         # RNG state) is the same with and without workers, and the workers' own seeds do not matter.
-        specs = [self._next_specs() for _ in range(steps)]
-        data = StepCrops(
-            self.images, self.fg_idx, specs, self.patch, float(self.cfg["data"]["pos_fraction"]), self.aug
-        )
-        import torch.multiprocessing as mp
-
-        ctx = "fork" if "fork" in mp.get_all_start_methods() else None  # fork: workers share the cases in RAM
-        loader = DataLoader(
-            data,
-            batch_size=None,
-            shuffle=False,
-            num_workers=min(workers, steps),
-            collate_fn=as_is,
-            multiprocessing_context=ctx,
-            generator=torch.Generator().manual_seed(0),
-        )  # leave the global torch RNG alone
-        for crops in loader:
-            yield self._collate(crops)
+        steps_crops = self._crops([self._next_specs() for _ in range(steps)])
+        for crops in worker_crops(steps_crops, workers):
+            yield collate(crops, self.targets, self.given, self.device)
 
     # ------------------------------------------------------------------ loop
-    def _seed(self, seed: int) -> None:
-        """``self.rng`` (the data stream) from ``seed`` on every rank; this rank's own streams (torch, Python,
-        NumPy, ``self.generator``, e.g. for SVL-DRL's action sampling) from ``seed + 1000 * rank``."""
-        own = seed + 1000 * self.rank
-        random.seed(own)
-        np.random.seed(own % 2**32)
-        torch.manual_seed(own)
-        self.rng = np.random.default_rng(seed)
-        self.generator = torch.Generator(device="cpu").manual_seed(own)
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the training forward when ``train.amp`` is on."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -624,15 +396,10 @@ class Trainer:
         Done after the optimiser and any method state (teachers, peers) are built from the plain network, so
         that copies and checkpoints see plain parameter names; :func:`D.unwrap` gets back to it.
         """
-        net = self.network
-        if net is not D.unwrap(net):
-            return  # wrapped already (fit called again)
-        if self.world > 1 and self.use_ddp():
-            net = D.wrap_ddp(net, self.device)
-            self._ddp_params = frozenset(id(p) for p in net.parameters())
-        if self.cfg["train"]["compile"]:
-            net = torch.compile(net)
-        self.network = net
+        if self.network is D.unwrap(self.network):  # not wrapped yet (fit may run again)
+            ddp = self.world > 1 and self.use_ddp()
+            compiled = bool(self.cfg["train"]["compile"])
+            self.network, self._ddp_params = D.wrap(self.network, self.device, ddp, compiled)
 
     def run_steps(self, steps: int) -> dict[str, float]:
         """``steps`` optimiser steps; returns the mean of each log over the steps that logged it.
@@ -652,10 +419,12 @@ class Trainer:
                 counts[key] += 1
             if time.monotonic() - last >= PROGRESS_EVERY and k < steps:
                 last = time.monotonic()
+                elapsed = last - self.timing.epoch_started
+                eta = self.timing.eta(self.iteration, self.epoch, extra_done=k, extra_seconds=elapsed)
                 self.reporter.info(
                     f"  epoch {self.epoch + 1}/{self.num_epochs}: step {k}/{steps}, it {self.iteration}/"
                     f"{self.iterations}, loss {sums.get('train_loss', 0.0) / max(counts.get('train_loss', 1), 1):.4f}"
-                    f"  ETA {fmt_seconds(self.eta(extra_done=k, extra_seconds=last - self._epoch_t0))}"
+                    f"  ETA {fmt_seconds(eta)}"
                 )
         return {key: v / counts[key] for key, v in sums.items()}
 
@@ -664,14 +433,10 @@ class Trainer:
         """The training stage of ``iteration`` (1 for methods without stages; SVL-DRL has three)."""
         return 1
 
-    def step_cost_prior(self, stage: int) -> float:
-        """Expected cost of a step of ``stage`` relative to a plain segmentation step, used for the ETA until
-        that stage has run (then its measured time is used)."""
-        return type(self).stage_cost(self.cfg, stage)
-
     @classmethod
     def stage_cost(cls, cfg: dict, stage: int) -> float:
-        """:meth:`step_cost_prior` from the config alone (1 for a plain method)."""
+        """Expected cost of a step of ``stage`` relative to a plain segmentation step, for the ETA until that
+        stage has run (then its measured time is used); 1 for a plain method."""
         return 1.0
 
     @classmethod
@@ -679,37 +444,6 @@ class Trainer:
         """Expected cost of a whole run relative to plain training for the same iterations (for ETAs of several
         runs, e.g. the demo's); from :meth:`stage_cost` weighted by the stages' shares of the budget."""
         return 1.0
-
-    def _note_steps(self, seconds: float, n: int) -> None:
-        """Add ``n`` steps that took ``seconds`` to the per-stage timing (attributed to the epoch's stages)."""
-        if n <= 0:
-            return
-        first = self.iteration - n
-        for it in range(first, self.iteration):
-            stage = self.stage_of(it)
-            self._stage_seconds[stage] += seconds / n
-            self._stage_steps[stage] += 1
-
-    def eta(self, extra_done: int = 0, extra_seconds: float = 0.0) -> float:
-        """Seconds left: each remaining step at the measured time per step of its stage (a stage not yet run:
-        the latest measured stage's time scaled by :meth:`step_cost_prior`), plus the measured overhead per
-        epoch (validation, checkpoints) for each remaining epoch. ``extra_*``: steps of the running epoch."""
-        rates = {s: self._stage_seconds[s] / n for s, n in self._stage_steps.items() if n}
-        if extra_done:
-            s = self.stage_of(self.iteration - 1)
-            n = self._stage_steps.get(s, 0) + extra_done
-            rates[s] = (self._stage_seconds.get(s, 0.0) + extra_seconds) / n
-        if not rates:
-            return math.nan
-        ref = max(rates)  # the latest stage measured: closest in cost to what comes next
-        remaining = Counter(self.stage_of(it) for it in range(self.iteration, self.iterations))
-        total = sum(
-            n * rates.get(s, rates[ref] * self.step_cost_prior(s) / self.step_cost_prior(ref))
-            for s, n in remaining.items()
-        )
-        epochs_left = self.num_epochs - self.epoch - (1 if extra_done else 0)
-        overhead = self._overhead_seconds / self._overhead_epochs if self._overhead_epochs else 0.0
-        return total + overhead * max(epochs_left, 0)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -722,42 +456,44 @@ class Trainer:
         if not self.val_labels:
             return math.nan
         net = D.unwrap(self.network)
-        net.eval()
-        predictor = self.make_predictor(net, self.cfg)
-        ic = self.cfg["infer"]
-        total = count = 0.0
-        for k in range(self.rank, len(self.val_labels), self.world):
-            x = torch.from_numpy(self.val_images[k])[None, None].to(self.device)
-            logits = sliding_window_inference(
-                x, (self.patch,) * 3, int(ic["sw_batch"]), predictor, overlap=ic["overlap"], mode=ic["mode"]
-            )
-            pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-            d = overlap(pred, self.val_labels[k])[0]  # NaN when both are empty: not scored
-            if not math.isnan(d):
-                total, count = total + d, count + 1
-        net.train()
-        total, count = D.sum_over_ranks([total, count])
-        return total / count if count else math.nan
+        predictor, roi = self.make_predictor(net, self.cfg), (self.patch,) * 3
+        return validation_dice(
+            net,
+            predictor,
+            self.val_images,
+            self.val_labels,
+            roi,
+            self.cfg["infer"],
+            self.device,
+            self.rank,
+            self.world,
+        )
 
     def fit(self) -> Path:
-        """Train to ``train.iterations`` steps (lifecycle step 5); returns the run folder."""
+        """Train to ``train.iterations`` steps (lifecycle step 5); returns the run folder.
+
+        Raises:
+            RuntimeError: a trainer made with ``resume`` that was not restored (it would train from scratch
+                over the run it was asked to continue).
+        """
+        if self.resume and not self.restored:
+            raise RuntimeError("a trainer made with resume=True continues a run: call restore() before fit()")
         self._wrap_network()
         if self.is_main:
             write_text(self.out / "config.yaml", C.dump_config(self.cfg))  # creates the run folder
-            if (
-                self.history
-            ):  # resumed: a kill between the checkpoint and the log leaves the log one epoch short
+            # resumed: a kill between the checkpoint and the log leaves the log one epoch short
+            if self.history:
                 write_history_csv(self.out / "metrics.csv", self.history)
         tb = TensorBoard(self.out / "tensorboard", purge_step=self.iteration or None, enabled=self.is_main)
         self.network.train()
         while self.epoch < self.num_epochs:
             epoch = self.epoch
             steps = min(self.steps_per_epoch, self.iterations - self.iteration)
-            t0 = self._epoch_t0 = time.monotonic()
+            t0 = self.timing.epoch_started = time.monotonic()
             row: dict[str, Any] = {"epoch": epoch}
             row.update(self.run_steps(steps))
             t_steps = time.monotonic() - t0
-            self._note_steps(t_steps, steps)
+            self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
             row.update(self.on_epoch_end(epoch))
             due = (epoch + 1) % int(self.cfg["train"]["val_every"]) == 0 or epoch + 1 == self.num_epochs
@@ -772,32 +508,22 @@ class Trainer:
             improved = due and not math.isnan(row["val_dice"]) and row["val_dice"] > self.best_val
             if improved:
                 self.best_val = row["val_dice"]
-            self._rank_rngs = D.all_gather_object(self._local_rng_state()) if self.world > 1 else None
+            own_rng = rng_state(self.generator, self.device)
+            self._rank_rngs = D.all_gather_object(own_rng) if self.world > 1 else None
             if self.is_main:
                 # best before latest: a kill between the two redoes this epoch from the previous latest, which
                 # rewrites best; the other order could leave best_val pointing at a model never saved.
                 if improved:
                     self._save("checkpoint_best.pt")
-                self._save("checkpoint_latest.pt")
-                write_history_csv(self.out / "metrics.csv", self.history)
-                plot_progress(
-                    self.out / "progress.png",
-                    self.history,
+                self._save(LATEST)
+                title, val_masks = (
                     f"{self.name} ({self.out.name})",
                     "trusted masks" if self.trusted_ids else "given masks",
                 )
-                tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "iteration")}, self.iteration)
-            self._overhead_seconds += time.monotonic() - t0 - t_steps
-            self._overhead_epochs += 1
-            eta = self.eta()
-            vd = row["val_dice"]
-            self.reporter.info(
-                f"epoch {epoch + 1}/{self.num_epochs}  it {self.iteration}/{self.iterations}  "
-                f"loss {row.get('train_loss', math.nan):.4f}  "
-                f"val Dice{' (trusted)' if 'val_masks' in row else ''} {'-' if math.isnan(vd) else f'{vd:.4f}'}"
-                + (f"  stage {row['stage']}" if "stage" in row else "")
-                + f"  ETA {fmt_seconds(eta)}"
-            )
+                write_epoch_logs(self.out, self.history, self.iteration, tb, title, val_masks)
+            self.timing.note_overhead(time.monotonic() - t0 - t_steps)
+            eta = self.timing.eta(self.iteration, self.epoch)
+            self.reporter.info(epoch_line(row, epoch, self.num_epochs, self.iteration, self.iterations, eta))
         if self.is_main:
             self._save("checkpoint_final.pt")
             if not (self.out / "checkpoint_best.pt").exists():
@@ -807,17 +533,6 @@ class Trainer:
         return self.out
 
     # ------------------------------------------------------------------ checkpoints
-    def _local_rng_state(self) -> dict[str, Any]:
-        """This rank's own random streams (the shared data stream is saved once)."""
-        state = {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
-        }
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
     def _state(self) -> dict[str, Any]:
         net = D.unwrap(self.network)
         return {
@@ -833,7 +548,7 @@ class Trainer:
             "history": self.history,
             "best_val": self.best_val,
             "rng": {
-                **self._local_rng_state(),
+                **rng_state(self.generator, self.device),
                 "numpy": self.rng.bit_generator.state,
                 "case_queue": list(self._case_queue),
                 **({"ranks": self._rank_rngs} if self._rank_rngs else {}),
@@ -845,8 +560,9 @@ class Trainer:
         save_checkpoint(self.out / name, self._state())
 
     def restore(self) -> None:
-        """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4)."""
-        path = self.out / "checkpoint_latest.pt"
+        """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4, after
+        construction, before :meth:`fit`)."""
+        path = self.out / LATEST
         meta = (self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
 
         def check() -> None:
@@ -870,29 +586,8 @@ class Trainer:
         rng = ckpt["rng"]
         self.rng.bit_generator.state = rng["numpy"]
         self._case_queue = [int(i) for i in rng.get("case_queue", [])]
-        ranks = rng.get("ranks")
-        if ranks is not None and len(ranks) == self.world:
-            own: dict[str, Any] | None = ranks[self.rank]
-        elif self.rank == 0:
-            own = rng
-        else:  # another world size than the run that saved: fresh, still reproducible, streams for this rank
-            own = None
-            self._seed_own(int(self.cfg["seed"]) + 1000 * self.rank + 7919 * self.iteration)
-        if own is not None:
-            random.setstate(_as_tuple(own["python"]))
-            torch.set_rng_state(own["torch"])
-            self.generator.set_state(own["generator"])
-            if "cuda" in own and self.device.type == "cuda":
-                torch.cuda.set_rng_state(own["cuda"], self.device)
+        fresh = int(self.cfg["seed"]) + 1000 * self.rank + 7919 * self.iteration
+        restore_own_streams(rng, self.rank, self.world, self.generator, self.device, fresh)
         self.load_method_state(ckpt["extra"])
+        self.restored = True
         self.reporter.info(f"resumed {self.out} at epoch {self.epoch}, iteration {self.iteration}")
-
-    def _seed_own(self, seed: int) -> None:
-        random.seed(seed)
-        torch.manual_seed(seed)
-        self.generator.manual_seed(seed)
-
-
-def _as_tuple(x: Any) -> Any:
-    """random.setstate needs tuples; a checkpoint round trip may give lists."""
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,60 @@ def run_noise(
             ``name`` already holds a set made with other settings.
     """
     info = reporter.info if reporter is not None else (lambda _msg: None)
+    req = _request(protocol, ratio, seed, name, params, foreground, trusted)
+    from svldrl.data.dataset import load_dataset  # lazy: the pure noise functions need none
+
+    ds = load_dataset(dataset_path, labels="clean")
+    cases = _training_cases(ds, req.trusted, dataset_path)
+    check_cases(cases, req.foreground, info, ds.root, reporter)
+    trusted_idx = set(select_trusted(len(cases), req.trusted, req.seed))
+    chosen = set(select_corrupted(len(cases), req.ratio, req.seed, sorted(trusted_idx)))
+    settings = _settings(req, cases)
+    trusted_ids = [cases[i].case_id for i in sorted(trusted_idx)]
+
+    final = Path(ds.noisy_dir(req.name))
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    if final.exists():
+        return _existing_set(final, settings, req.name, info)
+    _open_partial(partial, settings, trusted_ids, req, info)
+    if protocol in IMAGE_PROTOCOLS and protocol not in (prepare or {}):
+        raise UserError(
+            f"noise protocol {protocol!r} trains a model: run it through svldrl.runs.run_noise (svldrl noise)"
+        )
+    per_case = _write_cases(
+        req, ds, cases, chosen, trusted_idx, partial, final, prepare or {}, info, reporter
+    )
+    return _finish(req, settings, per_case, trusted_ids, partial, final, info)
+
+
+@dataclass
+class _Request:
+    """A noisy set asked for, checked: the protocol and its resolved parameters, the ratio, the seed, the
+    foreground labels, the number of trusted cases and the set's name."""
+
+    protocol: str
+    params: dict[str, Any]
+    ratio: float
+    seed: int
+    foreground: list[int] | None
+    trusted: int
+    name: str
+
+
+def _request(
+    protocol: str,
+    ratio: float,
+    seed: int,
+    name: str | None,
+    params: dict[str, Any] | None,
+    foreground: Any,
+    trusted: int,
+) -> _Request:
+    """:func:`run_noise`'s arguments checked and resolved (the protocol's defaults, a default name).
+
+    Raises:
+        UserError: the first invalid argument.
+    """
     resolved = resolve_params(protocol, params)
     if not _is_number(ratio) or not math.isfinite(ratio) or not 0.0 <= ratio <= 1.0:
         raise UserError(f"noise ratio must be a number in [0, 1], got {ratio!r}")
@@ -282,10 +337,11 @@ def run_noise(
     trusted = int(trusted)
     name = default_name(protocol, ratio, resolved, trusted) if name is None else name
     _check_name(name)
+    return _Request(protocol, resolved, float(ratio), int(seed), foreground, trusted, name)
 
-    from svldrl.data.dataset import TRUSTED_FILE, load_dataset  # lazy: the pure noise functions need none
 
-    ds = load_dataset(dataset_path, labels="clean")
+def _training_cases(ds: Any, trusted: int, dataset_path: str | Path) -> list[Any]:
+    """The training cases sorted by id (the order of the seeds), at least one more than ``trusted``."""
     cases = sorted(ds.train, key=lambda c: c.case_id)
     if not cases:
         raise UserError("dataset has no training cases to corrupt", dataset_path)
@@ -295,44 +351,57 @@ def run_noise(
             f"(use at most {len(cases) - 1})",
             ds.root,
         )
-    check_cases(cases, foreground, info, ds.root, reporter)
-    trusted_idx = set(select_trusted(len(cases), trusted, int(seed)))
-    chosen = set(select_corrupted(len(cases), float(ratio), int(seed), sorted(trusted_idx)))
-    settings = _json(
+    return cases
+
+
+def _settings(req: _Request, cases: list[Any]) -> dict[str, Any]:
+    """What makes a set what it is (stored in it; a set with other settings is never reused or resumed)."""
+    return _json(
         {
             "version": FORMAT_VERSION,
-            "protocol": protocol,
-            "params": resolved,
-            "ratio": float(ratio),
-            "seed": int(seed),
-            "foreground": foreground,
+            "protocol": req.protocol,
+            "params": req.params,
+            "ratio": req.ratio,
+            "seed": req.seed,
+            "foreground": req.foreground,
             "labels": "clean",
             # only when asked: a set made without trusted cases keeps the settings it always had
-            **({"trusted": trusted} if trusted else {}),
+            **({"trusted": req.trusted} if req.trusted else {}),
             "cases": [c.case_id for c in cases],
         }
     )
-    trusted_ids = [cases[i].case_id for i in sorted(trusted_idx)]
 
-    final = Path(ds.noisy_dir(name))
-    partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    if final.exists():
-        report = read_json(final / REPORT_NAME, None)
-        old = report.get("settings") if isinstance(report, dict) else None
-        if old is None:
-            raise UserError(
-                f"exists but is not a complete noisy set (no readable {REPORT_NAME}); choose another --name",
-                final,
-            )
-        if old != settings:
-            raise UserError(
-                f"noisy set {name!r} already exists with other settings ({_differences(settings, old)}); "
-                "choose another --name",
-                final,
-            )
-        _tidy(final)  # a run killed between the rename and the clean-up leaves bookkeeping files
-        info(f"noisy set {name} already exists with the same settings: {final}")
-        return final
+
+def _existing_set(final: Path, settings: dict[str, Any], name: str, info: Callable[[str], None]) -> Path:
+    """A complete set of this name: reused when made with the same settings, else refused."""
+    report = read_json(final / REPORT_NAME, None)
+    old = report.get("settings") if isinstance(report, dict) else None
+    if old is None:
+        raise UserError(
+            f"exists but is not a complete noisy set (no readable {REPORT_NAME}); choose another --name",
+            final,
+        )
+    if old != settings:
+        raise UserError(
+            f"noisy set {name!r} already exists with other settings ({_differences(settings, old)}); "
+            "choose another --name",
+            final,
+        )
+    _tidy(final)  # a run killed between the rename and the clean-up leaves bookkeeping files
+    info(f"noisy set {name} already exists with the same settings: {final}")
+    return final
+
+
+def _open_partial(
+    partial: Path,
+    settings: dict[str, Any],
+    trusted_ids: list[str],
+    req: _Request,
+    info: Callable[[str], None],
+) -> None:
+    """The unfinished set: resumed when made with the same settings, restarted when it holds no finished case,
+    else refused; then its settings (and trusted cases) written."""
+    from svldrl.data.dataset import TRUSTED_FILE  # lazy: the pure noise functions need none
 
     if partial.exists():
         old = read_json(partial / SETTINGS_NAME, None)
@@ -343,23 +412,34 @@ def run_noise(
             raise UserError(f"{partial} holds files of an unknown run; delete it or choose another --name")
         if old is not None and old != settings and started:
             raise UserError(
-                f"an unfinished noisy set {name!r} was made with other settings "
+                f"an unfinished noisy set {req.name!r} was made with other settings "
                 f"({_differences(settings, old)}); delete it or choose another --name",
                 partial,
             )
         if old == settings and started:
-            info(f"resuming unfinished noisy set {name} in {partial}")
+            info(f"resuming unfinished noisy set {req.name} in {partial}")
         elif old != settings:
             shutil.rmtree(partial / CASES_DIR, ignore_errors=True)
     (partial / CASES_DIR).mkdir(parents=True, exist_ok=True)
     write_text(partial / SETTINGS_NAME, _dump(settings))
     if trusted_ids:
-        write_text(partial / TRUSTED_FILE, _dump(trusted_record(trusted_ids, int(seed))))
+        write_text(partial / TRUSTED_FILE, _dump(trusted_record(trusted_ids, req.seed)))
 
-    if protocol in IMAGE_PROTOCOLS and protocol not in (prepare or {}):
-        raise UserError(
-            f"noise protocol {protocol!r} trains a model: run it through svldrl.runs.run_noise (svldrl noise)"
-        )
+
+def _write_cases(
+    req: _Request,
+    ds: Any,
+    cases: list[Any],
+    chosen: set[int],
+    trusted_idx: set[int],
+    partial: Path,
+    final: Path,
+    prepare: dict[str, Callable[..., Any]],
+    info: Callable[[str], None],
+    reporter: Any,
+) -> dict[str, dict[str, Any]]:
+    """Each case's noisy mask and its entry, written to ``partial`` (cases done earlier are read back);
+    returns case id -> entry. An image protocol is prepared once, before the first corrupted case still to do."""
     prepared: Callable[..., tuple[np.ndarray, dict[str, Any]]] | None = None
     per_case: dict[str, dict[str, Any]] = {}
     n = len(cases)
@@ -369,62 +449,92 @@ def run_noise(
         entry = read_json(meta, None) if meta.exists() and out.exists() else None
         if entry is not None:
             per_case[case.case_id] = entry
-            info(f"noise {name}: {index + 1}/{n} {case.case_id} done earlier, skipped")
+            info(f"noise {req.name}: {index + 1}/{n} {case.case_id} done earlier, skipped")
             continue
         vol = read_volume(case.label, key=case.label_key)
-        clean = _binary(vol.array, Path(case.label), foreground)
+        clean = _binary(vol.array, Path(case.label), req.foreground)
         selected = index in chosen
         if selected:
-            kwargs = dict(resolved)
-            if "spacing" in kwargs and kwargs["spacing"] in (None, "auto"):
-                kwargs["spacing"] = list(vol.spacing)  # sizes in mm: each case's own voxel size
-            if protocol in IMAGE_PROTOCOLS:
-                if prepared is None:
-                    prepared = prepare[protocol](ds, cases, resolved, int(seed), final, foreground, info)
-                noisy, op = prepared(index, case, clean)
-            else:
-                noisy, op = PROTOCOLS[protocol](
-                    clean, np.random.default_rng(case_seed(int(seed), index)), **kwargs
-                )
-            op = {k: v for k, v in op.items() if k not in ("dice", "protocol")}
+            if req.protocol in IMAGE_PROTOCOLS and prepared is None:
+                prepared = prepare[req.protocol](ds, cases, req.params, req.seed, final, req.foreground, info)
+            noisy, op = _corrupt(req, index, case, clean, vol.spacing, prepared)
         else:
             noisy, op = clean, {"operation": "none"}
         noisy = np.asarray(noisy, dtype=np.uint8)
         is_trusted = index in trusted_idx
-        n_clean, kept = int(clean.sum()), int(np.count_nonzero(clean & noisy))
-        removed = (n_clean - kept) / n_clean if n_clean else 0.0
-        entry = _json(
-            {
-                # selected: drawn for corruption; corrupted: its mask actually changed (a drawn operation
-                # that changes nothing is reported, not counted)
-                "selected": selected,
-                "corrupted": selected and not np.array_equal(clean, noisy),
-                "dice": mask_dice(clean, noisy),
-                "voxel_error_rate": voxel_error_rate(clean, noisy),
-                "foreground_clean": n_clean,
-                "foreground_noisy": int(noisy.sum()),
-                "removed_fraction": round(removed, 6),
-                "added_fraction": round((int(noisy.sum()) - kept) / n_clean, 6) if n_clean else 0.0,
-                "noise": op,
-                **({"trusted": True} if is_trusted else {}),
-            }
-        )
+        entry, removed = _entry(clean, noisy, op, selected, is_trusted)
         if removed > 0.9:
             report_warning(
                 reporter,
-                f"noise {name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
+                f"noise {req.name}: {case.case_id} lost {100 * removed:.0f}% of its foreground "
                 f"({op.get('operation')}); such a mask is barely an annotation of the same structure",
             )
         write_nifti(out, noisy, vol.affine, vol.header)
         # The entry is written after the mask: a case counts as done only when both exist.
         write_text(meta, _dump(entry))
         per_case[case.case_id] = entry
+        done = "trusted (untouched)" if is_trusted else op["operation"]
         info(
-            f"noise {name}: {index + 1}/{n} {case.case_id} {'trusted (untouched)' if is_trusted else op['operation']} "
+            f"noise {req.name}: {index + 1}/{n} {case.case_id} {done} "
             f"dice={entry['dice']:.3f} error={entry['voxel_error_rate']:.4f}"
         )
+    return per_case
 
-    report = build_report(protocol, {k: v for k, v in settings.items() if k != "cases"}, per_case)
+
+def _corrupt(
+    req: _Request, index: int, case: Any, clean: np.ndarray, spacing: Any, prepared: Callable[..., Any] | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The noisy mask of case ``index`` drawn for corruption (its own seed), and the operation done."""
+    if req.protocol in IMAGE_PROTOCOLS:
+        noisy, op = prepared(index, case, clean)
+    else:
+        kwargs = dict(req.params)
+        if "spacing" in kwargs and kwargs["spacing"] in (None, "auto"):
+            kwargs["spacing"] = list(spacing)  # sizes in mm: each case's own voxel size
+        noisy, op = PROTOCOLS[req.protocol](
+            clean, np.random.default_rng(case_seed(req.seed, index)), **kwargs
+        )
+    return noisy, {k: v for k, v in op.items() if k not in ("dice", "protocol")}
+
+
+def _entry(
+    clean: np.ndarray, noisy: np.ndarray, op: dict[str, Any], selected: bool, is_trusted: bool
+) -> tuple[dict[str, Any], float]:
+    """A case's entry in the report, and the fraction of its foreground the noise removed."""
+    n_clean, kept = int(clean.sum()), int(np.count_nonzero(clean & noisy))
+    removed = (n_clean - kept) / n_clean if n_clean else 0.0
+    entry = _json(
+        {
+            # selected: drawn for corruption; corrupted: its mask actually changed (a drawn operation
+            # that changes nothing is reported, not counted)
+            "selected": selected,
+            "corrupted": selected and not np.array_equal(clean, noisy),
+            "dice": mask_dice(clean, noisy),
+            "voxel_error_rate": voxel_error_rate(clean, noisy),
+            "foreground_clean": n_clean,
+            "foreground_noisy": int(noisy.sum()),
+            "removed_fraction": round(removed, 6),
+            "added_fraction": round((int(noisy.sum()) - kept) / n_clean, 6) if n_clean else 0.0,
+            "noise": op,
+            **({"trusted": True} if is_trusted else {}),
+        }
+    )
+    return entry, removed
+
+
+def _finish(
+    req: _Request,
+    settings: dict[str, Any],
+    per_case: dict[str, dict[str, Any]],
+    trusted_ids: list[str],
+    partial: Path,
+    final: Path,
+    info: Callable[[str], None],
+) -> Path:
+    """The report written last, then the set renamed to its final name (complete only now) and tidied."""
+    from svldrl.data.dataset import TRUSTED_FILE  # lazy: the pure noise functions need none
+
+    report = build_report(req.protocol, {k: v for k, v in settings.items() if k != "cases"}, per_case)
     if trusted_ids:
         report["n_trusted"] = len(trusted_ids)
         report["trusted"] = trusted_ids
@@ -434,7 +544,7 @@ def run_noise(
     _tidy(final)
     corrupted_dice = report["mean_dice_corrupted"]
     info(
-        f"noisy set {name}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, "
+        f"noisy set {req.name}: {report['n_corrupted']}/{report['n_cases']} cases corrupted, "
         f"mean label Dice {report['mean_dice']:.3f}"
         + (f" (corrupted only {corrupted_dice:.3f})" if corrupted_dice is not None else "")
         + (f"; {len(trusted_ids)} trusted cases left untouched ({TRUSTED_FILE})" if trusted_ids else "")

@@ -31,7 +31,9 @@ def train(
     cases ``cfg["data"]["trusted"]`` names (auto, none or a list file); returns the run folder. ``resume``
     continues the run in ``out`` from its latest checkpoint."""
     ds = load_dataset(dataset, labels=labels, trusted=cfg["data"]["trusted"])
-    trainer = get_method(cfg["method"])(cfg, ds, out, reporter=reporter, resume=resume)
+    trainer = get_method(cfg["method"])(cfg, ds, out, reporter=reporter, resume=resume)  # construct and build
+    if resume:
+        trainer.restore()
     return trainer.fit()
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
 from svldrl import config as C
 from svldrl.data.dataset import check_mask
 from svldrl.data.io import read_volume, write_nifti, write_text
 from svldrl.data.normalize import normalize_intensity
+from svldrl.engine.predict import predict_probability
 from svldrl.errors import UserError
 from svldrl.noise.sfda import (
     SOURCE_JSON,
@@ -173,27 +173,6 @@ def _build_source(
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     return run_dir, shift
-
-
-def predict_probability(method: type, net: Any, cfg: dict, image: np.ndarray) -> np.ndarray:
-    """Foreground probability (float32, the image's shape) of a normalised image by sliding window."""
-
-    device = next(net.parameters()).device
-    ic = cfg["infer"]
-    roi = (int(cfg["train"]["patch"]),) * 3
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    with torch.no_grad():
-        logits = sliding_window_inference(
-            x,
-            roi,
-            int(ic["sw_batch"]),
-            method.make_predictor(net, cfg),
-            overlap=ic["overlap"],
-            mode=ic["mode"],
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-    return torch.softmax(logits.float(), 1)[0, 1].numpy().astype(np.float32)
 
 
 def prepare_sfda(

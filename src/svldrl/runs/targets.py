@@ -77,7 +77,7 @@ def write_targets(
             write_nifti(out / f"{cid}.nii.gz", target.astype(np.uint8), vol.affine, header)
         rows.append(_row(cid, given, target, _clean_mask(clean_cases.get(cid), trainer, shape), trainer))
         reporter.progress("targets", n + 1, len(trainer.train_ids), t0, extra=cid)
-    report = _report(ds, labels, cfg, rows)
+    report = _report(ds, labels, trainer.cfg, rows)  # the settings resolved from the data included
     write_text(out / "targets.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "targets.md", _markdown(report))
     return report
