@@ -1,7 +1,8 @@
-"""The package's import layers (README, Layout): checked by import-linter against pyproject.toml's contract.
+"""The package's import layers (README, Layout) and the methods' independence: checked by import-linter against
+pyproject.toml's contracts.
 
-A module that imports from a layer above its own (function-local imports included) fails this test, so an
-upward import fails CI.
+A module that imports from a layer above its own (function-local imports included), or a method that imports
+another method instead of the kit, fails this test, so either fails CI.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _lint_imports() -> list[str]:
 def test_imports_follow_the_layers() -> None:
     proc = subprocess.run(_lint_imports(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "1 kept, 0 broken" in proc.stdout
+    assert "2 kept, 0 broken" in proc.stdout
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
@@ -43,3 +44,19 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "svldrl.data.splits -> svldrl.engine.trainer" in proc.stdout, proc.stdout[
         -3000:
     ]
+
+
+def test_a_method_importing_another_breaks_the_independence_contract(tmp_path: Path) -> None:
+    """Methods share parts through svldrl.methods.kit only: svldrl importing the tloss method fails the check."""
+    pkg = tmp_path / "src" / "svldrl"
+    shutil.copytree(ROOT / "src" / "svldrl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    bad = pkg / "methods" / "svldrl.py"
+    bad.write_text(
+        bad.read_text() + "\n\ndef _sibling():\n    from svldrl.methods import tloss  # noqa: F401\n"
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    env = {"PYTHONPATH": str(tmp_path / "src"), "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run(_lint_imports(), cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "svldrl.methods.svldrl -> svldrl.methods.tloss" in proc.stdout, (
+        proc.stdout[-3000:]
+    )
