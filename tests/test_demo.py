@@ -36,14 +36,13 @@ def test_demo_runs_reports_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     first = demo.run_demo(out, quick=True)
 
     rows = first["rows"]
-    assert [r["run"] for r in rows] == ["supervised_clean", "supervised_noisy", "svldrl_noisy"]
+    assert [r["run"] for r in rows] == ["supervised_clean", "supervised_noisy", "recommended_noisy"]
     assert rows[0]["label Dice"] == 1.0 and 0.0 < rows[1]["label Dice"] < 1.0
     assert all(0.0 <= r["Dice"] <= 1.0 for r in rows)
     report = out / "report"
     text = (report / "results.md").read_text()
-    assert "3 test cases" in text and "svldrl_noisy" in text
+    assert "3 test cases" in text and "recommended_noisy" in text
     assert json.loads((report / "results.json").read_text()) == rows
-    assert (report / "svldrl_action_map.png").stat().st_size > 0
     assert len(list(report.glob("overlay_*.png"))) >= 1
     summaries = sorted((out / "predictions").glob("*/summary.json"))
     assert len(summaries) == 3
@@ -57,12 +56,12 @@ def test_demo_runs_reports_and_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
 
 
-def test_demo_svldrl_is_the_recommended_configuration():
+def test_demo_shows_the_recommended_preset():
     # the demo shows what we recommend: the shipped preset, where each choice is explained
     from_yaml = C.load_config([C.preset_path("recommended")])
-    from_demo = C.load_config(overrides=["method=svldrl", *demo.SVLDRL_RECOMMENDED])
+    from_demo = C.load_config(overrides=[f"method={demo.RECOMMENDED_METHOD}", *demo.RECOMMENDED])
     assert from_demo == from_yaml
-    assert ("svldrl_noisy", "svldrl", "noisy/mt0.5", demo.SVLDRL_RECOMMENDED) in demo.RUNS
+    assert ("recommended_noisy", demo.RECOMMENDED_METHOD, "noisy/mt0.5", demo.RECOMMENDED) in demo.RUNS
 
 
 def test_demo_refuses_a_folder_of_another_demo_or_other_files(tmp_path: Path, capsys: pytest.CaptureFixture):

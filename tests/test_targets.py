@@ -125,7 +125,7 @@ def test_presets_ship_with_the_package_and_say_where_they_come_from() -> None:
         text = C.preset_path(name).read_text()
         assert "The paper's" in text and "Chosen on" in text and ("Ours" in text or "Our decisions" in text)
     rec = C.load_config([C.preset_path("recommended")])
-    assert rec["method"] == "svldrl" and rec["rl"]["target_update"] == "band" and rec["rl"]["band_guard"]
+    assert rec["method"] == "supervised_band" and rec["rl"]["band_guard"]
     a = make_parser().parse_args(
         ["train", "DS", "--out", "RUN", "--preset", "recommended", "--set", "seed=3"]
     )
@@ -135,5 +135,5 @@ def test_presets_ship_with_the_package_and_say_where_they_come_from() -> None:
     }
     bench = load_benchmark(Path(__file__).parents[1] / "benchmarks" / "real_anatomy.yaml")
     row = bench.method("recommended")
-    assert row.method == "svldrl"
+    assert row.method == "supervised_band"
     assert C.load_config(overrides=[f"method={row.method}", *row.overrides]) == rec

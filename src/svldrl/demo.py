@@ -49,8 +49,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: SVL-DRL as we recommend it: the shipped preset (svldrl/presets/recommended.yaml, where each choice is explained).
-SVLDRL_RECOMMENDED: list[str] = C.preset_overrides("recommended")[1:]  # without its method=svldrl
+#: What we recommend: the shipped preset (svldrl/presets/recommended.yaml, where each choice is explained), its
+#: method and its other settings.
+RECOMMENDED_METHOD: str = C.load_config([C.preset_path("recommended")])["method"]
+RECOMMENDED: list[str] = C.preset_overrides("recommended")[1:]  # without its method=
 
 #: In the demo folder: the settings it was made with (a rerun with others is refused).
 SETTINGS_NAME = "demo.json"
@@ -59,7 +61,7 @@ SETTINGS_NAME = "demo.json"
 RUNS: list[tuple[str, str, str, list[str]]] = [
     ("supervised_clean", "supervised", "clean", []),
     ("supervised_noisy", "supervised", "noisy/mt0.5", []),
-    ("svldrl_noisy", "svldrl", "noisy/mt0.5", SVLDRL_RECOMMENDED),
+    ("recommended_noisy", RECOMMENDED_METHOD, "noisy/mt0.5", RECOMMENDED),
 ]
 
 
@@ -91,7 +93,9 @@ def run_demo(
     s = SETTINGS[mode]
     out = Path(out)
     ds = out / "dataset"
-    _claim(out, {"mode": mode, "seed": seed, **s, "svldrl": SVLDRL_RECOMMENDED})
+    _claim(
+        out, {"mode": mode, "seed": seed, **s, "recommended": [f"method={RECOMMENDED_METHOD}", *RECOMMENDED]}
+    )
     if not (ds / "dataset.json").exists():
         reporter.info(
             f"[1/4] phantoms ({s['difficulty']}): {s['cases']} training + {s['test_cases']} test cases of "
@@ -165,8 +169,8 @@ def run_demo(
         f"# svldrl demo ({mode})\n\n"
         f"Phantoms ({s['difficulty']}): {s['cases']} training / {s['test_cases']} test cases, {s['size']}^3; "
         f"MT-Noise ratio 0.5 (mean label Dice of the noisy training masks {noise_report['mean_dice']:.3f}); "
-        f"{s['iterations']} iterations per run, patch {s['patch']}^3, seed {seed}; SVL-DRL in its recommended "
-        f"configuration (--preset recommended: {' '.join(SVLDRL_RECOMMENDED)}). "
+        f"{s['iterations']} iterations per run, patch {s['patch']}^3, seed {seed}; the recommended "
+        f"preset (--preset recommended: method={RECOMMENDED_METHOD} {' '.join(RECOMMENDED)}). "
         f"Metrics on the clean test masks (mean over cases). Wall time {fmt_seconds(wall)}.\n\n"
         f"Command: `svldrl demo{' --quick' if quick else ''}`; {platform.platform()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); {datetime.date.today().isoformat()}.\n\n"
@@ -175,8 +179,6 @@ def run_demo(
     write_text(report / "results.md", text)
     write_text(report / "results.json", json.dumps(rows, indent=2))
     _overlays(ds, out, [r[0] for r in runs], report)
-    if (out / "runs" / "svldrl_noisy" / "checkpoint_final.pt").exists():
-        _action_map(ds, out / "runs" / "svldrl_noisy", report)
     print(table)
     reporter.info(f"report: {report}  (wall time {fmt_seconds(wall)})")
     return {"rows": rows, "wall_s": wall}
@@ -201,65 +203,6 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
     mark_output_dir(out, "demo", "--out")
     if earlier is None:
         write_text(out / SETTINGS_NAME, json.dumps(settings, indent=2) + "\n")
-
-
-def _action_map(ds: Path, run: Path, report: Path) -> None:
-    """The greedy policy's actions (keep / enhance / weaken) on one test slice of the SVL-DRL run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    from svldrl.data.io import atomic_write
-    from svldrl.data.normalize import normalize_intensity
-    from svldrl.runs import load_run
-
-    method, net, cfg = load_run(run)
-    ref = sorted((ds / "labelsTs").glob("*.nii.gz"))[0]
-    cid = ref.name[: -len(".nii.gz")]
-    img = read_volume(ds / "imagesTs" / f"{cid}_0000.nii.gz").array.astype(np.float32)
-    lab = read_volume(ref).array
-    x = normalize_intensity(
-        img,
-        cfg["data"]["modality"],
-        cfg["data"]["clip_percentiles"],
-        cfg["data"]["ct_window"],
-        cfg["data"]["intensity_range"],
-    )
-    extras = method.inspect_volume(net, cfg, x)
-    if not extras:
-        return
-    z = _slice_of(lab)
-    acts = extras["actions"][:, :, z].T
-    fracs = [float((extras["actions"] == k).mean()) for k in range(3)]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=90)
-    axes[0].imshow(x[:, :, z].T, cmap="gray", origin="lower")
-    axes[0].contour(lab[:, :, z].T, levels=[0.5], colors="lime", linewidths=1)
-    axes[0].set_title("image (clean mask in green)", fontsize=9)
-    im = axes[1].imshow(
-        acts,
-        cmap=ListedColormap(["#d9d9d9", "#d62728", "#1f77b4"]),
-        vmin=-0.5,
-        vmax=2.5,
-        origin="lower",
-        interpolation="nearest",
-    )
-    axes[1].set_title("greedy action: keep / enhance / weaken", fontsize=9)
-    cb = fig.colorbar(im, ax=axes[1], ticks=[0, 1, 2], fraction=0.046)
-    cb.ax.set_yticklabels(
-        [f"keep {fracs[0]:.0%}", f"enhance {fracs[1]:.0%}", f"weaken {fracs[2]:.0%}"], fontsize=8
-    )
-    axes[2].imshow(extras["refined"][:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
-    axes[2].set_title(
-        f"refined volume ({max(int(cfg['infer']['refine_steps']), 1)} greedy steps)", fontsize=9
-    )
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(f"SVL-DRL policy on {cid}, slice {z}", fontsize=9)
-    fig.tight_layout()
-    atomic_write(report / "svldrl_action_map.png", lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
 
 
 def _slice_of(mask: np.ndarray) -> int:
