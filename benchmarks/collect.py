@@ -32,6 +32,36 @@ STALE = (
 )
 SECTIONS = [
     (
+        "band_safety",
+        "Does the recommended preset's mask correction do harm? (`benchmarks/band_safety.py`)",
+        "The training targets that `svldrl targets` writes for the recommended preset (the band update with its "
+        "guard) and for the same band without the guard (the recommended configuration until 2026-12-05), on every "
+        "set of real volumes that can be had here and on the phantoms, clean masks and four kinds of noise; nothing "
+        "trains. The guard's thresholds were chosen on the development sets only (docs/method.md section 13).",
+    ),
+    (
+        "real_anatomy",
+        "Real anatomy, trained out (`benchmarks/real_anatomy.yaml`)",
+        "Colin27's T1 with the AAL atlas drawn on it, the putamen (its surroundings hold grey matter of its own "
+        "intensity): 48 augmented 32^3 crops of the left hemisphere to train, 40 of the right to test, all from "
+        "one subject; 1000 iterations, where plain training on the clean masks is on its plateau (learning curve "
+        "below, from `benchmarks/real_anatomy_curve.yaml`, made before any other method ran on this data), 3 seeds. "
+        "`recommended_tloss` is the recommended preset of the morning of 2026-12-06, stopped after seed 0.",
+    ),
+    (
+        "real_anatomy_dev",
+        "Development check on real anatomy (`benchmarks/real_anatomy_dev.yaml`)",
+        "The caudate of the same brain, one seed: where the recommended preset was chosen (the T-Loss and the "
+        "agents dropped), kept apart from real_anatomy's reported putamen. Rows stopped where the answer was clear.",
+    ),
+    (
+        "phantom_standard_converged",
+        "Standard phantoms at the largest budget this machine affords (`benchmarks/phantom_standard_converged.yaml`)",
+        "The standard 40^3 phantoms, whose look-alike structure touches the organ (the unguarded band damages their "
+        "clean masks), 4000 iterations, 40 test cases, 3 seeds; the learning curve below "
+        "(`benchmarks/phantom_standard_converged_curve.yaml`) shows where that budget stands.",
+    ),
+    (
         "phantom_converged",
         "Methods where models are trained out (`benchmarks/phantom_converged.yaml`)",
         "The comparison that counts (docs/method.md sections 10-11): the easy 40^3 phantoms, where plain training "
@@ -43,10 +73,12 @@ SECTIONS = [
         "`--only supervised`; rows of earlier sessions' runs are kept from the committed results.csv. ADELE and "
         "MTCL use the test-time sliding-window pass for their per-epoch segmentation of the training cases "
         "(`infer.train_pass=whole` cost ADELE 20 to 40 Dice points: see the config's header); their rows and "
-        "the recommended SVL-DRL row (`benchmarks/svldrl_recommended.yaml`, added 2026-12-02; chosen on this "
-        "benchmark's test scores, as every step of its search was ranked) were trained after `train.memory_format` "
-        "and the bf16 training-set pass, the other rows before (the layout changes the kernels' summation order "
-        "only). SVL-DRL's search and variants in this regime: `svldrl_robust_converged` below.",
+        "the `svldrl_recommended` row (the recommended configuration of 2026-12-02 to 12-05: SVL-DRL with the "
+        "unguarded band and the T-Loss, chosen on this benchmark's test scores, as every step of its search was "
+        "ranked) were trained after `train.memory_format` and the bf16 training-set pass, the other rows before "
+        "(the layout changes the kernels' summation order only). `recommended` is today's preset "
+        "(`svldrl/presets/recommended.yaml`: the guarded band on plain training, 2026-12-06). SVL-DRL's search "
+        "and variants in this regime: `svldrl_robust_converged` below.",
     ),
     (
         "sizing_converged",
