@@ -32,7 +32,6 @@ The cache defaults to ``~/.cache/svldrl/lung`` and must lie outside any git work
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from svldrl.data.fetching import git_work_tree, sha256_file
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "lung_manifest.json"
@@ -78,23 +79,6 @@ def missing_modules(manifest: dict[str, Any]) -> list[str]:
     if any(f["kind"] == "sdist" for f in manifest["files"]):
         needs.update(SDIST_NEEDS)
     return sorted({pkg for mod, pkg in needs.items() if importlib.util.find_spec(mod) is None})
-
-
-def git_work_tree(path: Path) -> Path | None:
-    """The git work tree holding ``path`` (or the nearest existing parent of it), if any."""
-    p = path.resolve()
-    for parent in (p, *p.parents):
-        if (parent / ".git").exists():
-            return parent
-    return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(path: Path = MANIFEST) -> dict[str, Any]:

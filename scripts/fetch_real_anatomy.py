@@ -70,7 +70,6 @@ It prints, at the end, the datasets written and their mean structure volume (mL)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -88,6 +87,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from svldrl.data.fetching import git_work_tree, sha256_file
 from svldrl.data.io import read_volume, write_nifti
 
 HERE = Path(__file__).resolve().parent
@@ -140,23 +140,6 @@ def load_manifest(path: Path = MANIFEST) -> dict[str, Any]:
 
 def source(manifest: dict[str, Any], source_id: str) -> dict[str, Any]:
     return next(s for s in manifest["sources"] if s["id"] == source_id)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def git_work_tree(path: Path) -> Path | None:
-    """The git work tree holding ``path`` (or the nearest existing parent of it), if any."""
-    p = path.resolve()
-    for parent in (p, *p.parents):
-        if (parent / ".git").exists():
-            return parent
-    return None
 
 
 def verify_sha256(path: Path, expected: str) -> None:
