@@ -163,7 +163,7 @@ def test_episode_share_and_teacher_reward_target(dataset: Path, tmp_path: Path) 
     assert [trainer.episode_due(i) for i in range(6)] == [False, True, False, True, False, True]
     assert trainer.teacher is not None and "teacher" in trainer.checkpointed
     batch = trainer.sample_batch()
-    target = trainer._teacher_target(batch)
+    target = trainer.actions.reference(batch["target"], batch["image"], trainer.teacher)
     with torch.no_grad():
         p = torch.softmax(trainer.teacher(batch["image"], heads=("seg",))["seg"], 1)[:, 1:2]
     confident = (p > 0.6) | (p < 0.4)
