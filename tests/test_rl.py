@@ -12,13 +12,23 @@ from monai.losses import DiceCELoss, DiceLoss
 from svldrl.config import DEFAULTS
 from svldrl.nets import build_network
 from svldrl.rl import (
+    ACTION_SPACES,
     ENHANCE,
     KEEP,
     LOWER,
     RAISE,
+    REWARD_TARGETS,
+    REWARDS,
     WEAKEN,
+    GivenReference,
+    IntensityActions,
+    LabelActions,
+    PaperReward,
+    Reward,
     RewardConv,
     RunningStd,
+    TeacherReference,
+    VoxelReward,
     a3c_losses,
     count_components,
     greedy_refine,
@@ -363,6 +373,72 @@ def test_label_episode_refines_the_soft_target(stage: int) -> None:
     assert any(p.grad is not None for p in net.fuse["policy"].parameters()) == (stage == 3)
     with pytest.raises(ValueError, match="aux_channels"):
         label_episode(build_network(TINY), y, y, y, y, _rl_cfg(), stage, None, _soft_target_loss)
+
+
+def test_a_reward_is_one_small_class_and_the_episode_uses_the_one_rl_reward_names() -> None:
+    """A new reward is one class (``__call__(f_t, f_next, y) -> (r, terms)``): the episode rewards with it and logs
+    its terms; without one it uses the class ``rl.reward`` names in REWARDS (the same draws and loss)."""
+
+    class Half(Reward):
+        name = "half"
+
+        def __call__(self, f_t, f_next, y):
+            r = torch.full_like(f_t, 0.5)
+            return r, {"half": r.mean()}
+
+    def run(cfg: dict, reward: Reward | None = None):
+        torch.manual_seed(0)
+        net = build_network(TINY)
+        x0, y = torch.rand(1, 1, 16, 16, 16), cube()
+        gen = torch.Generator().manual_seed(5)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        return intensity_episode(net, x0, y, cfg, 3, gen, loss_fn, reward=reward)
+
+    cfg = _rl_cfg(t_max=2)
+    half = run(cfg, Half(cfg))
+    assert half.logs["charts/reward"] == 0.5 and half.logs["charts/reward_terms/half"] == 0.5
+    for name, cls in (("voxel", VoxelReward), ("paper", PaperReward)):
+        by_name, by_class = run(_rl_cfg(t_max=2, reward=name)), run(cfg, cls(cfg))
+        assert by_name.logs == by_class.logs and torch.equal(by_name.loss, by_class.loss)
+    f_t, f_next, y = torch.rand(3, 2, 1, 8, 8, 8).unbind(0)
+    r, terms = VoxelReward(cfg)(f_t, f_next, y)
+    r_fn, terms_fn = intensity_reward(f_t, f_next, y, cfg["w_dice"], cfg["w_vox"], cfg["w_cont"], cfg["w_cc"])
+    assert torch.equal(r, r_fn) and terms.keys() == terms_fn.keys()
+
+
+def test_action_spaces_declare_what_the_trainer_must_provide() -> None:
+    cfg = _rl_cfg()
+    given, teacher = GivenReference(cfg), TeacherReference(cfg)
+    intensity = IntensityActions(cfg, VoxelReward(cfg), given)
+    assert (intensity.aux_channels, intensity.keeps_targets, intensity.refines_images) == (0, False, True)
+    assert not intensity.needs_teacher and IntensityActions(cfg, VoxelReward(cfg), teacher).needs_teacher
+    label = LabelActions(cfg, VoxelReward(cfg), given)
+    assert (label.aux_channels, label.keeps_targets, label.refines_images, label.needs_teacher) == (
+        1,
+        True,
+        False,
+        True,
+    )
+    y = cube()
+    assert given(y, torch.rand_like(y), None) is y
+    with pytest.raises(ValueError, match="teacher"):
+        teacher(y, torch.rand_like(y), None)
+    # time estimates: t_max + 1 full passes (1.5 plain steps each with three decoders), or one pass + tails
+    assert (
+        IntensityActions.episode_cost(3, "decoders") == 6.0 and LabelActions.episode_cost(3, "light") == 2.1
+    )
+
+
+def test_each_registry_lists_the_choices_of_its_setting() -> None:
+    """settings.py (the bottom layer) cannot import the registries: its choices are written out, and kept equal
+    to them here. A new reward, action space or target update needs its name in both."""
+    from svldrl.config import SCHEMA
+    from svldrl.methods.kit.targets import TARGET_UPDATES
+
+    assert set(SCHEMA["rl.reward"]["choices"]) == set(REWARDS)
+    assert set(SCHEMA["rl.reward_target"]["choices"]) == set(REWARD_TARGETS)
+    assert set(SCHEMA["rl.action_space"]["choices"]) == set(ACTION_SPACES)
+    assert set(SCHEMA["rl.target_update"]["choices"]) == {"none", *TARGET_UPDATES}
 
 
 def test_episodes_refuse_stage_1() -> None:

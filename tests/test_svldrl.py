@@ -163,7 +163,7 @@ def test_episode_share_and_teacher_reward_target(dataset: Path, tmp_path: Path) 
     assert [trainer.episode_due(i) for i in range(6)] == [False, True, False, True, False, True]
     assert trainer.teacher is not None and "teacher" in trainer.checkpointed
     batch = trainer.sample_batch()
-    target = trainer._teacher_target(batch)
+    target = trainer.actions.reference(batch["target"], batch["image"], trainer.teacher)
     with torch.no_grad():
         p = torch.softmax(trainer.teacher(batch["image"], heads=("seg",))["seg"], 1)[:, 1:2]
     confident = (p > 0.6) | (p < 0.4)
@@ -299,3 +299,111 @@ def test_band_target_update_corrects_the_targets_before_the_first_step(dataset: 
         == pytest.approx(trainer.start_logs["charts/target_changed"], rel=1e-4)
         for r in rows
     )
+
+
+# metrics.csv of three tiny seeded trainings (one CPU thread, --deterministic), recorded at commit d7ca163, before
+# the rewards and action spaces became classes (rl/reward.py REWARDS, rl/action_spaces.py ACTION_SPACES): the
+# validation Dice of every epoch, the last epoch's logs, and the columns in their order. Same random draws (the
+# action shares), same losses, same logs.
+_RECORDED: dict[str, tuple[list[str], list[float], dict[str, float]]] = {
+    "intensity": (
+        [],
+        [0.325569, 0.320271, 0.330884, 0.335521, 0.341004],
+        {
+            "train_loss": 0.839549,
+            "losses/value": 1.13563,
+            "losses/policy": -0.128192,
+            "losses/dice": 0.893204,
+            "charts/reward": -0.00717603,
+            "charts/reward_std": 0.0424836,
+            "charts/advantage": -0.114422,
+            "charts/entropy": 0.981144,
+            "charts/action_frac/keep": 0.339863,
+            "charts/action_frac/enhance": 0.21809,
+            "charts/action_frac/weaken": 0.442047,
+            "charts/reward_terms/dice": -0.00317366,
+            "charts/reward_terms/voxel": -0.00225899,
+            "charts/reward_terms/continuity": -0.00174338,
+            "charts/reward_terms/components": 0.0,
+        },
+    ),
+    "paper_reward_teacher_target": (
+        ["rl.reward=paper", "rl.reward_target=teacher", "rl.tau=0.6"],
+        [0.325569, 0.318405, 0.315553, 0.313065, 0.317033],
+        {
+            "train_loss": 1.06656,
+            "losses/value": 2.96585,
+            "losses/policy": -1.63056,
+            "losses/dice": 0.909208,
+            "charts/reward": -0.217557,
+            "charts/reward_std": 0.173062,
+            "charts/advantage": -1.62483,
+            "charts/entropy": 0.998416,
+            "charts/action_frac/keep": 0.326672,
+            "charts/action_frac/enhance": 0.222408,
+            "charts/action_frac/weaken": 0.45092,
+            "charts/reward_terms/dice": -0.00443679,
+            "charts/reward_terms/continuity": -0.21312,
+        },
+    ),
+    "label": (
+        ["rl.action_space=label", "rl.warmup=0.2", "rl.transition=0.0", "rl.w_region=1.0"],
+        [0.325569, 0.311488, 0.307783, 0.304095, 0.303187],
+        {
+            "train_loss": 0.821524,
+            "charts/target_changed": 0.186623,
+            "losses/value": 0.520962,
+            "losses/policy": 0.0262268,
+            "losses/dice": 1.02101,
+            "charts/reward": 0.0107592,
+            "charts/reward_std": 1.51035,
+            "charts/advantage": 0.0722894,
+            "charts/entropy": 1.01249,
+            "charts/action_frac/keep": 0.33427,
+            "charts/action_frac/enhance": 0.215954,
+            "charts/action_frac/weaken": 0.449776,
+            "charts/reward_terms/teacher": -0.000898805,
+            "charts/reward_terms/continuity": -0.00247602,
+            "charts/reward_terms/prior": -0.00558949,
+            "charts/reward_terms/region": 0.0197235,
+        },
+    ),
+}
+_FIRST_COLUMNS = ["epoch", "train_loss", "charts/stage", "iteration", "stage"]
+_RL_COLUMNS = [
+    "val_dice",
+    "lr",
+    "epoch_time",
+    "losses/value",
+    "losses/policy",
+    "losses/dice",
+    "charts/reward",
+    "charts/reward_std",
+    "charts/advantage",
+    "charts/entropy",
+    "charts/action_frac/keep",
+    "charts/action_frac/enhance",
+    "charts/action_frac/weaken",
+]
+
+
+@pytest.mark.parametrize("variant", sorted(_RECORDED))
+def test_a_seeded_training_logs_the_recorded_metrics(dataset: Path, tmp_path: Path, variant: str) -> None:
+    """A tiny seeded SVL-DRL training (each reward / action-space variant) writes the metrics.csv recorded before
+    the variants became classes: refactoring them changed no random draw, loss or log."""
+    overrides, val_dice, last = _RECORDED[variant]
+    cfg = C.load_config(
+        overrides=[*RL, "train.device=cpu", "train.threads=1", "train.deterministic=true", *overrides]
+    )
+    rows = _rows(train(dataset, "clean", tmp_path / "run", cfg))
+    label = variant == "label"
+    terms = [k for k in last if k.startswith("charts/reward_terms/")]
+    assert list(rows[0]) == [
+        *_FIRST_COLUMNS,
+        *(["charts/target_changed"] if label else []),
+        *_RL_COLUMNS,
+        *terms,
+    ]
+    assert [int(r["stage"]) for r in rows] == ([1, 3, 3, 3, 3] if label else [1, 2, 3, 3, 3])
+    assert [float(r["val_dice"]) for r in rows] == pytest.approx(val_dice, rel=1e-4)
+    assert {k: float(rows[-1][k]) for k in last} == pytest.approx(last, rel=1e-4, abs=1e-7)

@@ -155,18 +155,21 @@ class Loss:
 class RL:
     """SVL-DRL's settings (docs/method.md sections 3 to 6 and 9)."""
 
+    # choices: the names in rl/action_spaces.py: ACTION_SPACES (tests/test_rl.py keeps them equal)
     action_space: str = setting(
         "intensity",
         "intensity (the paper) | label (agents refine the target, section 9)",
         choices=("intensity", "label"),
         origin="paper",
     )
+    # choices: the names in rl/reward.py: REWARDS (tests/test_rl.py keeps them equal)
     reward: str = setting(
         "voxel",
         "voxel: our per-voxel reward | paper: one global dDice - C(f') per step (section 4)",
         choices=("voxel", "paper"),
         origin="ours",
     )
+    # choices: the names in rl/reward.py: REWARD_TARGETS (tests/test_rl.py keeps them equal)
     reward_target: str = setting(
         "given",
         "what the intensity reward measures agreement with: given (the training target, the paper) | teacher "
@@ -210,6 +213,7 @@ class RL:
         choices=("dicece", "tloss"),
         origin="paper",
     )
+    # choices: "none" and the names in methods/kit/targets.py: TARGET_UPDATES (tests/test_rl.py keeps them equal)
     target_update: str = setting(
         "none",
         "confident: confident disagreeing voxels take the model's label after warmup | cl: after warmup, each "

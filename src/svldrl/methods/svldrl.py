@@ -4,6 +4,12 @@ Every voxel is an actor-critic agent. Training runs in three stages over the bud
 (method.md section 6): 1 warmup (segmentation only), 2 transition (+ value decoder),
 3 full RL (+ policy decoder); the episode, reward and vA3C losses live in :mod:`svldrl.rl`.
 
+The variants are small classes picked by name and composed here, not branches: the action space
+(``rl.action_space``: :data:`~svldrl.rl.action_spaces.ACTION_SPACES`), the reward of an image step
+(``rl.reward``: :data:`~svldrl.rl.reward.REWARDS`) and what it measures agreement with (``rl.reward_target``:
+:data:`~svldrl.rl.reward.REWARD_TARGETS`), the target update (``rl.target_update``:
+:data:`~svldrl.methods.kit.targets.TARGET_UPDATES`).
+
 Config keys (defaults from method.md): ``rl.action_space`` (intensity | label), ``rl.t_max`` (3),
 ``rl.action_scale`` (0.3), ``rl.gamma`` (0.95), ``rl.reward_conv`` (true), ``rl.entropy_coef``
 (0.001), ``rl.w_dice/w_vox/w_cont/w_cc`` (1, 1, 0.1, 0), ``rl.reward_norm`` (true),
@@ -33,9 +39,15 @@ from svldrl.errors import UserError
 from svldrl.methods.kit.losses import learned_tolerance, t_loss
 from svldrl.methods.kit.targets import target_update
 from svldrl.rl.a3c import RewardConv
-from svldrl.rl.episode import greedy_refine, intensity_episode, label_episode
-from svldrl.rl.reward import RunningStd
+from svldrl.rl.action_spaces import ACTION_SPACES, ActionSpace
+from svldrl.rl.episode import greedy_refine
+from svldrl.rl.reward import REWARD_TARGETS, REWARDS, RunningStd
 from svldrl.rl.stages import stage_at
+
+
+def action_space(cfg: dict) -> type[ActionSpace]:
+    """The action space class ``rl.action_space`` names (what the agents act on)."""
+    return ACTION_SPACES[cfg["rl"]["action_space"]]
 
 
 class SVLDRLTrainer(Trainer):
@@ -46,12 +58,12 @@ class SVLDRLTrainer(Trainer):
     @classmethod
     def network_kwargs(cls, cfg: dict) -> dict[str, Any]:
         # label-space agents see the current soft target q beside the image (method.md section 9)
-        return {"in_channels": 1, "aux_channels": int(cfg["rl"]["action_space"] == "label"), "rl_heads": True}
+        return {"in_channels": 1, "aux_channels": action_space(cfg).aux_channels, "rl_heads": True}
 
     @property
     def checkpointed(self) -> tuple[str, ...]:  # type: ignore[override]
         rl = self.cfg["rl"]
-        keeps_targets = rl["action_space"] == "label" or rl["target_update"] != "none"
+        keeps_targets = action_space(self.cfg).keeps_targets or rl["target_update"] != "none"
         return (
             ("reward_conv", "reward_norm", "teacher")
             + (("targets",) if keeps_targets else ())
@@ -71,12 +83,14 @@ class SVLDRLTrainer(Trainer):
             RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
         )
         self.reward_norm = RunningStd() if rl["reward_norm"] else None
+        # what the agents act on, with the reward of an image step and what it measures agreement with
+        self.actions = ACTION_SPACES[rl["action_space"]](
+            rl, reward=REWARDS[rl["reward"]](rl), reference=REWARD_TARGETS[rl["reward_target"]](rl)
+        )
         # label actions, teacher-referenced rewards and the CL target update: an EMA teacher of the segmentation
         self.target_update = target_update(self.cfg)
-        needs_teacher = (
-            rl["action_space"] == "label"
-            or rl["reward_target"] == "teacher"
-            or (self.target_update is not None and self.target_update.needs_teacher)
+        needs_teacher = self.actions.needs_teacher or (
+            self.target_update is not None and self.target_update.needs_teacher
         )
         self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
         # an update that needs no model (the band) corrects the targets once, before the first step
@@ -125,16 +139,12 @@ class SVLDRLTrainer(Trainer):
 
     @classmethod
     def stage_cost(cls, cfg: dict, stage: int) -> float:
-        """An RL step runs the network on t_max + 1 states; with three decoders each pass costs ~1.5 plain
-        passes (phantom_cpu sizing: ~6x a plain step at t_max 3), with light heads ~1.1; label actions run
-        the encoder once and only the heads' tails per step."""
+        """A step of stage 2 or 3 runs an episode (its cost: the action space's ``episode_cost``) with
+        probability ``rl.episode_share``, else a plain step."""
         if stage == 1:
             return 1.0
         t_max, share = int(cfg["rl"]["t_max"]), float(cfg["rl"]["episode_share"])
-        if cfg["rl"]["action_space"] == "label":
-            episode = 1.5 + 0.2 * t_max
-        else:
-            episode = (t_max + 1) * (1.5 if cfg["nets"]["heads"] == "decoders" else 1.1)
+        episode = action_space(cfg).episode_cost(t_max, cfg["nets"]["heads"])
         return share * episode + (1.0 - share)
 
     @classmethod
@@ -152,34 +162,16 @@ class SVLDRLTrainer(Trainer):
         return int((iteration + 1) * share) > int(iteration * share)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
-        rl, stage = self.cfg["rl"], self.stage()
+        stage = self.stage()
         if stage == 1 or not self.episode_due(self.iteration):
             logs = super().train_step(batch)
-        elif rl["action_space"] == "intensity":
-            res = intensity_episode(
-                self.network,
-                batch["image"],
-                batch["target"],
-                rl,
-                stage,
-                self.generator,
-                self._seg_loss,
-                self.reward_norm,
-                self.reward_conv,
-                self._teacher_target(batch) if rl["reward_target"] == "teacher" else None,
-            )
-            self.optimise(res.loss)
-            logs = {"train_loss": res.loss.detach(), **res.logs}
         else:
-            with torch.no_grad():
-                teacher_p = torch.softmax(self.teacher(batch["image"], heads=("seg",))["seg"], 1)[:, 1:2]
-            res = label_episode(
+            res = self.actions.episode(
                 self.network,
                 batch["image"],
                 batch["target"],
                 batch["given"],
-                teacher_p,
-                rl,
+                self.teacher,
                 stage,
                 self.generator,
                 self._seg_loss,
@@ -187,7 +179,8 @@ class SVLDRLTrainer(Trainer):
                 self.reward_conv,
             )
             self.optimise(res.loss)
-            if stage == 3:  # the refined targets persist per case across epochs: the dynamic iterative update
+            if stage == 3 and self.actions.keeps_targets:
+                # the refined targets persist per case across epochs: the dynamic iterative update
                 self.write_targets(batch, res.final)
             logs = {"train_loss": res.loss.detach(), **res.logs}
         if self.teacher is not None:
@@ -196,17 +189,6 @@ class SVLDRLTrainer(Trainer):
         if self.nu is not None:
             logs["charts/nu"] = self.nu.detach()
         return logs
-
-    @torch.no_grad()
-    def _teacher_target(self, batch: Batch) -> torch.Tensor:
-        """The reward's reference for ``rl.reward_target = teacher`` (our extension): the EMA teacher's label
-        where it is confident (p > rl.tau: 1, p < 1 - rl.tau: 0), the training target elsewhere. The teacher
-        averages the student over many steps and cases, so where the given masks disagree at random (MT-Noise)
-        its confident voxels are closer to the truth than a case's own mask."""
-        p = torch.softmax(self.teacher(batch["image"], heads=("seg",))["seg"].float(), 1)[:, 1:2]
-        tau = float(self.cfg["rl"]["tau"])
-        y = batch["target"]
-        return torch.where(p > tau, torch.ones_like(y), torch.where(p < 1 - tau, torch.zeros_like(y), y))
 
     def write_targets(self, batch: Batch, q: torch.Tensor) -> None:
         """Write patch targets ``q`` (B,1,p,p,p, in the batch's flipped frame) back into ``self.targets``."""
@@ -228,12 +210,11 @@ class SVLDRLTrainer(Trainer):
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         stage = self.stage(self.iteration - 1)  # the stage of the epoch's last step
         logs: dict[str, Any] = {"stage": stage, **self.start_logs}
-        rl = self.cfg["rl"]
         if self.target_update is not None and self.target_update.when == "epoch" and stage > 1:
             # the reward is measured against the targets: with cl, the given masks with confident learning's
             # flags corrected, redone each epoch, a reference the noise shaped less than the given masks
             logs.update(self.target_update.apply(self, self.teacher))
-        if rl["action_space"] == "label":
+        if self.actions.keeps_targets:
             changed = [float(np.mean((t >= 0.5) != (g > 0))) for t, g in zip(self.targets, self.given)]
             logs["charts/target_changed"] = float(np.mean(changed))
         return logs
@@ -241,7 +222,7 @@ class SVLDRLTrainer(Trainer):
     @classmethod
     def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         steps = int(cfg["infer"]["refine_steps"])
-        if steps == 0 or cfg["rl"]["action_space"] != "intensity":
+        if steps == 0 or not action_space(cfg).refines_images:
             return super().make_predictor(network, cfg)
 
         def refine_then_segment(x: torch.Tensor) -> torch.Tensor:
@@ -256,7 +237,7 @@ class SVLDRLTrainer(Trainer):
         cls, network: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
     ) -> dict[str, np.ndarray]:
         """The refined volume and the action map of the last greedy step (``predict --save-refined``)."""
-        if cfg["rl"]["action_space"] != "intensity":
+        if not action_space(cfg).refines_images:
             return {}
         steps = max(int(cfg["infer"]["refine_steps"]), 1)
         device = next(network.parameters()).device

@@ -8,7 +8,8 @@ It gets back one scalar loss to call ``backward()`` on once, and float logs.
 Intensity actions (the paper, ``rl.action_space = intensity``), :func:`intensity_episode`:
 
     s^(0) = x0;  for t = 0 .. T-1:  a^(t) ~ pi(. | s^(t)),  s^(t+1) = step(s^(t), a^(t), eps^(t))
-    r^(t) from f^(t), f^(t+1) (foreground probability of each state's segmentation, detached)
+    r^(t) = reward(f^(t), f^(t+1), y) (f: foreground probability of each state's segmentation, detached;
+            the reward ``rl.reward`` names in ``rl/reward.py: REWARDS``)
 
 One network pass per state (T + 1 in all, ``T = rl.t_max``, default 3): pass t gives V(s^(t)),
 pi(. | s^(t)) and f^(t); the last pass gives the bootstrap V(s^(T)) and the segmentation of the
@@ -24,6 +25,9 @@ with L_seg = seg_loss_fn(seg(s^(0)), y), averaged with seg_loss_fn(seg(s^(T)), y
 Label actions (**extension**, method.md 9, ``rl.action_space = label``), :func:`label_episode`:
 the agents act on the soft target q; the image's encoder + decoder pass runs once, and each
 step runs only the network's q-dependent value / policy tail (see ``SegRLNet.tail``).
+
+Which of the two a trainer runs, and what it must provide for it, is the action space's
+(``rl/action_spaces.py: ACTION_SPACES``).
 """
 
 from __future__ import annotations
@@ -36,14 +40,7 @@ from torch import nn
 
 from svldrl.rl.a3c import RewardConv, a3c_losses, n_step_returns, sample_actions
 from svldrl.rl.env import ACTION_NAMES, intensity_step, label_step, sample_eps
-from svldrl.rl.reward import (
-    RunningStd,
-    foreground_prob,
-    intensity_reward,
-    label_reward,
-    paper_reward,
-    region_energy_slope,
-)
+from svldrl.rl.reward import REWARDS, Reward, RunningStd, foreground_prob, label_reward, region_energy_slope
 from svldrl.rl.stages import stage_weights
 
 ALL_HEADS = ("seg", "value", "policy")
@@ -116,6 +113,7 @@ def intensity_episode(
     reward_norm: RunningStd | None = None,
     reward_conv: RewardConv | None = None,
     reward_target: torch.Tensor | None = None,
+    reward: Reward | None = None,
 ) -> EpisodeResult:
     """intensity_episode: one episode of intensity actions (method.md sections 3 to 6).
 
@@ -132,6 +130,8 @@ def intensity_episode(
         reward_conv: K of the returns (``rl.reward_conv``), or None.
         reward_target: the mask the rewards measure agreement with (``rl.reward_target = teacher``: the EMA
             teacher's confident labels); None: ``y``, the training target (the paper).
+        reward: r^(t) of a step, a :class:`~svldrl.rl.reward.Reward`; None: the one ``rl.reward`` names in
+            :data:`~svldrl.rl.reward.REWARDS` (``voxel``: ours, ``paper``: the paper's).
 
     Cost: T + 1 network passes (no redundant encoder pass), rewards under no_grad, one sync.
     """
@@ -141,6 +141,7 @@ def intensity_episode(
     train_policy = stage == 3
 
     y_r = y if reward_target is None else reward_target  # what the rewards measure agreement with
+    reward = reward if reward is not None else REWARDS[rl_cfg["reward"]](rl_cfg)
     values, logits, actions, rewards, terms = [], [], [], [], []
     x = x0
     out = net(x, heads=ALL_HEADS)  # s^(0)
@@ -159,14 +160,7 @@ def intensity_episode(
             out_next = net(x_next, heads=("seg", "value") if last else ALL_HEADS)
 
         f_t, f_next = foreground_prob(out["seg"].detach()), foreground_prob(out_next["seg"].detach())
-        if rl_cfg["reward"] == "paper":
-            r, r_terms = paper_reward(
-                f_t, f_next, y_r, rl_cfg["w_dice"], rl_cfg["paper_w_cc"], rl_cfg["paper_w_tv"]
-            )
-        else:
-            r, r_terms = intensity_reward(
-                f_t, f_next, y_r, rl_cfg["w_dice"], rl_cfg["w_vox"], rl_cfg["w_cont"], rl_cfg["w_cc"]
-            )
+        r, r_terms = reward(f_t, f_next, y_r)  # r^(t)
         values.append(out["value"])
         logits.append(logits_t)
         actions.append(a)

@@ -1,17 +1,28 @@
 """Rewards (method.md sections 4 and 9): the per-voxel reward (default), the paper's global reward, the
 label-space reward, and the running reward scale.
 
-Rewards need no gradient: both reward functions run under ``torch.no_grad``. Each returns the
+Rewards need no gradient: every reward function runs under ``torch.no_grad``. Each returns the
 reward map ``r`` (B, 1, D, H, W) and ``terms``: the mean of each term's signed, weighted
 contribution as a 0-dim tensor (so ``sum(terms.values()) == r.mean()``). The terms stay tensors
 so that an episode can log them without a device sync per step; call ``float()`` to read one.
+
+The rewards of an image step (intensity actions) are small classes picked by name, one line each in
+:data:`REWARDS` (``rl.reward``): :class:`VoxelReward` (ours, the default) and :class:`PaperReward` (the
+paper's, as its summary writes it). What they measure agreement with is picked the same way in
+:data:`REWARD_TARGETS` (``rl.reward_target``): :class:`GivenReference` (the paper's) and
+:class:`TeacherReference` (ours). The label actions' reward, :func:`label_reward`, is the label action space's
+own (:class:`~svldrl.rl.action_spaces.LabelActions`): it scores a step of the soft target q against the EMA
+teacher and the given mask, not a step of the image's segmentation, so it cannot stand in for these two.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 try:  # connected-components-3d is the fast labeller; scipy is the fallback (method.md section 4)
     import cc3d
@@ -58,6 +69,27 @@ def count_components(mask: torch.Tensor) -> torch.Tensor:
 
             counts.append(ndimage.label(a, structure=np.ones((3, 3, 3)))[1])
     return torch.tensor(counts, dtype=torch.long, device=mask.device).reshape(lead)
+
+
+class Reward:
+    """r^(t) of one image step, from what the intensity episode hands it (:func:`~svldrl.rl.episode.intensity_episode`).
+
+    A reward is a small class: its ``name`` (the value of ``rl.reward`` that picks it) and ``__call__(f_t, f_next,
+    y)``, which returns the reward map r^(t) (B, 1, D, H, W) and its ``terms`` (module docstring) from the
+    foreground probabilities f^(t), f^(t+1) of the segmentations of s^(t) and s^(t+1) (detached) and the
+    reference y (:data:`REWARD_TARGETS`). It reads its weights from the ``rl`` config sub-dict it is built with.
+    A new reward is one class and one line in :data:`REWARDS`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, rl_cfg: dict) -> None:
+        self.rl = rl_cfg
+
+    def __call__(
+        self, f_t: torch.Tensor, f_next: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
 
 
 @torch.no_grad()
@@ -108,6 +140,20 @@ def intensity_reward(
     return r, terms
 
 
+class VoxelReward(Reward):
+    """Our per-voxel reward (**ours**, the default ``rl.reward = voxel``; method.md section 4): a global Dice
+    change plus each voxel's own improvement and continuity change, :func:`intensity_reward` with ``rl.w_dice``,
+    ``rl.w_vox``, ``rl.w_cont`` and ``rl.w_cc``."""
+
+    name = "voxel"
+
+    def __call__(
+        self, f_t: torch.Tensor, f_next: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rl = self.rl
+        return intensity_reward(f_t, f_next, y, rl["w_dice"], rl["w_vox"], rl["w_cont"], rl["w_cc"])
+
+
 def paper_continuity(f: torch.Tensor, w_cc: float = 0.01, w_tv: float = 0.1) -> torch.Tensor:
     """paper_continuity: C(f) = w_cc * max(N_cc(f) - 1, 0) + w_tv * mean_i c_i(f), per sample (B,).
 
@@ -151,6 +197,79 @@ def paper_reward(
     continuity = -paper_continuity(f_next, w_cc, w_tv)
     r = (dice + continuity).view(-1, 1, 1, 1, 1).expand_as(f_t).contiguous()
     return r, {"dice": dice.mean(), "continuity": continuity.mean()}
+
+
+class PaperReward(Reward):
+    """The paper's reward as its summary writes it (**paper**, ``rl.reward = paper``; method.md section 4): one
+    global r^(t) = dDice - C(f^(t+1)) per step and patch, :func:`paper_reward` with ``rl.w_dice``; C's minus sign
+    and its weights ``rl.paper_w_cc``, ``rl.paper_w_tv`` are our **decisions** (the summary's ``+ C`` would reward
+    fragmentation)."""
+
+    name = "paper"
+
+    def __call__(
+        self, f_t: torch.Tensor, f_next: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rl = self.rl
+        return paper_reward(f_t, f_next, y, rl["w_dice"], rl["paper_w_cc"], rl["paper_w_tv"])
+
+
+#: ``rl.reward`` value -> the reward of an image step (its choices in settings.py list the same names).
+REWARDS: dict[str, type[Reward]] = {c.name: c for c in (VoxelReward, PaperReward)}
+
+
+class RewardReference:
+    """What r^(t) of an image step measures agreement with: ``reference(y, x, teacher)`` -> y_r (B, 1, D, H, W).
+
+    A small class: its ``name`` (the value of ``rl.reward_target`` that picks it), whether it ``needs_teacher``
+    (the trainer's EMA teacher of the segmentation), and ``__call__`` from the training target y, the patches x
+    and the teacher (None when not needed). One line each in :data:`REWARD_TARGETS`.
+    """
+
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, rl_cfg: dict) -> None:
+        self.rl = rl_cfg
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor, teacher: nn.Module | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GivenReference(RewardReference):
+    """The training target y itself: the given mask, or the one a target update made (the **paper**'s,
+    ``rl.reward_target = given``)."""
+
+    name = "given"
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor, teacher: nn.Module | None) -> torch.Tensor:
+        return y
+
+
+class TeacherReference(RewardReference):
+    """The EMA teacher's confident labels (**ours**, ``rl.reward_target = teacher``; method.md section 9):
+
+        y_r,i = 1 where p_i > tau,  0 where p_i < 1 - tau,  y_i elsewhere
+
+    with p the teacher's foreground probability and tau = ``rl.tau``. The teacher averages the student over many
+    steps and cases, so where the given masks disagree at random (MT-Noise) its confident voxels are closer to the
+    truth than a case's own mask.
+    """
+
+    name = "teacher"
+    needs_teacher = True
+
+    @torch.no_grad()
+    def __call__(self, y: torch.Tensor, x: torch.Tensor, teacher: nn.Module | None) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("rl.reward_target=teacher needs the EMA teacher")
+        p = torch.softmax(teacher(x, heads=("seg",))["seg"].float(), 1)[:, 1:2]
+        tau = float(self.rl["tau"])
+        return torch.where(p > tau, torch.ones_like(y), torch.where(p < 1 - tau, torch.zeros_like(y), y))
+
+
+#: ``rl.reward_target`` value -> what the rewards of image steps measure agreement with.
+REWARD_TARGETS: dict[str, type[RewardReference]] = {c.name: c for c in (GivenReference, TeacherReference)}
 
 
 @torch.no_grad()
