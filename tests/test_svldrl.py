@@ -301,71 +301,71 @@ def test_band_target_update_corrects_the_targets_before_the_first_step(dataset: 
     )
 
 
-# metrics.csv of three tiny seeded trainings (one CPU thread, --deterministic), recorded at commit d7ca163, before
-# the rewards and action spaces became classes (rl/reward.py REWARDS, rl/action_spaces.py ACTION_SPACES): the
-# validation Dice of every epoch, the last epoch's logs, and the columns in their order. Same random draws (the
-# action shares), same losses, same logs.
+# metrics.csv of three tiny seeded trainings (one CPU thread, --deterministic, float32), recorded on 2026-12-06 after
+# the rewards and action spaces became classes (rl/reward.py REWARDS, rl/action_spaces.py ACTION_SPACES; that change
+# was checked against these trainings' values at commit d7ca163, before it, identical under bf16): the validation
+# Dice of every epoch, the last epoch's logs, and the columns in their order.
 _RECORDED: dict[str, tuple[list[str], list[float], dict[str, float]]] = {
     "intensity": (
         [],
-        [0.325569, 0.320271, 0.330884, 0.335521, 0.341004],
+        [0.324917, 0.320373, 0.330795, 0.335738, 0.340762],
         {
-            "train_loss": 0.839549,
-            "losses/value": 1.13563,
-            "losses/policy": -0.128192,
-            "losses/dice": 0.893204,
-            "charts/reward": -0.00717603,
-            "charts/reward_std": 0.0424836,
-            "charts/advantage": -0.114422,
-            "charts/entropy": 0.981144,
-            "charts/action_frac/keep": 0.339863,
-            "charts/action_frac/enhance": 0.21809,
-            "charts/action_frac/weaken": 0.442047,
-            "charts/reward_terms/dice": -0.00317366,
-            "charts/reward_terms/voxel": -0.00225899,
-            "charts/reward_terms/continuity": -0.00174338,
+            "train_loss": 0.834853,
+            "losses/value": 1.11086,
+            "losses/policy": -0.122467,
+            "losses/dice": 0.892754,
+            "charts/reward": -0.00702232,
+            "charts/reward_std": 0.0422703,
+            "charts/advantage": -0.109417,
+            "charts/entropy": 0.982381,
+            "charts/action_frac/keep": 0.341927,
+            "charts/action_frac/enhance": 0.217865,
+            "charts/action_frac/weaken": 0.440208,
+            "charts/reward_terms/dice": -0.00303127,
+            "charts/reward_terms/voxel": -0.00228129,
+            "charts/reward_terms/continuity": -0.00170976,
             "charts/reward_terms/components": 0.0,
         },
     ),
     "paper_reward_teacher_target": (
         ["rl.reward=paper", "rl.reward_target=teacher", "rl.tau=0.6"],
-        [0.325569, 0.318405, 0.315553, 0.313065, 0.317033],
+        [0.324917, 0.318474, 0.314546, 0.312936, 0.316723],
         {
-            "train_loss": 1.06656,
-            "losses/value": 2.96585,
-            "losses/policy": -1.63056,
-            "losses/dice": 0.909208,
-            "charts/reward": -0.217557,
-            "charts/reward_std": 0.173062,
-            "charts/advantage": -1.62483,
-            "charts/entropy": 0.998416,
-            "charts/action_frac/keep": 0.326672,
-            "charts/action_frac/enhance": 0.222408,
-            "charts/action_frac/weaken": 0.45092,
-            "charts/reward_terms/dice": -0.00443679,
-            "charts/reward_terms/continuity": -0.21312,
+            "train_loss": 1.11484,
+            "losses/value": 3.19234,
+            "losses/policy": -1.61027,
+            "losses/dice": 0.910573,
+            "charts/reward": -0.221873,
+            "charts/reward_std": 0.174541,
+            "charts/advantage": -1.60357,
+            "charts/entropy": 0.997544,
+            "charts/action_frac/keep": 0.325958,
+            "charts/action_frac/enhance": 0.221966,
+            "charts/action_frac/weaken": 0.452076,
+            "charts/reward_terms/dice": -0.00499541,
+            "charts/reward_terms/continuity": -0.216877,
         },
     ),
     "label": (
         ["rl.action_space=label", "rl.warmup=0.2", "rl.transition=0.0", "rl.w_region=1.0"],
-        [0.325569, 0.311488, 0.307783, 0.304095, 0.303187],
+        [0.324917, 0.311962, 0.307506, 0.304125, 0.303562],
         {
-            "train_loss": 0.821524,
-            "charts/target_changed": 0.186623,
-            "losses/value": 0.520962,
-            "losses/policy": 0.0262268,
-            "losses/dice": 1.02101,
-            "charts/reward": 0.0107592,
-            "charts/reward_std": 1.51035,
-            "charts/advantage": 0.0722894,
-            "charts/entropy": 1.01249,
-            "charts/action_frac/keep": 0.33427,
-            "charts/action_frac/enhance": 0.215954,
-            "charts/action_frac/weaken": 0.449776,
-            "charts/reward_terms/teacher": -0.000898805,
-            "charts/reward_terms/continuity": -0.00247602,
-            "charts/reward_terms/prior": -0.00558949,
-            "charts/reward_terms/region": 0.0197235,
+            "train_loss": 0.819863,
+            "charts/target_changed": 0.185013,
+            "losses/value": 0.516838,
+            "losses/policy": 0.0269929,
+            "losses/dice": 1.01971,
+            "charts/reward": 0.0111528,
+            "charts/reward_std": 1.50886,
+            "charts/advantage": 0.0732925,
+            "charts/entropy": 1.01096,
+            "charts/action_frac/keep": 0.332657,
+            "charts/action_frac/enhance": 0.215717,
+            "charts/action_frac/weaken": 0.451626,
+            "charts/reward_terms/teacher": -0.000869647,
+            "charts/reward_terms/continuity": -0.00251579,
+            "charts/reward_terms/prior": -0.00550079,
+            "charts/reward_terms/region": 0.020039,
         },
     ),
 }
@@ -389,11 +389,19 @@ _RL_COLUMNS = [
 
 @pytest.mark.parametrize("variant", sorted(_RECORDED))
 def test_a_seeded_training_logs_the_recorded_metrics(dataset: Path, tmp_path: Path, variant: str) -> None:
-    """A tiny seeded SVL-DRL training (each reward / action-space variant) writes the metrics.csv recorded before
-    the variants became classes: refactoring them changed no random draw, loss or log."""
+    """A tiny seeded SVL-DRL training (each reward / action-space variant) writes the recorded metrics.csv: a guard
+    against a change of structure that changes a random draw, a loss or a log. Recorded in float32 (train.amp
+    off: whether bf16 runs depends on the CPU); the tolerance leaves room for another CPU's kernels."""
     overrides, val_dice, last = _RECORDED[variant]
     cfg = C.load_config(
-        overrides=[*RL, "train.device=cpu", "train.threads=1", "train.deterministic=true", *overrides]
+        overrides=[
+            *RL,
+            "train.device=cpu",
+            "train.threads=1",
+            "train.deterministic=true",
+            "train.amp=false",
+            *overrides,
+        ]
     )
     rows = _rows(train(dataset, "clean", tmp_path / "run", cfg))
     label = variant == "label"
@@ -405,5 +413,5 @@ def test_a_seeded_training_logs_the_recorded_metrics(dataset: Path, tmp_path: Pa
         *terms,
     ]
     assert [int(r["stage"]) for r in rows] == ([1, 3, 3, 3, 3] if label else [1, 2, 3, 3, 3])
-    assert [float(r["val_dice"]) for r in rows] == pytest.approx(val_dice, rel=1e-4)
-    assert {k: float(rows[-1][k]) for k in last} == pytest.approx(last, rel=1e-4, abs=1e-7)
+    assert [float(r["val_dice"]) for r in rows] == pytest.approx(val_dice, rel=1e-3)
+    assert {k: float(rows[-1][k]) for k in last} == pytest.approx(last, rel=1e-3, abs=1e-6)
