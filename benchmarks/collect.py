@@ -363,6 +363,9 @@ def readme_md(changed: list[str] | None = None) -> str:
     text = (ROOT.parent / "README.md").read_text()
     converged = RESULTS / "phantom_converged" / "results.md"
     blocks = {
+        "real_anatomy_dice": section(
+            RESULTS / "real_anatomy" / "results.md", "## Dice by method and setting (final checkpoint)"
+        ),
         "phantom_converged": section(converged, "## Where noise hurts"),
         "phantom_converged_dice": section(converged, "## Dice by method and setting (final checkpoint)"),
         "learning_curve": section(RESULTS / "phantom_converged" / "learning_curve.md", ""),
