@@ -349,6 +349,32 @@ def test_reuse_copies_only_identical_runs(bench_out: Path, tmp_path: Path, monke
         assert read_json(third / "runs" / rel / RESULT_NAME)["reused_from"] == str(origin / "runs" / rel)
 
 
+@pytest.mark.slow
+def test_reuse_takes_a_run_of_another_row_name_when_its_settings_are_the_same(
+    bench_out: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A learning curve's row (here ``tloss_t2``) serves another benchmark's row of another name whose method and
+    settings are the same; a row of the same method with other settings still trains."""
+
+    def edit(d: dict) -> None:
+        d["methods"] = [
+            {"name": "tloss_init2", "method": "tloss", "set": ["tloss.init=2.0"]},  # tloss_t2 by another name
+            {"name": "tloss_init3", "method": "tloss", "set": ["tloss.init=3.0"]},  # other settings: trains
+        ]
+        d["methods_on_clean"] = []
+        d["noise"] = d["noise"][:1]
+
+    cfg, new = _write(tmp_path, edit), tmp_path / "renamed"
+    trained = _record_training(monkeypatch, new)
+    run_benchmark(cfg, new, reuse=bench_out)
+    assert trained == ["mt0.5/tloss_init3/seed0"]
+    got = read_json(new / "runs" / "mt0.5/tloss_init2/seed0" / RESULT_NAME)
+    source = read_json(bench_out / "runs" / "mt0.5/tloss_t2/seed0" / RESULT_NAME)
+    assert got["reused_from"] == str(bench_out / "runs" / "mt0.5/tloss_t2/seed0")
+    assert got["method"] == "tloss_init2" and got["dice"] == source["dice"]
+    assert {r["method"] for r in _rows(new)} == {"tloss_init2", "tloss_init3"}
+
+
 def test_dataset_path_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SVLDRL_TEST_DATA", str(tmp_path))
     assert expand_env("${SVLDRL_TEST_DATA}/Dataset001") == f"{tmp_path}/Dataset001"

@@ -220,8 +220,9 @@ def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable
     """A function that copies the completed run of benchmark folder ``other`` matching a run here.
 
     A run is taken only when both folders hold the same dataset and noise seed, the other run has the
-    same setting / method / seed path, its noisy masks have the same noise report (protocol, parameters
-    and per-case corruption) and its saved config has no difference that matters. The copy's
+    same setting / method / seed path (or, failing that, the same setting and seed under another row name,
+    with the same method), its noisy masks have the same noise report (protocol, parameters and per-case
+    corruption) and its saved config has no difference that matters. The copy's
     ``result.json`` names where it came from. The function returns the source folder, or None (nothing
     to take, yet: it is asked again right before each run, so a benchmark still running in ``other``
     can be reused as it finishes runs).
@@ -245,20 +246,40 @@ def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable
         ):
             same_noise.add(n.name)
 
-    def reuse(run: Run) -> Path | None:
-        source = other / run.dir.relative_to(out)
+    def same(run: Run, result: Any, by_name: bool) -> bool:
+        if not isinstance(result, dict) or config_differences(run.cfg, result.get("config") or {}):
+            return False
+        if by_name:
+            return result.get("method") == run.method.name and result.get("overrides") == run.method.overrides
+        return result.get("base_method") == run.method.method
+
+    def find(run: Run) -> tuple[Path, dict] | None:
+        """The run at the same path, else (a curve's ``supervised_2000`` for a row ``supervised`` run at 2000
+        iterations) any row's run of the same setting and seed whose settings are the same."""
+        rel = run.dir.relative_to(out)
+        source = other / rel
         result = read_json(source / RESULT_NAME, None)
-        if read_json(run.dir / RESULT_NAME, None) is not None or not isinstance(result, dict):
+        if same(run, result, by_name=True):
+            return source, result
+        row = out / "runs" / run.noise / run.method.name  # runs/<setting>/<row>/seed<k>[/fold<f>]
+        for source in sorted((other / "runs" / run.noise).glob(str(Path("*", run.dir.relative_to(row))))):
+            result = read_json(source / RESULT_NAME, None)
+            if source.parent.name != run.method.name and same(run, result, by_name=False):
+                return source, result
+        return None
+
+    def reuse(run: Run) -> Path | None:
+        if read_json(run.dir / RESULT_NAME, None) is not None or run.noise not in same_noise:
             return None
-        if run.noise not in same_noise or config_differences(run.cfg, result.get("config") or {}):
+        found = find(run)
+        if found is None:
             return None
-        if result.get("method") != run.method.name or result.get("overrides") != run.method.overrides:
-            return None
+        source, result = found
         shutil.rmtree(run.dir, ignore_errors=True)  # no result.json: an interrupted run, worth nothing now
         tmp = run.dir.with_name(run.dir.name + ".reuse-partial")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        result["reused_from"] = str(source)
+        result.update(method=run.method.name, overrides=run.method.overrides, reused_from=str(source))
         write_text(tmp / RESULT_NAME, json.dumps(result, indent=2, default=json_default) + "\n")
         tmp.rename(run.dir)  # atomic: the run appears complete or not at all
         return source
