@@ -4,11 +4,11 @@ numbers by hand).
 Each benchmark command writes ``benchmarks/results/<name>/results.md`` (table, machine, date,
 command, seed); this script stitches them in a fixed order with a short heading each, copies the headline
 tables into README.md between ``<!-- results:NAME -->`` markers, and fills every single figure written
-``<!--fig KEY-->VALUE<!--/fig-->`` in README.md and in the paragraphs below from the files KEY names
-(:mod:`svldrl.bench.figures` defines the keys).
+``<!--fig KEY-->VALUE<!--/fig-->`` in README.md, docs/method.md and the paragraphs below from the files KEY
+names (:mod:`svldrl.bench.figures` defines the keys).
 
-    python benchmarks/collect.py            # rewrite README.md and BENCHMARKS.md
-    python benchmarks/collect.py --check    # write nothing; exit 1 if either is out of date
+    python benchmarks/collect.py            # rewrite README.md, BENCHMARKS.md and docs/method.md
+    python benchmarks/collect.py --check    # write nothing; exit 1 if any is out of date
 
 Exit code 2, one line naming the marker: a key that names nothing (an unknown folder, file, setting, method,
 column) or a marker without its pair; nothing is written then.
@@ -25,6 +25,7 @@ from svldrl.bench.figures import FigureError, fill
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+METHOD_MD = ROOT.parent / "docs" / "method.md"  # its measured figures are markers too
 STALE = (
     " **Stale:** measured on the earlier 6 clean test cases, with MT-Noise sized by the array (before 2026-11-29), "
     "at a smoke-test budget (200 iterations, models far from trained out); not yet rerun on 30 test cases. Read "
@@ -306,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; list the figures that would change and exit 1 if README.md or BENCHMARKS.md "
-        "is out of date with benchmarks/results",
+        help="write nothing; list the figures that would change and exit 1 if README.md, BENCHMARKS.md or "
+        "docs/method.md is out of date with benchmarks/results",
     )
     args = parser.parse_args(argv)
     changed: list[str] = []
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {
             ROOT.parent / "BENCHMARKS.md": benchmarks_md(changed),
             ROOT.parent / "README.md": readme_md(changed),
+            METHOD_MD: fill(METHOD_MD.read_text(), RESULTS, "docs/method.md", changed),
         }
     except FigureError as e:
         print(f"collect.py: {e}", file=sys.stderr)
