@@ -369,6 +369,9 @@ def readme_md(changed: list[str] | None = None) -> str:
         "real_anatomy_dice": section(
             RESULTS / "real_anatomy" / "results.md", "## Dice by method and setting (final checkpoint)"
         ),
+        "phantom_standard_converged_dice": section(
+            RESULTS / "phantom_standard_converged" / "results.md", "## Dice by method and setting (final checkpoint)"
+        ),
         "phantom_converged": section(converged, "## Where noise hurts"),
         "phantom_converged_dice": section(converged, "## Dice by method and setting (final checkpoint)"),
         "learning_curve": section(RESULTS / "phantom_converged" / "learning_curve.md", ""),
