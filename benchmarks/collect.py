@@ -370,7 +370,8 @@ def readme_md(changed: list[str] | None = None) -> str:
             RESULTS / "real_anatomy" / "results.md", "## Dice by method and setting (final checkpoint)"
         ),
         "phantom_standard_converged_dice": section(
-            RESULTS / "phantom_standard_converged" / "results.md", "## Dice by method and setting (final checkpoint)"
+            RESULTS / "phantom_standard_converged" / "results.md",
+            "## Dice by method and setting (final checkpoint)",
         ),
         "phantom_converged": section(converged, "## Where noise hurts"),
         "phantom_converged_dice": section(converged, "## Dice by method and setting (final checkpoint)"),
