@@ -43,7 +43,7 @@ NEUTRAL_KEYS = frozenset(
 )
 #: The methods each method section belongs to: a run of another method may not set them (they would do nothing).
 SECTION_OWNERS = {
-    "rl": ("svldrl", "supervised_confident", "supervised_band", "tloss_band"),
+    "rl": ("svldrl", "supervised_confident", "supervised_band", "supervised_shift", "tloss_band"),
     "coteaching": ("coteaching",),
     "adele": ("adele",),
     "mtcl": ("mtcl",),

@@ -219,8 +219,9 @@ class RL:
         "confident: confident disagreeing voxels take the model's label after warmup | cl: after warmup, each "
         "epoch the given masks with the voxels confident learning flags (EMA teacher, as mtcl) corrected | band: "
         "from the start, the given masks with a band of rl.band_width voxels around their boundary relabelled "
-        "by the image's intensity (ours, for one-sided noise)",
-        choices=("none", "confident", "cl", "band"),
+        "by the image's intensity (ours, for one-sided noise) | shift: after warmup, every rl.shift_every epochs the given "
+        "masks' systematic boundary shift, estimated against the trusted cases, undone (ours; needs trusted cases)",
+        choices=("none", "confident", "cl", "band", "shift"),
         origin="paper",
     )
     band_width: int = setting(
@@ -269,6 +270,37 @@ class RL:
         "band guard: smallest net change (voxels per boundary voxel) a stretch of boundary needs to be corrected; "
         "a correct boundary's partial-volume voxels move less",
         range=(0.0, 100.0),
+        origin="ours",
+    )
+    shift_z: float = setting(
+        2.0,
+        "shift target update: standard errors by which the estimated shift must differ from none to be undone",
+        range=(0.0, 100.0),
+        origin="ours",
+    )
+    shift_min: float = setting(
+        0.5,
+        "shift target update: smallest shift, in voxels (the finest spacing), worth undoing; a smaller one is "
+        "within a partial-volume layer",
+        range=(0.0, 100.0),
+        origin="ours",
+    )
+    shift_every: int = setting(
+        4,
+        "shift target update: epochs between its estimates (each segments every training and trusted case)",
+        range=(1, 1e9),
+        origin="ours",
+    )
+    shift_per_case: bool = setting(
+        True,
+        "shift target update: once the masks' shift is clear, undo each case's own (the model's shift against the "
+        "trusted masks less its shift against the case's mask) rather than one shift for every case",
+        origin="ours",
+    )
+    trusted_shift: bool = setting(
+        True,
+        "supervised_band: with trusted cases, also undo the band-corrected masks' remaining systematic shift "
+        "(the shift target update on top of the band's); without trusted cases it changes nothing",
         origin="ours",
     )
     tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0), origin="ours")

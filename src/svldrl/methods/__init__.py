@@ -11,6 +11,7 @@ METHODS: dict[str, str] = {
     "supervised": "svldrl.methods.supervised:SupervisedTrainer",
     "supervised_confident": "svldrl.methods.confident:SupervisedConfidentTrainer",
     "supervised_band": "svldrl.methods.band:SupervisedBandTrainer",
+    "supervised_shift": "svldrl.methods.shift:SupervisedShiftTrainer",
     "tloss_band": "svldrl.methods.tloss:TLossBandTrainer",
     "svldrl": "svldrl.methods.svldrl:SVLDRLTrainer",
     "coteaching": "svldrl.methods.coteaching:CoTeachingTrainer",

@@ -10,6 +10,12 @@ warm-up; it targets one-sided boundary noise (masks drawn too large or too small
 method learns from the masks alone. Its guard (``rl.band_guard``, on by default) keeps the given mask wherever
 the image does not support the rule: cases whose surroundings look like the organ, stretches of boundary
 where the two intensity models do not separate, and moves smaller than a partial-volume layer.
+
+With trusted cases and ``rl.trusted_shift`` (the recommended preset), the band-corrected masks' remaining
+systematic shift is learned from the trusted cases and undone after the warm-up, every ``rl.shift_every``
+epochs, as
+``supervised_shift`` does on the given masks (:func:`svldrl.methods.kit.targets.trusted_shift_update`); without
+trusted cases nothing changes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from svldrl.engine.trainer import Trainer
-from svldrl.methods.kit.targets import Band
+from svldrl.methods.kit.targets import Band, shift_due, trusted_shift_update
 
 
 class SupervisedBandTrainer(Trainer):
@@ -28,6 +34,11 @@ class SupervisedBandTrainer(Trainer):
 
     def build_method_state(self) -> None:
         self.band_logs = Band(self.cfg).apply(self)
+        # what the shift update starts from each time; restore() replaces the targets, never this
+        self.band_targets = [t.copy() for t in self.targets]
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        return dict(self.band_logs)
+        logs = dict(self.band_logs)
+        if self.cfg["rl"]["trusted_shift"] and self.trusted_ids and shift_due(self, epoch):
+            logs.update(trusted_shift_update(self, self.band_targets))
+        return logs

@@ -11,6 +11,8 @@ Methods compose them (SVL-DRL by ``rl.target_update``; ``supervised_confident``,
 - :class:`ConfidentLearning` (MTCL's rule, ``cl``): the given masks with confident learning's flags corrected.
 - :class:`Band` (ours, ``band``): the given masks moved to where the image's intensity says the organ ends, kept
   where the guard's tests fail (docs/method.md sections 12-13).
+- :class:`TrustedShift` (ours, ``shift``): the given masks' systematic boundary shift, estimated against the trusted
+  cases' masks, undone (docs/method.md section 14); it abstains without trusted cases or a clear shift.
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from svldrl.data.io import read_grid
 from svldrl.engine.trainer import Trainer
 from svldrl.rl.stages import stage_at
 from svldrl.rules import (
     BandGuard,
+    ShiftEstimate,
     band_correct_guarded,
+    boundary_shift,
     cl_thresholds,
     class_confidence_sums,
     confident_flags,
     confident_learning_flags,
+    estimate_shift,
     relabel,
+    shift_boundary,
 )
 
 SOFT_STEP = 0.8  # how far MTCL's soft correction moves a flagged voxel towards the other class
@@ -80,8 +87,20 @@ class Band(TargetUpdate):
         return band_target_update(trainer)
 
 
+class TrustedShift(TargetUpdate):
+    """The given masks' systematic boundary shift, learned from the trusted cases and undone, at each epoch end
+    after the warm-up (:func:`trusted_shift_update`)."""
+
+    name = "shift"
+
+    def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
+        return trusted_shift_update(trainer)
+
+
 #: ``rl.target_update`` value -> its rule ("none": no update).
-TARGET_UPDATES: dict[str, type[TargetUpdate]] = {c.name: c for c in (Confident, ConfidentLearning, Band)}
+TARGET_UPDATES: dict[str, type[TargetUpdate]] = {
+    c.name: c for c in (Confident, ConfidentLearning, Band, TrustedShift)
+}
 
 
 def target_update(cfg: dict) -> TargetUpdate | None:
@@ -94,6 +113,12 @@ def past_warmup(trainer: Trainer) -> bool:
     """Whether the epoch's last step is past the warm-up (SVL-DRL's stage 1), when epoch-end updates start."""
     rl = trainer.cfg["rl"]
     return stage_at(trainer.iteration - 1, trainer.iterations, rl["warmup"], rl["transition"]) > 1
+
+
+def shift_due(trainer: Trainer, epoch: int) -> bool:
+    """Whether the shift update runs at the end of ``epoch``: past the warm-up, every ``rl.shift_every`` epochs (it
+    segments every training and trusted case)."""
+    return past_warmup(trainer) and (epoch + 1) % int(trainer.cfg["rl"]["shift_every"]) == 0
 
 
 def confident_update(trainer: Trainer, tau: float) -> dict[str, float]:
@@ -232,3 +257,99 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
         "charts/band_lookalike_share": share,
         "charts/band_width": float(np.median([o.width for o in outcomes])),
     }
+
+
+def case_spacing(trainer: Trainer, ids: Sequence[str]) -> list[tuple[float, ...]]:
+    """The voxel size (mm) of each case of ``ids``, read from its image's header (cached on the trainer)."""
+    cache = trainer.__dict__.setdefault("_spacing", {})
+    cases = {c.case_id: c for c in trainer.dataset.train}
+    for cid in ids:
+        if cid not in cache:
+            cache[cid] = read_grid(cases[cid].image, cases[cid].image_key).spacing
+    return [cache[cid] for cid in ids]
+
+
+def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+    """Estimate how far the given masks' boundaries lie from the truth, on average, and undo it.
+
+    The trainer's model is compared with the trusted masks of its validation cases (the trusted ones, which it does
+    not train on) and with the targets it trains from (``base``: the given masks, or what an earlier correction
+    made of them): :func:`~svldrl.rules.estimate_shift` takes the difference, so the model's own error cancels.
+    When the shift is at least ``rl.shift_min`` voxels and ``rl.shift_z`` standard errors from none, every training
+    target becomes its ``base`` mask moved by it (:func:`~svldrl.rules.shift_boundary`); otherwise the ``base``
+    masks stay (it abstains: no trusted cases, too few, or no clear shift). Redone from ``base`` each time, so the
+    corrections never drift.
+
+    Returns:
+        ``charts/shift_mm`` and ``charts/shift_se_mm`` (the estimate and its standard error), ``charts/shift_applied``
+        (1 or 0) and ``charts/target_changed``.
+    """
+    rl = trainer.cfg["rl"]
+    base = trainer.given if base is None else base
+    trusted = [cid for cid in trainer.val_ids if cid in set(trainer.trusted_ids)]
+    estimate = ShiftEstimate(math.nan, math.nan, [], [])
+    if trusted and not set(trusted) & set(trainer.train_ids):
+        positions = [trainer.val_ids.index(cid) for cid in trusted]
+        t_spacing = case_spacing(trainer, trusted)
+        on_trusted = [
+            boundary_shift(
+                trainer.predict_probs(trainer.val_images[j]) >= 0.5, trainer.val_labels[j] >= 0.5, sp
+            )
+            for j, sp in zip(positions, t_spacing, strict=True)
+        ]
+        g_spacing = case_spacing(trainer, trainer.train_ids)
+        on_given = [
+            boundary_shift(trainer.predict_probs(img) >= 0.5, b >= 0.5, sp)
+            for img, b, sp in zip(trainer.images, base, g_spacing, strict=True)
+        ]
+        estimate = estimate_shift(on_trusted, on_given)
+    voxel = min(min(sp) for sp in case_spacing(trainer, trainer.train_ids))
+    applied = estimate.significant(float(rl["shift_z"]), float(rl["shift_min"]) * voxel)
+    shifts = [estimate.shift] * len(base) if applied else [0.0] * len(base)
+    if applied and rl["shift_per_case"]:
+        shifts = case_shifts(estimate)
+    changed = total = 0
+    for i, (b, sp) in enumerate(zip(base, case_spacing(trainer, trainer.train_ids), strict=True)):
+        is_fg = np.asarray(b) >= 0.5
+        new_fg = shift_boundary(is_fg, shifts[i], sp)
+        new = relabel(b, new_fg & ~is_fg, is_fg & ~new_fg)
+        changed += int(np.count_nonzero(new != trainer.targets[i]))
+        total += new.size
+        trainer.targets[i][...] = new  # in place: the targets may live in shared memory (rl.async_workers)
+        trainer.target_notes.setdefault(trainer.train_ids[i], {})["shift_mm"] = shifts[i]
+    _report_shift(trainer, estimate, applied, bool(trusted))
+    return {
+        "charts/shift_mm": estimate.shift,
+        "charts/shift_se_mm": estimate.se,
+        "charts/shift_applied": float(applied),
+        "charts/target_changed": changed / max(total, 1),
+    }
+
+
+def case_shifts(estimate: ShiftEstimate) -> list[float]:
+    """Each training case's own shift, where the masks' shift is clear: the model's shift against the trusted masks
+    less its shift against the case's mask (a case drawn larger than the others differs more from the model's
+    boundary), on the estimate's side of none (a case that seems shifted the other way is left as given)."""
+    bias = float(np.nanmean(estimate.trusted))
+    side = math.copysign(1.0, estimate.shift)
+    return [side * max(side * (bias - e), 0.0) if math.isfinite(e) else 0.0 for e in estimate.given]
+
+
+def _report_shift(trainer: Trainer, estimate: ShiftEstimate, applied: bool, has_trusted: bool) -> None:
+    """One line to the run's log each time the decision changes (and the first time)."""
+    state = (applied, has_trusted)
+    if trainer.__dict__.get("_shift_state") == state:
+        return
+    trainer.__dict__["_shift_state"] = state
+    if not has_trusted:
+        trainer.reporter.warn(
+            "shift target update: no trusted validation cases (svldrl train --trusted, labelsTr_trusted/), so "
+            "nothing to learn the masks' systematic error from; training on the given masks"
+        )
+        return
+    what = "undone" if applied else "kept as given (not clearly different from none)"
+    trainer.reporter.info(
+        f"shift target update: the given masks' boundaries lie {estimate.shift:+.2f} mm (standard error "
+        f"{estimate.se:.2f} mm) from the trusted cases' on average (n = {len(estimate.trusted)} trusted, "
+        f"{len(estimate.given)} given); {what}"
+    )

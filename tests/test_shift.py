@@ -1,0 +1,208 @@
+"""The trusted-shift target update: masks drawn systematically too large (or too small), their shift learned from a
+few trusted cases and undone (``rl.target_update=shift``, ``supervised_shift``, the recommended preset with
+trusted cases).
+
+What a user notices: with trusted cases, dilated masks are eroded back towards the truth, by each case's own amount;
+clean masks, or no trusted cases, are left as given; the estimate and its standard error are in the run's log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from svldrl import config as C
+from svldrl.cli import main
+from svldrl.data.dataset import load_dataset
+from svldrl.methods import get_method
+from svldrl.methods.kit.targets import trusted_shift_update
+from svldrl.reporter import Reporter
+from svldrl.rules import boundary_shift, estimate_shift, overlap, shift_boundary
+from tests.conftest import TINY
+
+TRUSTED = ["phantom_000", "phantom_001"]
+
+
+def _ball(shape: tuple[int, ...], radius: float) -> np.ndarray:
+    grid = np.indices(shape) - (np.asarray(shape)[:, None, None, None] - 1) / 2
+    return np.linalg.norm(grid, axis=0) < radius
+
+
+# ------------------------------------------------------------------ the rules
+
+
+def test_boundary_shift_measures_dilation_and_erosion_in_mm():
+    ball = _ball((40, 40, 40), 8)
+    for k in (1, 2, 3):
+        assert boundary_shift(_ball((40, 40, 40), 8 + k), ball, (1, 1, 1)) == pytest.approx(k, abs=0.2)
+        assert boundary_shift(_ball((40, 40, 40), 8 - k), ball, (1, 1, 1)) == pytest.approx(-k, abs=0.2)
+    assert boundary_shift(ball, ball, (1, 1, 1)) == pytest.approx(0, abs=0.05)
+    assert boundary_shift(_ball((40, 40, 40), 9), ball, (2, 2, 2)) == pytest.approx(2.0, abs=0.4)  # in mm
+    assert math.isnan(boundary_shift(ball, np.zeros_like(ball), (1, 1, 1)))
+
+
+def test_shift_boundary_undoes_a_shift_and_grows_for_a_negative_one():
+    ball = _ball((40, 40, 40), 10)
+    for k in (1, 2, 3):
+        grown = _ball((40, 40, 40), 10 + k)
+        back = shift_boundary(grown, float(k), (1, 1, 1))
+        assert overlap(back, ball)[0] > 0.96 > overlap(grown, ball)[0]
+        shrunk = _ball((40, 40, 40), 10 - k)
+        assert (
+            overlap(shift_boundary(shrunk, -float(k), (1, 1, 1)), ball)[0] > 0.95 > overlap(shrunk, ball)[0]
+        )
+    assert (shift_boundary(ball, 0.0, (1, 1, 1)) == ball).all()
+
+
+def test_estimate_shift_cancels_the_models_own_error():
+    # a model 1 mm too large everywhere, trained on masks 2 mm too large: 3 against the truth, 1 against its masks
+    est = estimate_shift([3.1, 2.9, 3.0], [1.0, 1.2, 0.8, 1.0])
+    assert est.shift == pytest.approx(2.0)
+    assert 0 < est.se < 0.2 and est.significant(2.0, 0.5)
+    assert not estimate_shift([1.1, 0.9, 1.0], [1.0, 1.2, 0.8]).significant(2.0, 0.5)  # clean masks
+    assert not estimate_shift([5.0, -3.0], [1.0, 1.2]).significant(2.0, 0.5)  # too uncertain
+    nan = estimate_shift([3.0, math.nan], [1.0, math.nan, 1.0])
+    assert nan.shift == pytest.approx(2.0) and len(nan.given) == 3  # one value per case, NaN kept in place
+
+
+# ------------------------------------------------------------------ the update on a trainer
+
+
+def _noisy_set(dataset: Path, name: str, grow: dict[str, int]) -> None:
+    """Masks dilated by ``grow[case]`` voxels (0: untouched); the TRUSTED cases untouched and recorded."""
+    folder = dataset / "labelsTr_noisy" / name
+    folder.mkdir(parents=True)
+    for f in sorted((dataset / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(str(f))
+        mask = np.asarray(img.dataobj) > 0
+        k = grow.get(f.name[: -len(".nii.gz")], 0)
+        out = ndimage.binary_dilation(mask, iterations=k) if k else mask
+        nib.save(nib.Nifti1Image(out.astype(np.uint8), img.affine), str(folder / f.name))
+    (folder / "trusted.json").write_text(json.dumps({"cases": TRUSTED}))
+
+
+def _trainer(dataset: Path, labels: str, out: Path, *extra: str):
+    cfg = C.load_config(overrides=[*TINY, "method=supervised_shift", "train.threads=1", *extra])
+    ds = load_dataset(dataset, labels, trusted="auto")
+    return get_method("supervised_shift")(cfg, ds, out, reporter=Reporter(quiet=False))
+
+
+def _clean(dataset: Path, cid: str) -> np.ndarray:
+    return np.asarray(nib.load(str(dataset / "labelsTr" / f"{cid}.nii.gz")).dataobj) > 0
+
+
+def _model(trainer, dataset: Path, grow: int) -> None:
+    """Replace the trainer's model by one whose boundary lies ``grow`` voxels outside every case's truth."""
+    ids = {id(img): cid for img, cid in zip(trainer.images, trainer.train_ids, strict=True)}
+    ids.update({id(img): cid for img, cid in zip(trainer.val_images, trainer.val_ids, strict=True)})
+
+    def predict_probs(image, network=None):
+        return ndimage.binary_dilation(_clean(dataset, ids[id(image)]), iterations=grow).astype(np.float32)
+
+    trainer.predict_probs = predict_probs
+
+
+def _label_dice(trainer, dataset: Path) -> float:
+    return float(
+        np.mean(
+            [
+                overlap(t >= 0.5, _clean(dataset, cid))[0]
+                for t, cid in zip(trainer.targets, trainer.train_ids, strict=True)
+            ]
+        )
+    )
+
+
+@pytest.mark.parametrize("per_case", [True, False])
+def test_dilated_masks_are_eroded_back_to_the_truth(dataset: Path, tmp_path: Path, per_case: bool):
+    others = ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]
+    _noisy_set(dataset, "grown", {cid: 2 for cid in others})
+    trainer = _trainer(dataset, "noisy/grown", tmp_path / "run", f"rl.shift_per_case={str(per_case).lower()}")
+    assert trainer.val_ids == TRUSTED and trainer.train_ids == others
+    _model(trainer, dataset, grow=3)  # trained on masks 2 voxels too large, and 1 too large of its own
+    before = _label_dice(trainer, dataset)
+    logs = trusted_shift_update(trainer)
+    assert logs["charts/shift_applied"] == 1.0 and 1.5 < logs["charts/shift_mm"] < 3.5
+    assert _label_dice(trainer, dataset) > max(before + 0.05, 0.9)
+    given = [g.copy() for g in trainer.given]
+    trusted_shift_update(trainer)  # redone from the given masks: no drift
+    assert all((g == t).all() for g, t in zip(given, trainer.given, strict=True))
+
+
+def test_each_case_loses_its_own_shift(dataset: Path, tmp_path: Path):
+    grow = {"phantom_002": 1, "phantom_003": 3, "phantom_004": 1, "phantom_005": 3}
+    _noisy_set(dataset, "mixed", grow)
+    runs = {}
+    for per_case in (True, False):
+        trainer = _trainer(
+            dataset, "noisy/mixed", tmp_path / f"run{per_case}", f"rl.shift_per_case={str(per_case).lower()}"
+        )
+        _model(trainer, dataset, grow=2)  # the model draws the masks' average
+        trusted_shift_update(trainer)
+        runs[per_case] = _label_dice(trainer, dataset)
+        notes = [trainer.target_notes[cid]["shift_mm"] for cid in trainer.train_ids]
+        assert (notes[0] < notes[1]) == per_case
+    assert runs[True] > runs[False] + 0.02 and runs[True] > 0.85
+
+
+def test_clean_masks_and_missing_trusted_cases_are_left_as_given(dataset: Path, tmp_path: Path, capsys):
+    _noisy_set(dataset, "same", {})
+    trainer = _trainer(dataset, "noisy/same", tmp_path / "run")
+    _model(trainer, dataset, grow=1)  # a model with an error of its own, masks without one
+    logs = trusted_shift_update(trainer)
+    assert logs["charts/shift_applied"] == 0.0 and abs(logs["charts/shift_mm"]) < 0.5
+    assert all((t == g).all() for t, g in zip(trainer.targets, trainer.given, strict=True))
+    assert "kept as given" in capsys.readouterr().err
+
+    trainer = _trainer(dataset, "clean", tmp_path / "run2")  # no trusted cases
+    logs = trusted_shift_update(trainer)
+    assert logs["charts/shift_applied"] == 0.0 and math.isnan(logs["charts/shift_mm"])
+    assert "no trusted validation cases" in capsys.readouterr().err
+
+
+def test_supervised_shift_logs_its_estimate(dataset: Path, tmp_path: Path):
+    _noisy_set(
+        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
+    )
+    out = tmp_path / "run"
+    sets = sum((["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1"]), [])
+    argv = [
+        "train",
+        str(dataset),
+        "--method",
+        "supervised_shift",
+        "--labels",
+        "noisy/grown",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, *sets, "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("charts/shift_mm")]
+    assert logged and all(
+        r["charts/shift_se_mm"] and float(r["charts/shift_applied"]) in (0, 1) for r in logged
+    )
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_recommended_preset_undoes_the_shift_only_with_trusted_cases(
+    dataset: Path, tmp_path: Path, trusted: bool
+):
+    _noisy_set(
+        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
+    )
+    out = tmp_path / "run"
+    sets = sum((["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1"]), [])
+    argv = ["train", str(dataset), "--preset", "recommended", "--labels", "noisy/grown", "--out", str(out)]
+    argv += [] if trusted else ["--trusted", "none"]
+    assert main([*argv, *sets, "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert any(r.get("charts/shift_mm") for r in rows) == trusted
+    assert all(r.get("charts/band_abstained") for r in rows)  # the band update ran either way
