@@ -219,8 +219,9 @@ class RL:
         "confident: confident disagreeing voxels take the model's label after warmup | cl: after warmup, each "
         "epoch the given masks with the voxels confident learning flags (EMA teacher, as mtcl) corrected | band: "
         "from the start, the given masks with a band of rl.band_width voxels around their boundary relabelled "
-        "by the image's intensity (ours, for one-sided noise) | shift: after warmup, every rl.shift_every epochs the given "
-        "masks' systematic boundary shift, estimated against the trusted cases, undone (ours; needs trusted cases)",
+        "by the image's intensity (ours, for one-sided noise) | shift: after warmup, every rl.shift_every epochs "
+        "the given masks' systematic boundary shift, estimated against the trusted cases, undone (ours; needs "
+        "trusted cases)",
         choices=("none", "confident", "cl", "band", "shift"),
         origin="paper",
     )

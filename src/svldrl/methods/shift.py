@@ -4,10 +4,11 @@ section 14).
 
 Masks drawn too large (or too small) by every annotator alike leave no trace a method can see in the masks
 alone: the model learns the shift with the organ. A few trusted masks show it. After the warm-up share of the
-budget (``rl.warmup``), every ``rl.shift_every`` epochs, the model is compared with the trusted masks of the cases it holds out
-for validation and with the masks it trains on; the difference is the masks' shift, whatever the model's own
-error. When it is clear (``rl.shift_z`` standard errors, at least ``rl.shift_min`` voxels), every target becomes
-its given mask moved by it; otherwise the given masks stay. Without trusted cases it trains as ``supervised``.
+budget (``rl.warmup``), every ``rl.shift_every`` epochs, the model is compared with the trusted masks of the cases
+it holds out for validation and with the masks it trains on; the difference is the masks' shift, whatever the
+model's own error. When it is clear (``rl.shift_z`` standard errors, at least ``rl.shift_min`` voxels), every
+target becomes its given mask moved by its own shift (``rl.shift_per_case``); otherwise the given masks stay.
+Without trusted cases it trains as ``supervised``.
 """
 
 from __future__ import annotations
