@@ -25,6 +25,7 @@ from svldrl.bench.plan import RESULT_NAME
 from svldrl.bench.report import CSV_COLUMNS
 from svldrl.bench.runner import run_benchmark
 from svldrl.bench.spec import expand_env, load_benchmark
+from svldrl.cli import main
 from svldrl.data.io import read_json
 from svldrl.errors import UserError
 
@@ -265,6 +266,21 @@ def test_only_unknown_method_and_changed_settings_are_refused(
     changed = _write(tmp_path, lambda d: d["base"]["train"].update(iterations=6))
     with pytest.raises(UserError, match=r"train.iterations: 4 there, 6 asked"):
         run_benchmark(changed, bench_out)
+
+
+def test_settings_and_seeds_pick_the_runs_to_train(tmp_path: Path, monkeypatch) -> None:
+    """``--settings`` and ``--seeds`` narrow what trains now, as ``--only`` does; unknown names are refused."""
+    out = tmp_path / "out"
+    trained = _record_training(monkeypatch, out)
+    run_benchmark(TINY, out, settings=["mt1.0"], seeds=[0], only=["supervised"])
+    assert trained == ["mt1.0/supervised/seed0"]
+    with pytest.raises(
+        UserError, match=r"--settings names dilate, which the config does not have \(clean, mt0.5"
+    ):
+        run_benchmark(TINY, out, settings=["dilate"])
+    with pytest.raises(UserError, match="--seeds names 3"):
+        run_benchmark(TINY, out, seeds=[3])
+    assert main(["benchmark", str(TINY), "--out", str(out), "--seeds", "x"]) == 2
 
 
 def test_eta_counts_runs_finished_before_a_resume(tmp_path: Path) -> None:

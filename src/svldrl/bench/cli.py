@@ -28,14 +28,26 @@ def parse_only(text: str | None) -> list[str] | None:
     return names
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"0,2"`` -> ``[0, 2]``; None stays None."""
+    names = parse_only(text)
+    if names is None:
+        return None
+    try:
+        return [int(n) for n in names]
+    except ValueError:
+        raise UserError(f"--seeds expects seed numbers like 0,1, got '{text}'") from None
+
+
 def cmd_benchmark(a: argparse.Namespace, rep: Reporter) -> int:
     """Run the benchmark and print the path of results.md."""
     from svldrl.bench.runner import run_benchmark
 
     out = Path(a.out) if a.out else default_out(a.config)
     parts = ["svldrl", "benchmark", str(a.config), "--out", str(out)]
-    if a.only:
-        parts += ["--only", a.only]
+    for flag in ("only", "settings", "seeds"):
+        if getattr(a, flag):
+            parts += [f"--{flag}", getattr(a, flag)]
     for folder in a.reuse or []:
         parts += ["--reuse", folder]
     md = run_benchmark(
@@ -43,6 +55,8 @@ def cmd_benchmark(a: argparse.Namespace, rep: Reporter) -> int:
         out,
         reporter=rep,
         only=parse_only(a.only),
+        settings=parse_only(a.settings),
+        seeds=parse_seeds(a.seeds),
         verbose=a.verbose,
         command=shlex.join(parts),
         reuse=a.reuse,
@@ -74,6 +88,13 @@ def add_parser(
         metavar="METHOD,...",
         help="run only these methods (names from the config); the report lists every completed run",
     )
+    p.add_argument(
+        "--settings",
+        default=None,
+        metavar="NAME,...",
+        help="run only these noise settings (names from the config, clean for the oracle's)",
+    )
+    p.add_argument("--seeds", default=None, metavar="SEED,...", help="run only these seeds of the config's")
     p.add_argument(
         "--reuse",
         default=None,

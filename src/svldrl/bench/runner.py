@@ -42,6 +42,8 @@ def run_benchmark(
     out_dir: str | Path,
     reporter: Reporter | None = None,
     only: list[str] | None = None,
+    settings: list[str] | None = None,
+    seeds: list[int] | None = None,
     verbose: bool = False,
     command: str | None = None,
     reuse: str | Path | list[str | Path] | None = None,
@@ -57,6 +59,8 @@ def run_benchmark(
         out_dir: the benchmark folder (dataset if synthetic, runs, results).
         reporter: progress lines (``runs done/total`` with ETA); silent when None.
         only: method names (rows of the config) to run now; the results still list every completed run.
+        settings: noise setting names (``clean``: the oracle's) to run now, as ``only``.
+        seeds: seeds of the config to run now, as ``only``.
         verbose: pass the reporter to each training (one line per epoch).
         command: the command line to record in results.md (default: a Python call).
         reuse: other benchmark folders (one or a list) on the same dataset and noise seed; their completed
@@ -91,7 +95,15 @@ def run_benchmark(
             raise UserError(
                 f"--only names unknown method(s) {', '.join(bad)} (the config has: {', '.join(known)})"
             )
-    todo = [r for r in runs if only is None or r.method.name in only]
+    _check_subset("--settings", settings, [CLEAN, *(n.name for n in bench.noise)])
+    _check_subset("--seeds", seeds, list(bench.seeds))
+    todo = [
+        r
+        for r in runs
+        if (only is None or r.method.name in only)
+        and (settings is None or r.noise in settings)
+        and (seeds is None or r.seed in seeds)
+    ]
     for run in runs:
         check_existing(run)
     if "path" in bench.dataset:
@@ -174,6 +186,15 @@ def run_benchmark(
             "lists the completed runs; rerunning the benchmark retries the failed ones)"
         )
     return md
+
+
+def _check_subset(flag: str, asked: list | None, known: list) -> None:
+    """Refuse a ``--settings`` / ``--seeds`` value the config does not have."""
+    bad = [str(v) for v in asked or [] if v not in known]
+    if bad:
+        raise UserError(
+            f"{flag} names {', '.join(bad)}, which the config does not have ({', '.join(map(str, known))})"
+        )
 
 
 def check_trusted_rows(bench: Benchmark, runs: list[Run], root: Path) -> None:
