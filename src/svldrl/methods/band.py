@@ -24,10 +24,11 @@ class SupervisedBandTrainer(Trainer):
     """Plain Dice + CE training on the band-corrected targets (an ablation of ``rl.target_update=band``)."""
 
     name = "supervised_band"
+    sections = ("rl",)  # rl.band_*
     checkpointed = ("targets",)
 
     def build_method_state(self) -> None:
-        self.band_logs = Band(self.cfg).apply(self)
+        self.band_logs = Band(self.cfg.rl).apply(self)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return dict(self.band_logs)

@@ -32,6 +32,7 @@ from svldrl.rules import (
     confident_learning_flags,
     relabel,
 )
+from svldrl.settings import RL
 
 SOFT_STEP = 0.8  # how far MTCL's soft correction moves a flagged voxel towards the other class
 
@@ -43,8 +44,8 @@ class TargetUpdate:
     when: ClassVar[str] = "epoch"  # "start" (once, before the first step) or "epoch" (each epoch end)
     needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, cfg: dict) -> None:
-        self.cfg = cfg
+    def __init__(self, rl: RL) -> None:
+        self.rl = rl
 
     def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
         raise NotImplementedError
@@ -57,7 +58,7 @@ class Confident(TargetUpdate):
     name = "confident"
 
     def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
-        return confident_update(trainer, float(self.cfg["rl"]["tau"]))
+        return confident_update(trainer, float(self.rl.tau))
 
 
 class ConfidentLearning(TargetUpdate):
@@ -84,16 +85,16 @@ class Band(TargetUpdate):
 TARGET_UPDATES: dict[str, type[TargetUpdate]] = {c.name: c for c in (Confident, ConfidentLearning, Band)}
 
 
-def target_update(cfg: dict) -> TargetUpdate | None:
+def target_update(rl: RL) -> TargetUpdate | None:
     """The update ``rl.target_update`` names, or None."""
-    cls = TARGET_UPDATES.get(cfg["rl"]["target_update"])
-    return None if cls is None else cls(cfg)
+    cls = TARGET_UPDATES.get(rl.target_update)
+    return None if cls is None else cls(rl)
 
 
 def past_warmup(trainer: Trainer) -> bool:
     """Whether the epoch's last step is past the warm-up (SVL-DRL's stage 1), when epoch-end updates start."""
-    rl = trainer.cfg["rl"]
-    return stage_at(trainer.iteration - 1, trainer.iterations, rl["warmup"], rl["transition"]) > 1
+    rl = trainer.cfg.rl
+    return stage_at(trainer.iteration - 1, trainer.iterations, rl.warmup, rl.transition) > 1
 
 
 def confident_update(trainer: Trainer, tau: float) -> dict[str, float]:
@@ -173,11 +174,11 @@ def cl_target_update(
     }
 
 
-def band_guard(rl: dict[str, Any]) -> BandGuard | None:
+def band_guard(rl: RL) -> BandGuard | None:
     """The guard ``rl.band_*`` ask for; None when ``rl.band_guard`` is off."""
-    if not rl["band_guard"]:
+    if not rl.band_guard:
         return None
-    return BandGuard(max_lookalike=float(rl["band_max_lookalike"]), min_shift=float(rl["band_min_shift"]))
+    return BandGuard(max_lookalike=float(rl.band_max_lookalike), min_shift=float(rl.band_min_shift))
 
 
 def band_target_update(trainer: Trainer) -> dict[str, float]:
@@ -191,9 +192,9 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
         ``charts/band_lookalike_share`` and of the width used as ``charts/band_width``. A run whose cases the
         guard mostly leaves alone, or an unguarded run on surroundings that look like the organ, says so.
     """
-    rl = trainer.cfg["rl"]
-    width, margin, passes = int(rl["band_width"]), float(rl["band_margin"]), int(rl["band_passes"])
-    widths = list(range(width, int(rl["band_width_max"]) + 1)) or [width]
+    rl = trainer.cfg.rl
+    width, margin, passes = int(rl.band_width), float(rl.band_margin), int(rl.band_passes)
+    widths = list(range(width, int(rl.band_width_max) + 1)) or [width]
     guard = band_guard(rl)
     changed = total = 0
     outcomes = []
