@@ -46,6 +46,7 @@ from svldrl.data.synth import synthesize
 from svldrl.noise import run_noise
 from svldrl.reporter import Reporter
 from svldrl.runs import train
+from svldrl.settings import Config
 
 SETTINGS = {  # name -> (protocol, protocol parameters); every setting corrupts half of the cases
     "mt": ("mt", {}),
@@ -152,7 +153,7 @@ def score_audit(
     }
 
 
-def train_config(args: argparse.Namespace, fold: int) -> dict:
+def train_config(args: argparse.Namespace, fold: int) -> Config:
     """A small supervised run on one fold of ``FOLDS``."""
     return C.load_config(
         overrides=[
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(run_dir, ignore_errors=True)
             rep.info(f"{setting}: training fold {fold} ({args.iterations} iterations) on {labels}")
             cfg = train_config(args, fold)
-            cfg["labels"] = labels
+            cfg.labels = labels
             train(ds_root, labels, run_dir, cfg)
         timings[f"{setting}_train_s"] = time.monotonic() - t0
         # training time as logged by the runs, also when they were trained by an earlier call

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.cases:
         bench.dataset["synth"] = {**bench.dataset["synth"], "cases": args.cases, "test_cases": 1}
     data = prepare_data(bench, Path(args.work), Reporter(quiet=args.quiet))
-    dcfg = C.load_config()["data"]
+    dcfg = C.load_config().data
     settings = ["clean", *(n.name for n in bench.noise)]
     cases = {s: load_dataset(data.source, "clean" if s == "clean" else f"noisy/{s}").train for s in settings}
     clean = {c.case_id: load_case(c, dcfg)[:2] for c in cases["clean"]}

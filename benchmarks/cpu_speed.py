@@ -50,7 +50,7 @@ def make_step(backbone: str, patch: int, variant: str, batch: int = 2) -> Callab
     """One training iteration of ``backbone`` at ``patch`` in ``variant``, as a closure."""
     cfg = C.load_config(overrides=[*BACKBONES[backbone], f"train.patch={max(patch, 64)}"])
     torch.manual_seed(0)
-    net = build_network(cfg["nets"], rl_heads=False)
+    net = build_network(cfg.nets, rl_heads=False)
     channels_last = variant.endswith("_cl")
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)

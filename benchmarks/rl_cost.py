@@ -49,7 +49,7 @@ def make(kind: str, heads: str, patch: int, batch: int, t_max: int):
     """A closure doing one iteration of ``kind`` (sup | rl | fb1 | fb3)."""
     cfg = C.load_config(overrides=[f"nets.heads={heads}", f"rl.t_max={t_max}"])
     torch.manual_seed(0)
-    net = build_network(cfg["nets"], rl_heads=kind in ("rl", "fb3"))
+    net = build_network(cfg.nets, rl_heads=kind in ("rl", "fb3"))
     loss_fn = DiceCELoss(softmax=True)
     conv = RewardConv(3)
     opt = torch.optim.AdamW(list(net.parameters()) + list(conv.parameters()), lr=1e-3)
@@ -66,7 +66,7 @@ def make(kind: str, heads: str, patch: int, batch: int, t_max: int):
         if kind == "sup":
             loss = seg_loss(net(x)["seg"], y)
         elif kind == "rl":
-            loss = intensity_episode(net, x, y, cfg["rl"], 3, gen, seg_loss, norm, conv).loss
+            loss = intensity_episode(net, x, y, cfg.rl, 3, gen, seg_loss, norm, conv).loss
         else:
             heads = ("seg", "value", "policy") if kind == "fb3" else ("seg",)
             out = net(x, heads=heads)
@@ -120,11 +120,11 @@ def inference_times(patch: int, t_max: int, size: int, rounds: int) -> dict[str,
     from svldrl.methods.svldrl import SVLDRLTrainer
 
     cfg = C.load_config(overrides=["method=svldrl", f"train.patch={patch}", f"rl.t_max={t_max}"])
-    net = build_network(cfg["nets"], **SVLDRLTrainer.network_kwargs(cfg)).eval()
+    net = build_network(cfg.nets, **SVLDRLTrainer.network_kwargs(cfg)).eval()
     image = np.random.default_rng(0).random((size, size, size), dtype=np.float32)
     out = {}
     for steps in (0, t_max):
-        cfg["infer"]["refine_steps"] = steps
+        cfg.infer.refine_steps = steps
         segment_volume(SVLDRLTrainer, net, cfg, image)
         ts = []
         for _ in range(rounds):

@@ -219,7 +219,7 @@ def test_audit_finds_a_hand_flipped_region_end_to_end(
             mask[1:5, 1:5, 1:5] = 1  # a corner of air labelled as organ
         write_nifti(hand / f"{case.case_id}.nii.gz", mask, img.affine, img.header)
         cfg = C.load_config([audited.runs / "fold_0" / "config.yaml"])
-        images.append((load_case(case, cfg["data"], need_label=False)[0], case.case_id))
+        images.append((load_case(case, cfg.data, need_label=False)[0], case.case_id))
 
     def agrees_with_clean(method, net, cfg, image, batch=None, tta=False):  # noqa: ANN001 - the patched function's shape
         cid = next(c for im, c in images if np.array_equal(im, image))

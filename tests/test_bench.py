@@ -237,6 +237,10 @@ def _write(tmp_path: Path, edit) -> Path:
         ),
         (lambda d: d["base"]["train"].update(itrations=3), "unknown config key 'train.itrations'"),
         (lambda d: d["methods"][1].update(set=["rl.t_maxx=2"]), "unknown config key 'rl.t_maxx'"),
+        (
+            lambda d: d["methods"][0].update(set=["mtcl.ema=0.5"]),
+            "config key 'mtcl.ema' is a setting of mtcl; this run's method is supervised, which would ignore it",
+        ),
         (lambda d: d["noise"][0].update(params={"mode": "sideways"}), "mode must be one of"),
         (lambda d: d.update(seeds=[]), "seeds must be a non-empty list"),
         (lambda d: d.update(methods_on_clean=["ghost"]), "methods_on_clean names 'ghost'"),
@@ -320,7 +324,7 @@ def test_a_key_introduced_with_a_new_default_compares_with_what_older_runs_did()
     band_old = {"method": "svldrl", "rl": {"target_update": "band"}}
     band = C.load_config(overrides=["method=svldrl", "rl.target_update=band"])
     assert bench_plan.config_differences(band, band_old) == ["rl.band_guard: None there, True asked"]
-    band["rl"]["band_guard"] = False
+    band.rl.band_guard = False
     assert bench_plan.config_differences(band, band_old) == []
     plain = C.load_config(overrides=["method=supervised"])
     assert bench_plan.config_differences(plain, {"method": "supervised"}) == []
@@ -516,7 +520,7 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(spec))
     bench = load_benchmark(path)
     cfg = bench_plan.plan_runs(bench, tmp_path / "out")[1].cfg
-    assert cfg["nets"]["heads"] == "light" and cfg["rl"]["t_max"] == 2  # set: wins over the file
+    assert cfg.nets.heads == "light" and cfg.rl.t_max == 2  # set: wins over the file
     spec["methods"][0]["config"] = "missing.yaml"
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError, match="missing.yaml not found"):
@@ -525,7 +529,7 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
     (tmp_path / "rec.yaml").write_text("method: svldrl\nrl:\n  t_max: 1\n")
     spec["methods"][0]["config"] = "rec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert bench_plan.plan_runs(load_benchmark(path), tmp_path / "out2")[1].cfg["method"] == "svldrl"
+    assert bench_plan.plan_runs(load_benchmark(path), tmp_path / "out2")[1].cfg.method == "svldrl"
     spec["methods"][0]["method"] = "supervised"
     spec["methods"][0].pop("set")
     path.write_text(yaml.safe_dump(spec))
@@ -543,7 +547,7 @@ def test_the_recommended_preset_is_the_measured_band_row_with_its_guard() -> Non
     row = next(m for m in search.methods if m.name == "supervised_band_fp")
     measured = C.flatten(C.load_config(overrides=[f"method={row.method}", *row.overrides]))
     differs = {k for k, v in C.flatten(cfg).items() if measured[k] != v}
-    assert differs == {"rl.band_guard"} and cfg["rl"]["band_guard"]
+    assert differs == {"rl.band_guard"} and cfg.rl.band_guard
     for name in ("phantom_converged", "real_anatomy", "phantom_standard_converged"):
         entry = load_benchmark(root / f"{name}.yaml").method("recommended")
         assert C.load_config(overrides=[f"method={entry.method}", *entry.overrides]) == cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -10,16 +11,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from svldrl.config import DEFAULTS
 from svldrl.data.dataset import Case, check_mask, load_case, load_dataset
 from svldrl.data.io import read_volume, write_nifti
 from svldrl.data.normalize import map_foreground, normalize_intensity
 from svldrl.data.splits import load_or_create_splits, make_splits
 from svldrl.errors import UserError
+from svldrl.settings import Data
 
 SHAPE = (10, 9, 8)
 AFFINE = np.diag([1.0, 1.0, 1.5, 1.0])
-CFG = dict(DEFAULTS["data"])
+CFG = Data()
 
 
 def _pair(seed: int, values: tuple[int, ...] = (1,)) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +195,7 @@ def test_foreground_mapping(tmp_path):
     write_nifti(tmp_path / "img.nii.gz", image, AFFINE)
     write_nifti(tmp_path / "lab.nii.gz", label, AFFINE)
     case = Case("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz")
-    _, mask, _ = load_case(case, {**CFG, "foreground": [1, 2, 4]})
+    _, mask, _ = load_case(case, replace(CFG, foreground=[1, 2, 4]))
     np.testing.assert_array_equal(mask, np.isin(label, [1, 2, 4]).astype(np.uint8))
     with pytest.raises(UserError, match=r"label values \[0, 1, 2, 3, 4\]; pass --foreground"):
         load_case(case, CFG)
@@ -221,7 +222,7 @@ def test_normalize_intensity():
 def test_auto_modality_uses_the_dataset_window(tmp_path):
     root = make_nnunet(tmp_path / "ds", channel="CT")
     ds = load_dataset(root)
-    image, _, _ = load_case(ds.train[0], {**CFG, "modality": "auto", "ct_window": [0, 2000]})
+    image, _, _ = load_case(ds.train[0], replace(CFG, modality="auto", ct_window=[0, 2000]))
     raw = read_volume(ds.train[0].image).array
     np.testing.assert_allclose(image, raw / 2000.0, rtol=1e-5)
 

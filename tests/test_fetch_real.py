@@ -14,6 +14,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from svldrl.data.dataset import load_case, load_dataset
+from svldrl.settings import Data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_real_anatomy.py"
 SPEC = {"aal": "Putamen", "left": 73, "right": 74, "dataset": 801}
@@ -147,7 +148,7 @@ def test_dataset_loads_in_svldrl_with_mr_like_intensities(train_set):
     assert ds["numTraining"] == 3 and ds["file_ending"] == ".nii.gz"
     loaded = load_dataset(out)
     assert len(loaded.train) == 3 and len(loaded.test) == 2 and loaded.modality == "mr"
-    image, label, vol = load_case(loaded.train[0], {"modality": "auto"})
+    image, label, vol = load_case(loaded.train[0], Data(modality="auto"))
     assert image.shape == label.shape == (16, 16, 16) and label.sum() > 0
     assert vol.array.dtype == np.int16 and vol.array.max() > 100  # not normalised to [0, 1]
     assert 0.0 <= image.min() and image.max() <= 1.0  # svldrl normalises itself
@@ -167,7 +168,7 @@ def test_check_set_is_clean_with_margins_and_a_dev_test_split(fetch, atlas, tmp_
         assert (np.sign(world[:, 0]) == (-1 if case["id"].endswith("_L") else 1)).all()
     loaded = load_dataset(out)
     assert [c.case_id for c in loaded.train] == ["putamen_L", "putamen_R"]
-    image, label, vol = load_case(loaded.train[1], {"modality": "auto"})
+    image, label, vol = load_case(loaded.train[1], Data(modality="auto"))
     assert label.sum() > 0 and vol.array.max() > 100
     np.testing.assert_allclose(vol.spacing, spacing)
 

@@ -16,6 +16,7 @@ from svldrl.data import fingerprint as FP
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.normalize import normalize_intensity
 from svldrl.runs import predict_folder, train
+from svldrl.settings import Data
 from tests.conftest import TINY
 
 
@@ -70,7 +71,7 @@ def test_training_records_the_range_and_predict_uses_it(
     assert saved["modality"] == "ct"
     assert saved["intensity_range"] == pytest.approx([stats["percentile_00_5"], stats["percentile_99_5"]])
     # ... while the config the caller passed stays as given (the same one can train another dataset)
-    assert cfg["data"]["modality"] == "auto" and cfg["data"]["intensity_range"] is None
+    assert cfg.data.modality == "auto" and cfg.data.intensity_range is None
     cache = json.loads((ct_dataset / FP.FINGERPRINT_FILE).read_text())
     assert cache["written_by"] == "svldrl" and len(cache["entries"]) == 1
 
@@ -92,7 +93,7 @@ def test_training_records_the_range_and_predict_uses_it(
     )
     predict_folder(run, ct_dataset / "imagesTs", tmp_path / "pred")
     case = load_dataset(ct_dataset).test[0]
-    expected, _, _ = load_case(case, saved, need_label=False)
+    expected, _, _ = load_case(case, Data(**saved), need_label=False)
     np.testing.assert_allclose(seen[0], expected)
 
 

@@ -17,6 +17,7 @@ from svldrl.data.synth import synthesize
 from svldrl.nets import build_network
 from svldrl.rl.mask import BACKGROUND, FOREGROUND, KEEP, greedy_mask, mask_episode, mask_reward, mask_step
 from svldrl.rules import overlap
+from svldrl.settings import Nets
 
 
 def test_mask_step_and_reward_follow_the_equations() -> None:
@@ -32,7 +33,7 @@ def test_mask_step_and_reward_follow_the_equations() -> None:
 def _cases(root: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(image, given mask drawn 2 voxels too large, clean mask) of 12 easy phantoms."""
     synthesize(root, cases=12, size=24, seed=5, test_cases=1, difficulty="easy")
-    dcfg = C.load_config()["data"]
+    dcfg = C.load_config().data
     ball = ndimage.generate_binary_structure(3, 1)
     out = []
     for case in load_dataset(root).train:
@@ -50,7 +51,7 @@ def _train(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    nets = {**C.DEFAULTS["nets"], "features": [4, 8, 16, 32], "heads": "light"}
+    nets = Nets(features=[4, 8, 16, 32], heads="light")
     net = build_network(nets, in_channels=1, aux_channels=1, rl_heads=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     dice_ce = DiceCELoss(softmax=True)

@@ -21,6 +21,7 @@ from svldrl.methods.kit.losses import t_loss
 from svldrl.methods.kit.targets import mtcl_correct
 from svldrl.rules import band_flags, cl_thresholds, class_confidence_sums, confident_learning_flags, overlap
 from svldrl.runs import train
+from svldrl.settings import Config
 from tests.conftest import TINY
 
 # ------------------------------------------------------------------ coteaching
@@ -390,7 +391,7 @@ def test_t_loss_grows_with_the_residual_and_trains_nu() -> None:
 # ------------------------------------------------------------------ training
 
 
-def _cfg(method: str, *extra: str) -> dict:
+def _cfg(method: str, *extra: str) -> Config:
     return C.load_config(overrides=[*TINY, f"method={method}", "train.iterations=4", *extra])
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
 from svldrl.nets import SegRLNet, build_network
+from svldrl.settings import Nets
 
-TINY = {"backbone": "unet", "features": [4, 8, 16, 32]}
+TINY = Nets(backbone="unet", features=[4, 8, 16, 32])
 ALL = ("seg", "value", "policy")
 
 
@@ -52,7 +55,7 @@ def test_segmentation_only_call_leaves_value_and_policy_decoders_untouched() -> 
 
 
 def test_light_heads_share_one_decoder_so_they_save_two_decoders() -> None:
-    decoders, light = build_network(TINY), build_network({**TINY, "heads": "light"})
+    decoders, light = build_network(TINY), build_network(replace(TINY, heads="light"))
     one_decoder = sum(p.numel() for p in decoders.decoders["seg"].parameters())
     assert decoders.num_parameters - light.num_parameters == 2 * one_decoder
     assert list(light.decoders) == ["shared"]
@@ -64,7 +67,7 @@ def test_light_heads_share_one_decoder_so_they_save_two_decoders() -> None:
 @pytest.mark.parametrize("heads", ["decoders", "light"])
 @pytest.mark.parametrize("into_shared", [True, False])
 def test_rl_losses_reach_the_shared_layers_only_when_configured(heads: str, into_shared: bool) -> None:
-    net = build_network({**TINY, "heads": heads, "rl_grad_into_shared": into_shared})
+    net = build_network(replace(TINY, heads=heads, rl_grad_into_shared=into_shared))
     shared = [net.encoder] + ([net.decoders["shared"]] if heads == "light" else [])
     out = net(torch.rand(1, 1, 16, 16, 16), heads=ALL)
     (out["value"].square().mean() + out["policy"].mean()).backward()  # RL losses only
@@ -102,14 +105,14 @@ def test_segment_works_as_a_sliding_window_predictor() -> None:
 
 def test_unknown_backbone_is_refused() -> None:
     with pytest.raises(ValueError, match="backbone"):
-        build_network({"backbone": "resnet"})
+        build_network(Nets(backbone="resnet"))
 
 
 @pytest.mark.parametrize("heads", ["decoders", "light"])
 def test_swinunetr_trains_all_three_heads(heads: str) -> None:
     pytest.importorskip("einops", reason="MONAI's Swin transformer needs einops")
     torch.manual_seed(0)
-    net = build_network({"backbone": "swinunetr", "feature_size": 12, "heads": heads})
+    net = build_network(Nets(backbone="swinunetr", feature_size=12, heads=heads))
     assert isinstance(net, SegRLNet) and net.divisor == 32
     # 32^3 leaves one voxel at 1/32 scale, which instance norm refuses (MONAI's SwinUNETR too).
     x = torch.rand(1, 1, 32, 32, 64)
@@ -120,7 +123,7 @@ def test_swinunetr_trains_all_three_heads(heads: str) -> None:
     for name, decoder in net.decoders.items():
         assert _grad_norm(decoder) > 0, name
     if heads == "decoders":
-        light = build_network({"backbone": "swinunetr", "feature_size": 12, "heads": "light"})
+        light = build_network(Nets(backbone="swinunetr", feature_size=12, heads="light"))
         one_decoder = sum(p.numel() for p in net.decoders["seg"].parameters())
         assert net.num_parameters - light.num_parameters == 2 * one_decoder
     with pytest.raises(ValueError, match="1/32"):

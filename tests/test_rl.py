@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 
-from svldrl.config import DEFAULTS
 from svldrl.nets import build_network
 from svldrl.rl import (
     ACTION_SPACES,
@@ -47,8 +45,9 @@ from svldrl.rl import (
     stage_weights,
 )
 from svldrl.rl import reward as reward_module
+from svldrl.settings import RL, Nets
 
-TINY = {"backbone": "unet", "features": [4, 8, 16]}
+TINY = Nets(backbone="unet", features=[4, 8, 16])
 
 
 def vol(values: list[float]) -> torch.Tensor:
@@ -282,10 +281,8 @@ LOG_KEYS = {
 }
 
 
-def _rl_cfg(**changes: object) -> dict:
-    cfg = copy.deepcopy(DEFAULTS["rl"])
-    cfg.update(changes)
-    return cfg
+def _rl_cfg(**changes: object) -> RL:
+    return RL(**changes)
 
 
 def _soft_target_loss(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -386,7 +383,7 @@ def test_a_reward_is_one_small_class_and_the_episode_uses_the_one_rl_reward_name
             r = torch.full_like(f_t, 0.5)
             return r, {"half": r.mean()}
 
-    def run(cfg: dict, reward: Reward | None = None):
+    def run(cfg: RL, reward: Reward | None = None):
         torch.manual_seed(0)
         net = build_network(TINY)
         x0, y = torch.rand(1, 1, 16, 16, 16), cube()
@@ -402,7 +399,7 @@ def test_a_reward_is_one_small_class_and_the_episode_uses_the_one_rl_reward_name
         assert by_name.logs == by_class.logs and torch.equal(by_name.loss, by_class.loss)
     f_t, f_next, y = torch.rand(3, 2, 1, 8, 8, 8).unbind(0)
     r, terms = VoxelReward(cfg)(f_t, f_next, y)
-    r_fn, terms_fn = intensity_reward(f_t, f_next, y, cfg["w_dice"], cfg["w_vox"], cfg["w_cont"], cfg["w_cc"])
+    r_fn, terms_fn = intensity_reward(f_t, f_next, y, cfg.w_dice, cfg.w_vox, cfg.w_cont, cfg.w_cc)
     assert torch.equal(r, r_fn) and terms.keys() == terms_fn.keys()
 
 

@@ -12,13 +12,14 @@ import torch
 from svldrl.nets.factory import build_network
 from svldrl.rl.a3c import RewardConv, a3c_losses, n_step_returns, sample_actions
 from svldrl.rl.env import ENHANCE, KEEP, WEAKEN, intensity_step, sample_eps
+from svldrl.settings import Nets
 
 P = 12  # patch side
 
 
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_network({"features": [4, 8], "heads": "light"}, rl_heads=True)
+    return build_network(Nets(features=[4, 8], heads="light"), rl_heads=True)
 
 
 def _sphere_images(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

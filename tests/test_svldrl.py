@@ -13,6 +13,7 @@ import torch
 from svldrl import config as C
 from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
+from svldrl.methods import section_owners
 from svldrl.methods.kit.losses import t_loss
 from svldrl.methods.svldrl import SVLDRLTrainer
 from svldrl.rules import cl_thresholds, class_confidence_sums, confident_learning_flags
@@ -238,8 +239,10 @@ def test_tloss_segmentation_loss_in_every_stage(dataset: Path, tmp_path: Path) -
     default = SVLDRLTrainer(C.load_config(overrides=RL), load_dataset(dataset), tmp_path / "default")
     assert default.nu is None and "nu" not in default.checkpointed
     assert torch.equal(default._seg_loss(logits, q), default.seg_loss(logits, torch.cat([1 - q, q], 1)))
-    with pytest.raises(C.UserError, match="tloss.init"):
-        C.load_config(overrides=[*TINY, "method=supervised", "tloss.init=0.5"])
+    with pytest.raises(
+        C.UserError, match="'tloss.init' is a setting of tloss / tloss_band / svldrl; this run's"
+    ):
+        C.load_config(overrides=[*TINY, "method=supervised", "tloss.init=0.5"], owners=section_owners())
 
 
 def test_band_width_max_chooses_each_case_width_with_band_correct_select(

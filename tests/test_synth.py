@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from svldrl.config import DEFAULTS
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.io import read_volume
 from svldrl.data.synth import FG_FRACTION, make_phantom, synthesize
 from svldrl.errors import UserError
 from svldrl.reporter import Reporter
+from svldrl.settings import Data
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -67,7 +67,7 @@ def test_output_loads_as_nnunet_dataset(made):
     ds = load_dataset(made)
     assert ds.case_ids == ["phantom_000", "phantom_001", "phantom_002"]
     assert [c.case_id for c in ds.test] == ["phantom_003"]
-    image, label, vol = load_case(ds.train[0], dict(DEFAULTS["data"]))
+    image, label, vol = load_case(ds.train[0], Data())
     assert image.dtype == np.float32 and image.max() == 1.0 and label.sum() > 0
 
 

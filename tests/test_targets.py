@@ -37,7 +37,7 @@ def test_targets_writes_the_corrected_masks_with_the_inputs_affine_and_a_report(
     report = json.loads((out / "targets.json").read_text())
     ds = load_dataset(dataset, "noisy/dil")
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c.case_id}.nii.gz" for c in ds.train)
-    dcfg = C.load_config()["data"]
+    dcfg = C.load_config().data
     rows = {r["case"]: r for r in report["cases"]}
     for case in ds.train:
         image, given, vol = load_case(case, dcfg)
@@ -125,12 +125,12 @@ def test_presets_ship_with_the_package_and_say_where_they_come_from() -> None:
         text = C.preset_path(name).read_text()
         assert "The paper's" in text and "Chosen on" in text and ("Ours" in text or "Our decisions" in text)
     rec = C.load_config([C.preset_path("recommended")])
-    assert rec["method"] == "supervised_band" and rec["rl"]["band_guard"]
+    assert rec.method == "supervised_band" and rec.rl.band_guard
     a = make_parser().parse_args(
         ["train", "DS", "--out", "RUN", "--preset", "recommended", "--set", "seed=3"]
     )
     cfg = build_train_config(a)
-    assert cfg["seed"] == 3 and {k: v for k, v in C.flatten(cfg).items() if k != "seed"} == {
+    assert cfg.seed == 3 and {k: v for k, v in C.flatten(cfg).items() if k != "seed"} == {
         k: v for k, v in C.flatten(rec).items() if k != "seed"
     }
     bench = load_benchmark(Path(__file__).parents[1] / "benchmarks" / "real_anatomy.yaml")

@@ -16,10 +16,11 @@ from svldrl.cli import main
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.errors import UserError
 from svldrl.runs import train
+from svldrl.settings import Config
 from tests.conftest import TINY
 
 
-def _cfg(*extra: str) -> dict:
+def _cfg(*extra: str) -> Config:
     return C.load_config(overrides=[*TINY, *extra])
 
 
@@ -142,6 +143,11 @@ def _err(capsys) -> str:
         (["--set", "nets.backbone=resnet"], "must be one of"),
         (["--labels", "noisy/never_made"], "never_made"),
         (["--method", "magic"], "unknown method"),
+        (
+            ["--set", "mtcl.ema=0.5"],
+            "is a setting of mtcl; this run's method is supervised, which would ignore it",
+        ),
+        (["--method", "mtcl", "--set", "rl.t_max=5"], "this run's method is mtcl, which would ignore it"),
     ],
 )
 def test_train_bad_options_exit_2(
@@ -227,7 +233,7 @@ def test_resume_refuses_a_budget_below_the_iterations_done(dataset: Path, tmp_pa
     assert {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()} == before
     # the library refuses it too, before fit() rewrites config.yaml
     cfg = C.load_config([run / "config.yaml"])
-    cfg["train"]["iterations"] = 2
+    cfg.train.iterations = 2
     with pytest.raises(UserError, match="the run has done 4 iterations"):
         train(dataset, "clean", run, cfg, resume=True)
     assert (run / "config.yaml").read_bytes() == before["config.yaml"]
@@ -235,4 +241,4 @@ def test_resume_refuses_a_budget_below_the_iterations_done(dataset: Path, tmp_pa
     assert main([*argv, "--iterations", "4", "--resume"]) == 0
     assert main([*argv, "--iterations", "6", "--resume"]) == 0
     assert load_checkpoint(run / "checkpoint_final.pt")["iteration"] == 6
-    assert C.load_config([run / "config.yaml"])["train"]["iterations"] == 6
+    assert C.load_config([run / "config.yaml"]).train.iterations == 6

@@ -25,6 +25,7 @@ from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.methods import get_method
 from svldrl.noise.run import run_noise, select_cases, select_corrupted
+from svldrl.settings import Config
 from tests.conftest import TINY
 
 TRAIN_SETS = sum((["--set", s] for s in [*TINY, "train.threads=1"]), [])
@@ -55,13 +56,13 @@ def _dot_set(dataset: Path, name: str = "dot", trusted: list[str] | None = None)
     return folder
 
 
-def _cfg(method: str = "supervised", *extra: str) -> dict:
+def _cfg(method: str = "supervised", *extra: str) -> Config:
     return C.load_config(overrides=[*TINY, f"method={method}", "train.threads=1", *extra])
 
 
 def _trainer(dataset: Path, labels: str, out: Path, method: str = "supervised", *extra: str):
     cfg = _cfg(method, *extra)
-    ds = load_dataset(dataset, labels, trusted=cfg["data"]["trusted"])
+    ds = load_dataset(dataset, labels, trusted=cfg.data.trusted)
     return get_method(method)(cfg, ds, out)
 
 
@@ -327,7 +328,7 @@ def test_benchmark_noise_entry_takes_trusted(tmp_path: Path):
     out = tmp_path / "out"
     runs = plan_runs(bench, out)
     only = [r for r in runs if r.method.name == "supervised_trusted_only"]
-    assert {r.cfg["data"]["train_on"] for r in only} == {"trusted"}
+    assert {r.cfg.data.train_on for r in only} == {"trusted"}
     # trusted-only training on a setting without trusted cases is refused before anything is written
     with pytest.raises(UserError, match="'supervised_trusted_only' on 'mt0.5'"):
         check_trusted_rows(bench, runs, out / "dataset")

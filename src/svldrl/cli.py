@@ -8,10 +8,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from svldrl import __version__
 from svldrl.errors import UserError
 from svldrl.reporter import QUIET_HELP, SILENT, Reporter
+
+if TYPE_CHECKING:
+    from svldrl.settings import Config
 
 
 def _foreground(text: str | None) -> list[int] | None:
@@ -121,16 +125,17 @@ def _flag_overrides(a: argparse.Namespace) -> list[tuple[str, str]]:
     return out
 
 
-def build_train_config(a: argparse.Namespace, base: dict | None = None) -> dict:
+def build_train_config(a: argparse.Namespace, base: Config | None = None) -> Config:
     """The run's config from ``--preset``, ``--config`` files, the flags and ``--set``, in this order (on top of
-    ``base`` if given)."""
+    ``base`` if given); a key of a section the method does not read is refused."""
     from svldrl import config as C
+    from svldrl.methods import section_owners
 
     files = ([C.preset_path(a.preset)] if getattr(a, "preset", None) else []) + (a.config or [])
-    cfg = C.load_config(files, [kv for _, kv in _flag_overrides(a)], base=base)
+    cfg = C.load_config(files, [kv for _, kv in _flag_overrides(a)], base=base, owners=section_owners())
     fg = _foreground(getattr(a, "foreground", None))
     if fg is not None:
-        cfg["data"]["foreground"] = fg
+        cfg.data.foreground = fg  # the config built here: no one else holds it yet
     return cfg
 
 
@@ -141,7 +146,7 @@ def _said(a: argparse.Namespace, key: str) -> str:
     return said[-1] if said else ("--foreground" if key == "data.foreground" else "--config")
 
 
-def resume_config(a: argparse.Namespace) -> dict:
+def resume_config(a: argparse.Namespace) -> Config:
     """The config of the run being resumed; ``--iterations`` may keep or extend the budget, and the settings that
     do not change what a run computes (``--device``, threads, layout: ``config.NEUTRAL_KEYS``) may change.
 
@@ -169,7 +174,7 @@ def resume_config(a: argparse.Namespace) -> dict:
             run / "config.yaml",
         )
     latest = run / "checkpoint_latest.pt"
-    budget = int(asked["train"]["iterations"])
+    budget = int(asked.train.iterations)
     if latest.is_file() and budget < (done := checkpoint_iteration(latest)):
         raise UserError(
             f"--resume: the run has done {done} iterations already, more than the budget of {budget} that "
@@ -197,18 +202,18 @@ def cmd_train(a: argparse.Namespace, rep: Reporter) -> int:
     D.init_from_env()
     if D.rank() != 0:
         rep = SILENT  # rank 0 says it once (its warnings included)
-    run = train(a.dataset, labels=cfg["labels"], out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
+    run = train(a.dataset, labels=cfg.labels, out=a.out, cfg=cfg, resume=a.resume, reporter=rep)
     rep.info(f"run folder: {run}")
     return 0
 
 
-def _check_trusted_found(dataset: str, cfg: dict) -> None:
+def _check_trusted_found(dataset: str, cfg: Config) -> None:
     """``--trusted auto`` given on the command line asks for trusted cases: refuse a dataset with none."""
     from svldrl.data.dataset import TRUSTED_DIR, load_dataset
 
-    if not load_dataset(dataset, cfg["labels"], "auto").trusted_ids:
+    if not load_dataset(dataset, cfg.labels, "auto").trusted_ids:
         raise UserError(
-            f"--trusted auto: no trusted cases (no masks in {TRUSTED_DIR}/, and the {cfg['labels']} masks record "
+            f"--trusted auto: no trusted cases (no masks in {TRUSTED_DIR}/, and the {cfg.labels} masks record "
             "none: svldrl noise --trusted N records them); give a list with --trusted FILE or leave --trusted out",
             dataset,
         )
@@ -220,7 +225,7 @@ def cmd_targets(a: argparse.Namespace, rep: Reporter) -> int:
     cfg = build_train_config(a)
     if a.trusted == "auto":
         _check_trusted_found(a.dataset, cfg)
-    report = write_targets(a.dataset, cfg["labels"], cfg, a.out, reporter=rep, overwrite=a.overwrite)
+    report = write_targets(a.dataset, cfg.labels, cfg, a.out, reporter=rep, overwrite=a.overwrite)
     summary = f"{report['n_changed']} of {report['n_cases']} masks changed"
     if report["mean_label_dice_target"] == report["mean_label_dice_target"]:  # not NaN: clean masks exist
         summary += (
@@ -323,9 +328,10 @@ def settings_epilog() -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from svldrl.config import DEFAULTS
+    from svldrl.settings import Config
 
-    tc = DEFAULTS["train"]
+    defaults = Config()
+    tc = defaults.train
     p = argparse.ArgumentParser(
         prog="svldrl",
         description="Train 3D segmentation models that stay accurate when the training masks are wrong.",
@@ -397,23 +403,21 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "dataset", help="dataset folder (nnU-Net raw, HDF5 or image/label pairs) or datalist .json"
     )
-    t.add_argument("--method", default=None, help=f"method name (default {DEFAULTS['method']}; see README)")
+    t.add_argument("--method", default=None, help=f"method name (default {defaults.method}; see README)")
     t.add_argument("--labels", default=None, help="training masks: clean (default) or noisy/NAME")
     t.add_argument("--out", required=True, help="run folder to create (checkpoints, logs, config.yaml)")
     t.add_argument(
-        "--iterations", type=int, default=None, help=f"total optimiser steps (default {tc['iterations']})"
+        "--iterations", type=int, default=None, help=f"total optimiser steps (default {tc.iterations})"
     )
-    t.add_argument("--patch", type=int, default=None, help=f"cubic patch side (default {tc['patch']})")
-    t.add_argument(
-        "--backbone", default=None, help=f"unet | swinunetr (default {DEFAULTS['nets']['backbone']})"
-    )
-    t.add_argument("--seed", type=int, default=None, help=f"training seed (default {DEFAULTS['seed']})")
+    t.add_argument("--patch", type=int, default=None, help=f"cubic patch side (default {tc.patch})")
+    t.add_argument("--backbone", default=None, help=f"unet | swinunetr (default {defaults.nets.backbone})")
+    t.add_argument("--seed", type=int, default=None, help=f"training seed (default {defaults.seed})")
     t.add_argument(
         "--fold",
         default=None,
         help="cross-validation fold of splits_final.json (default 0), or all: train on every case, no validation",
     )
-    t.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (default {tc['device']})")
+    t.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (default {tc.device})")
     t.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     t.add_argument("--trusted", default=None, metavar="{auto,none,FILE}", help=TRUSTED_HELP)
     _config_flags(t)

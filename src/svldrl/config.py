@@ -6,13 +6,18 @@ Every decision of docs/method.md is a key with the stated default, named as in t
 :mod:`svldrl.settings` whose fields carry their default, the allowed choices or range, a one-line meaning and
 their origin; :data:`DEFAULTS`, the validation and ``svldrl train --help`` are derived from them. A method's own
 settings form the section of its name (``coteaching.*``, ``adele.*``, ``mtcl.*``, ``tloss.*``; SVL-DRL's are
-``rl.*``). At run time a config is a nested dict of plain values (what ``config.yaml`` holds); an unknown key or a
-value of the wrong type, outside its range or not among its choices is a :class:`~svldrl.errors.UserError`.
+``rl.*``); each trainer names the sections it reads (``sections``), and a run of another method may not set them.
+
+:func:`load_config` returns a :class:`~svldrl.settings.Config` (``cfg.train.patch``); plain nested dicts are
+the edges' form: YAML files and ``config.yaml`` (:func:`dump_config`), :func:`flatten`, :func:`differences` and
+``--set`` overrides, and :func:`validate` checks one before it becomes a Config. An unknown key or a value of
+the wrong type, outside its range or not among its choices is a :class:`~svldrl.errors.UserError`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +46,9 @@ NEUTRAL_KEYS = frozenset(
         "infer.sw_batch",
     }
 )
-#: The methods each method section belongs to: a run of another method may not set them (they would do nothing).
-SECTION_OWNERS = {
-    "rl": ("svldrl", "supervised_confident", "supervised_band", "supervised_shift", "tloss_band"),
-    "coteaching": ("coteaching",),
-    "adele": ("adele",),
-    "mtcl": ("mtcl",),
-    "tloss": ("tloss", "tloss_band", "svldrl"),  # svldrl: rl.seg_loss=tloss
-}
+#: Method section -> the methods that read it (:func:`svldrl.methods.section_owners`, injected by the caller: this
+#: layer knows no method): a run of another method may not set its keys (they would do nothing).
+Owners = Mapping[str, Sequence[str]]
 #: Keys renamed since runs were first saved: old config.yaml files still load.
 RENAMED = {
     "method_args.forget_rate": "coteaching.forget_rate",
@@ -72,7 +72,9 @@ INTRODUCED: dict[str, tuple[Any, Any]] = {
 }
 
 
-def differences(asked: dict, saved: dict, allowed: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+def differences(
+    asked: Config | dict, saved: Config | dict, allowed: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, asked value)`` for every setting in which ``asked`` would compute something else than
     the run ``saved`` describes: neither a :data:`NEUTRAL_KEYS` key (device, threads, layout ...) nor one of
     ``allowed``, nor a key newer than the saved run asked at the value that run was made with
@@ -123,7 +125,7 @@ def preset_overrides(name: str) -> list[str]:
 
 
 def get(cfg: dict, key: str) -> Any:
-    """``get(cfg, "rl.t_max")``: read a dotted key."""
+    """``get(cfg, "rl.t_max")``: read a dotted key of a nested dict."""
     node: Any = cfg
     for part in key.split("."):
         node = node[part]
@@ -142,8 +144,10 @@ def _set(cfg: dict, key: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as ``{"train.patch": 64, ...}``."""
+def flatten(d: Config | dict, prefix: str = "") -> dict[str, Any]:
+    """A config (or its nested dict) as ``{"train.patch": 64, ...}``."""
+    if isinstance(d, Config):
+        d = d.as_dict()
     out: dict[str, Any] = {}
     for k, v in d.items():
         name = f"{prefix}{k}"
@@ -235,8 +239,9 @@ def _check_value(key: str, value: Any, spec: dict[str, Any]) -> Any:
     return value
 
 
-def validate(cfg: dict) -> dict:
-    """Check every key's type, choices and range, and the rules between keys; return ``cfg``."""
+def validate(cfg: dict, owners: Owners | None = None) -> dict:
+    """Check every key of the nested dict ``cfg`` (type, choices and range; with ``owners``, that the run's method
+    reads its section) and the rules between keys; return ``cfg``."""
     for name, value in flatten(cfg).items():
         if name not in SCHEMA:
             raise UserError(f"unknown config key '{name}'")
@@ -244,10 +249,10 @@ def validate(cfg: dict) -> dict:
         if checked is not value:
             _set(cfg, name, checked, "validation")
         section = name.split(".")[0]
-        owners = SECTION_OWNERS.get(section)
-        if owners and cfg.get("method") not in owners and checked != SCHEMA[name]["default"]:
+        readers = (owners or {}).get(section)
+        if readers and cfg.get("method") not in readers and checked != SCHEMA[name]["default"]:
             raise UserError(
-                f"config key '{name}' is a setting of {' / '.join(owners)}; this run's method is "
+                f"config key '{name}' is a setting of {' / '.join(readers)}; this run's method is "
                 f"{cfg.get('method')}, which would ignore it"
             )
     if get(cfg, "rl.warmup") + get(cfg, "rl.transition") > 1.0:
@@ -280,9 +285,19 @@ def validate(cfg: dict) -> dict:
 
 
 def load_config(
-    files: list[str | Path] | None = None, overrides: list[str] | None = None, base: dict | None = None
-) -> dict:
-    """Defaults (or ``base``), then each YAML file, then each ``key=value`` override; validated."""
+    files: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+    base: Config | dict | None = None,
+    owners: Owners | None = None,
+) -> Config:
+    """Defaults (or ``base``), then each YAML file, then each ``key=value`` override; validated (with ``owners``,
+    :func:`svldrl.methods.section_owners`, also that the method reads each section set).
+
+    Raises:
+        UserError: a missing or malformed file, an unknown key, a bad value, or a key of another method's section.
+    """
+    if isinstance(base, Config):
+        base = base.as_dict()
     cfg = copy.deepcopy(base if base is not None else DEFAULTS)
     for f in files or []:
         path = Path(f)
@@ -299,9 +314,9 @@ def load_config(
     for text in overrides or []:
         key, value = parse_override(text)
         _set(cfg, key, value, "--set")
-    return validate(cfg)
+    return Config.from_dict(validate(cfg, owners))
 
 
-def dump_config(cfg: dict) -> str:
-    """YAML text of a resolved config."""
-    return yaml.safe_dump(cfg, sort_keys=False)
+def dump_config(cfg: Config) -> str:
+    """YAML text of a resolved config (``config.yaml``), its keys in the schema's order."""
+    return yaml.safe_dump(cfg.as_dict(), sort_keys=False)

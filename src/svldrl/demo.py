@@ -51,7 +51,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 #: What we recommend: the shipped preset (svldrl/presets/recommended.yaml, where each choice is explained), its
 #: method and its other settings.
-RECOMMENDED_METHOD: str = C.load_config([C.preset_path("recommended")])["method"]
+RECOMMENDED_METHOD: str = C.load_config([C.preset_path("recommended")]).method
 RECOMMENDED: list[str] = C.preset_overrides("recommended")[1:]  # without its method=
 
 #: In the demo folder: the settings it was made with (a rerun with others is refused).
@@ -85,7 +85,7 @@ def run_demo(
     """Run the demo into ``out``; returns the table rows."""
     from svldrl.data.synth import synthesize
     from svldrl.eval.summary import evaluate_folders, markdown_table
-    from svldrl.methods import get_method
+    from svldrl.methods import get_method, section_owners
     from svldrl.runs import predict_folder, run_noise, train
 
     t_start = time.monotonic()
@@ -118,13 +118,14 @@ def run_demo(
     spent = 0.0  # seconds of the runs trained in this call, and their cost in plain-training iterations
     spent_units = 0.0
     cost_units: list[float] = []
+    owners = section_owners()
     for name, method, labels, extra in runs:
-        cfg = C.load_config(overrides=_run_overrides(method, labels, seed, s, extra))
+        cfg = C.load_config(overrides=_run_overrides(method, labels, seed, s, extra), owners=owners)
         done = (out / "runs" / name / "checkpoint_final.pt").exists()
         cost_units.append(0.0 if done else s["iterations"] * get_method(method).run_cost(cfg))
     for k, (name, method, labels, extra) in enumerate(runs, 1):
         run = out / "runs" / name
-        cfg = C.load_config(overrides=_run_overrides(method, labels, seed, s, extra))
+        cfg = C.load_config(overrides=_run_overrides(method, labels, seed, s, extra), owners=owners)
         units = cost_units[k - 1]
         if not (run / "checkpoint_final.pt").exists():
             left = sum(cost_units[k - 1 :]) if cost_units else 0.0
@@ -136,7 +137,7 @@ def run_demo(
                 ds,
                 labels=labels,
                 out=run,
-                cfg=C.load_config([run / "config.yaml"]) if resume else cfg,
+                cfg=C.load_config([run / "config.yaml"], owners=owners) if resume else cfg,
                 resume=resume,
                 reporter=reporter,
             )

@@ -1,10 +1,13 @@
 """The settings' schema: one typed dataclass per config section, each field with its default, meaning, kind,
 choices or range and origin (paper | decision | ours | experimental). :mod:`svldrl.config` loads, validates and
-compares configs against it; ``svldrl train --help`` and docs/method.md show it.
+compares configs against it; ``svldrl train --help`` and docs/method.md show it. A loaded config is a
+:class:`Config` of these sections; :meth:`Config.from_dict` and :meth:`Config.as_dict` convert it from and to the
+nested dict of plain values that ``config.yaml`` holds.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -409,6 +412,25 @@ class Config:
     mtcl: MTCL = field(default_factory=MTCL)
     tloss: TLoss = field(default_factory=TLoss)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """The config of a nested dict of plain values (validated: :func:`svldrl.config.validate`), copied; keys
+        it lacks keep their defaults."""
+        d = copy.deepcopy(d)
+        return cls(**{k: SECTIONS[k](**v) if k in SECTIONS else v for k, v in d.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The nested dict of plain values, in the schema's key order (what ``config.yaml`` holds)."""
+        return dataclasses.asdict(self)
+
+
+#: The sections of :class:`Config` by name (``data``: :class:`Data` ...).
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory
+    for f in dataclasses.fields(Config)
+    if f.default_factory is not dataclasses.MISSING
+}
+
 
 def _schema(cls: type = Config, prefix: str = "") -> dict[str, dict[str, Any]]:
     """Dotted key -> {default, meaning, kind, choices, range} of every leaf field."""
@@ -425,7 +447,7 @@ def _schema(cls: type = Config, prefix: str = "") -> dict[str, dict[str, Any]]:
 
 #: Every key with its default, meaning, kind, choices and range.
 SCHEMA: dict[str, dict[str, Any]] = _schema()
-#: The defaults as the nested dict a run's config is.
+#: The defaults as the nested dict of plain values (``Config().as_dict()``).
 DEFAULTS: dict[str, Any] = dataclasses.asdict(Config())
 CHOICES: dict[str, tuple] = {k: v["choices"] for k, v in SCHEMA.items() if v["choices"]}
 RANGES: dict[str, tuple[float, float]] = {k: v["range"] for k, v in SCHEMA.items() if v["range"]}

@@ -40,7 +40,7 @@ from svldrl.data.outputs import check_output_dir, mark_output_dir
 from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fold, trusted_split
 from svldrl.engine.predict import predict_probability
 from svldrl.errors import UserError
-from svldrl.methods import get_method
+from svldrl.methods import get_method, section_owners
 from svldrl.reporter import QUIET, Reporter
 from svldrl.rules import (
     cl_thresholds,
@@ -51,6 +51,7 @@ from svldrl.rules import (
     relabel,
 )
 from svldrl.runs import load_run
+from svldrl.settings import Config, Data
 
 DETECTORS = ("threshold", "cl")
 #: Values of the suspected-error map.
@@ -214,7 +215,7 @@ class Judge:
     """A trained run and the cases it trained on (its fold's train split)."""
 
     path: Path
-    cfg: dict
+    cfg: Config
     fold: int | str  # a fold number, or "all" (trained on every case)
     train_ids: set[str] = field(default_factory=set)
     val_ids: set[str] = field(default_factory=set)
@@ -257,15 +258,14 @@ def load_judges(run_dirs: list[Path], ds: Dataset) -> list[Judge]:
     """
     ids = sorted(ds.case_ids)
     judges: list[Judge] = []
+    owners = section_owners()
     for path in run_dirs:
-        cfg = C.load_config([path / "config.yaml"])
-        fold, num_folds = parse_fold(cfg["data"]["fold"]), int(cfg["data"]["num_folds"])
+        cfg = C.load_config([path / "config.yaml"], owners=owners)
+        fold, num_folds = parse_fold(cfg.data.fold), int(cfg.data.num_folds)
         # A run with trusted cases validated on them and did not use the splits (trusted_split).
-        trusted = (
-            apply_trusted(ds, cfg["data"]["trusted"]).trusted_ids if not ds.trusted_ids else ds.trusted_ids
-        )
+        trusted = apply_trusted(ds, cfg.data.trusted).trusted_ids if not ds.trusted_ids else ds.trusted_ids
         if trusted:
-            train_on = get_method(cfg["method"]).resolve_train_on(cfg)
+            train_on = get_method(cfg.method).resolve_train_on(cfg)
             train_ids, val_ids = trusted_split(ids, trusted, fold, train_on)
         else:
             # Read the splits the trainer used, but never write splits_final.json into the user's dataset: the
@@ -301,7 +301,7 @@ def assign_judges(judges: list[Judge], case_ids: list[str]) -> dict[str, tuple[i
 # The given masks (the model's probabilities: svldrl.engine.predict.predict_probability)
 
 
-def read_given(case: Case, data_cfg: dict, image_vol: Volume | None = None) -> tuple[np.ndarray, Volume]:
+def read_given(case: Case, data: Data, image_vol: Volume | None = None) -> tuple[np.ndarray, Volume]:
     """The given mask as binary uint8 and its volume (affine, header); an empty mask is allowed here.
 
     Raises:
@@ -313,7 +313,7 @@ def read_given(case: Case, data_cfg: dict, image_vol: Volume | None = None) -> t
     if image_vol is not None:
         check_grid(image_vol, mask_vol, case.image, case.label)
     # An empty given mask may itself be the label error (a missed annotation), so it is judged, not refused.
-    return check_mask(mask_vol.array, case.label, data_cfg.get("foreground"), allow_empty=True), mask_vol
+    return check_mask(mask_vol.array, case.label, data.foreground, allow_empty=True), mask_vol
 
 
 def _nifti_header(vol: Volume) -> Any:
@@ -459,8 +459,8 @@ def _run_meta(judge: Judge) -> dict[str, Any]:
     return {
         "run": str(judge.path),
         "fold": judge.fold,
-        "method": judge.cfg["method"],
-        "trained_on": judge.cfg["labels"],
+        "method": judge.cfg.method,
+        "trained_on": judge.cfg.labels,
     }
 
 
@@ -497,8 +497,8 @@ def _predict(
             continue
         method, net, cfg = load_run(judge.path, checkpoint, device)
         for case in mine:
-            image, _, image_vol = load_case(case, cfg["data"], need_label=False)
-            given, mask_vol = read_given(case, cfg["data"], image_vol)
+            image, _, image_vol = load_case(case, cfg.data, need_label=False)
+            given, mask_vol = read_given(case, cfg.data, image_vol)
             p = predict_probability(method, net, cfg, image, batch, tta)
             write_nifti(
                 out / "confidence" / f"{case.case_id}.nii.gz", p, mask_vol.affine, _nifti_header(mask_vol)
@@ -529,7 +529,7 @@ def _confident_learning(
     rows = []
     t0 = time.monotonic()
     for n, case in enumerate(cases, 1):
-        given, mask_vol = read_given(case, judges[plan[case.case_id][0]].cfg["data"])
+        given, mask_vol = read_given(case, judges[plan[case.case_id][0]].cfg.data)
         p = np.asarray(read_volume(out / "confidence" / f"{case.case_id}.nii.gz").array, dtype=np.float32)
         errors = restrict_to_band(cl_suspect_errors(given, p, t_cl), given, band)
         rows.append(_judge_case(out, case, given, mask_vol, errors))
@@ -559,8 +559,8 @@ def _figures(
     by_id = {c.case_id: c for c in cases}
     for row in rows:
         case, judge = by_id[row["case"]], judges[plan[row["case"]][0]]
-        image, _, _ = load_case(case, judge.cfg["data"], need_label=False)
-        given, _ = read_given(case, judge.cfg["data"])
+        image, _, _ = load_case(case, judge.cfg.data, need_label=False)
+        given, _ = read_given(case, judge.cfg.data)
         errors = np.asarray(read_volume(out / "errors" / f"{case.case_id}.nii.gz").array)
         path = out / "figures" / f"{case.case_id}.png"
         report.save_overlay(path, image, given, errors, row)

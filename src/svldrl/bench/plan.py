@@ -10,6 +10,8 @@ from svldrl import config as C
 from svldrl.bench.spec import CLEAN, Benchmark, MethodEntry
 from svldrl.data.io import read_json
 from svldrl.errors import UserError
+from svldrl.methods import section_owners
+from svldrl.settings import Config
 
 RESULT_NAME = "result.json"
 
@@ -23,7 +25,7 @@ class Run:
     seed: int
     fold: int | None
     dir: Path
-    cfg: dict
+    cfg: Config
 
     @property
     def labels(self) -> str:
@@ -41,8 +43,10 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
     """Every run of the matrix with its validated config, seed-major (a full table exists after one seed).
 
     Raises:
-        UserError: an override with an unknown config key or a bad value (from ``load_config``).
+        UserError: an override with an unknown config key, a bad value or a key of a section the method does not
+            read (from ``load_config``).
     """
+    owners = section_owners()
     folds: list[int | None] = list(range(bench.cv)) if bench.cv else [None]
     settings = [CLEAN, *(n.name for n in bench.noise)]
     runs: list[Run] = []
@@ -60,7 +64,7 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
                     *entry.overrides,
                 ]
                 try:
-                    cfg = C.load_config(overrides=overrides)
+                    cfg = C.load_config(overrides=overrides, owners=owners)
                 except UserError as exc:
                     raise UserError(f"method '{name}' on '{noise}': {exc}", bench.path) from None
                 for fold in folds:
@@ -69,7 +73,7 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
     return runs
 
 
-def non_default_settings(cfg: dict) -> dict[str, object]:
+def non_default_settings(cfg: Config | dict) -> dict[str, object]:
     """A run's settings that are not at their default, flattened (``train.iterations``: 2000, ...), without
     :data:`svldrl.config.NEUTRAL_KEYS`: what a benchmark keeps of each row's run beside ``results.csv``, so that
     a row whose run folder is gone still tells which settings made it (:func:`config_differences` reads it)."""
@@ -83,7 +87,7 @@ def non_default_settings(cfg: dict) -> dict[str, object]:
     }
 
 
-def config_differences(asked: dict, saved: dict) -> list[str]:
+def config_differences(asked: Config | dict, saved: Config | dict) -> list[str]:
     """``key: saved there, asked here`` for every setting that changes what a run computes
     (:func:`svldrl.config.differences`)."""
     return [f"{key}: {there!r} there, {here!r} asked" for key, there, here in C.differences(asked, saved)]

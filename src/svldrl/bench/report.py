@@ -24,6 +24,7 @@ from svldrl.bench.run import now, num
 from svldrl.bench.spec import CLEAN, Benchmark
 from svldrl.data.io import read_json, write_text
 from svldrl.reporter import fmt_mean_std, fmt_number, fmt_seconds
+from svldrl.settings import Config
 
 ERROR_NAME = "error.txt"
 #: One row per run; ``fold`` is empty without cross-validation. Dice/IoU are fractions, HD95/ASD mm.
@@ -205,7 +206,7 @@ def _this_call(
     )
 
 
-def _header(bench: Benchmark, data: Data, cfg: dict, cmd: str, this_call: str) -> list[str]:
+def _header(bench: Benchmark, data: Data, cfg: Config, cmd: str, this_call: str) -> list[str]:
     """Title, how the table was made (command, date, machine, data, budget, seeds) and how to read it."""
     lines = [f"# Benchmark: {bench.name}", ""]
     if bench.description:
@@ -237,19 +238,15 @@ def _header(bench: Benchmark, data: Data, cfg: dict, cmd: str, this_call: str) -
     ]
 
 
-def _budget(cfg: dict) -> str:
+def _budget(cfg: Config) -> str:
     """The training budget every method gets, in one line."""
-    tc, nc = cfg["train"], cfg["nets"]
+    tc, nc = cfg.train, cfg.nets
     return (
-        f"{tc['iterations']} iterations per run for every method "
-        f"(batch {tc['batch']}, patch {tc['patch']}^3, "
-        f"{tc['steps_per_epoch']} steps per epoch, validation every {tc['val_every']} epoch(s)); "
-        f"backbone {nc['backbone']}"
-        + (
-            f" features {nc['features']}"
-            if nc["backbone"] == "unet"
-            else f" feature_size {nc['feature_size']}"
-        )
+        f"{tc.iterations} iterations per run for every method "
+        f"(batch {tc.batch}, patch {tc.patch}^3, "
+        f"{tc.steps_per_epoch} steps per epoch, validation every {tc.val_every} epoch(s)); "
+        f"backbone {nc.backbone}"
+        + (f" features {nc.features}" if nc.backbone == "unet" else f" feature_size {nc.feature_size}")
     )
 
 

@@ -36,7 +36,7 @@ def execute_run(run: Run, data: Data, reporter: Reporter, train_reporter: Report
         train(root, run.labels, run.dir, copy.deepcopy(run.cfg), resume=resume, reporter=train_reporter)
     history = read_history(run.dir / "metrics.csv")
     best_epoch = best_epoch_of(history)
-    foreground = run.cfg["data"]["foreground"]
+    foreground = run.cfg.data.foreground
     t0 = time.monotonic()
     scores: dict[str, dict[str, float]] = {}
     for tag, checkpoint in (("final", "final"), ("val", "best")):
@@ -53,7 +53,7 @@ def execute_run(run: Run, data: Data, reporter: Reporter, train_reporter: Report
         scores[tag] = {"dice": fg["Dice"], "iou": fg["IoU"], "hd95": fg["HD95"], "asd": fg["ASD"]}
         n_test = len(summary["metric_per_case"])
     predict_seconds = time.monotonic() - t0
-    saved = C.load_config([run.dir / "config.yaml"])
+    saved = C.load_config([run.dir / "config.yaml"]).as_dict()  # as written: resolved from the data
     result = {
         "method": run.method.name,
         "noise": run.noise,
@@ -67,7 +67,7 @@ def execute_run(run: Run, data: Data, reporter: Reporter, train_reporter: Report
         **{f"{k}_val_selected": v for k, v in scores["val"].items()},
         "best_epoch": best_epoch,
         "epochs": len(history),
-        "iterations": run.cfg["train"]["iterations"],
+        "iterations": run.cfg.train.iterations,
         "train_seconds": sum(num(r.get("epoch_time")) for r in history),
         "predict_seconds": predict_seconds,
         "overrides": run.method.overrides,

@@ -216,7 +216,7 @@ def check_trusted_rows(bench: Benchmark, runs: list[Run], root: Path) -> None:
     if "path" in bench.dataset and (root / TRUSTED_DIR).is_dir():
         return
     for run in runs:
-        if run.cfg["data"]["train_on"] == "trusted" and not trusted.get(run.noise):
+        if run.cfg.data.train_on == "trusted" and not trusted.get(run.noise):
             raise UserError(
                 f"method '{run.method.name}' on '{run.noise}': data.train_on=trusted, but that setting has no "
                 "trusted cases (give its noise entry trusted: N)",
@@ -378,7 +378,7 @@ def carried_rows(path: Path, runs: list[Run], data: Data) -> dict[str, dict[str,
         if (
             row.get("base_method") != run.method.method
             or row.get("labels") != run.labels
-            or row.get("iterations") != str(run.cfg["train"]["iterations"])
+            or row.get("iterations") != str(run.cfg.train.iterations)
             or row.get("n_test") != str(n_test[run.fold])
         ):
             continue

@@ -37,6 +37,7 @@ from svldrl.data.layouts import read_layout
 from svldrl.data.layouts.common import visible_files
 from svldrl.data.normalize import ForegroundCheck, map_foreground, normalize_intensity
 from svldrl.errors import UserError
+from svldrl.settings import Data
 
 NOISY_ENDING = ".nii.gz"
 #: A user's expert masks for some training cases (``{case_id}.nii.gz``), beside ``labelsTr/``.
@@ -240,7 +241,7 @@ def _recorded_trusted(ds: Dataset) -> tuple[list[str], str]:
 
 def load_case(
     case: Case,
-    data_cfg: dict,
+    data: Data,
     need_label: bool = True,
     allow_empty: bool = False,
     labels: ForegroundCheck | None = None,
@@ -249,8 +250,8 @@ def load_case(
 
     Args:
         case: the case.
-        data_cfg: the ``data`` section of the config (``modality``, ``clip_percentiles``,
-            ``ct_window``, ``foreground``); ``modality: auto`` takes the dataset's.
+        data: the ``data`` section of the config (``modality``, ``clip_percentiles``, ``ct_window``,
+            ``intensity_range``, ``foreground``); ``modality: auto`` takes the case's.
         need_label: read and check the mask.
         allow_empty: accept a mask without foreground (a case where the structure is absent).
         labels: counts the mask (by case id) for the check of ``foreground`` against the labels it holds.
@@ -264,12 +265,11 @@ def load_case(
             ``foreground``, non-integer or empty masks.
     """
     vol = read_volume(case.image, key=case.image_key)
-    modality = data_cfg.get("modality", "auto")
+    modality = data.modality
     if modality == "auto":
         modality = case.modality or "mr"
-    clip = data_cfg.get("clip_percentiles", (0.5, 99.5))
     image = normalize_intensity(
-        vol.array, modality, clip, data_cfg.get("ct_window"), data_cfg.get("intensity_range")
+        vol.array, modality, data.clip_percentiles, data.ct_window, data.intensity_range
     )
     if not need_label:
         return image, None, vol
@@ -277,7 +277,7 @@ def load_case(
         raise UserError(f"case '{case.case_id}' has no mask", case.image)
     mask_vol = read_volume(case.label, key=case.label_key)
     check_grid(vol, mask_vol, case.image, case.label)
-    label = check_mask(mask_vol.array, case.label, data_cfg.get("foreground"), allow_empty)
+    label = check_mask(mask_vol.array, case.label, data.foreground, allow_empty)
     if labels is not None:
         labels.add(case.case_id, mask_vol.array, label)
     return image, label, vol

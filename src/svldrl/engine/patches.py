@@ -7,13 +7,14 @@ worker, which is what lets several ranks (and workers) share one data stream (se
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from svldrl.data.dataset import Case, load_case
+from svldrl.settings import Data
 
 
 def pad_to_patch(arr: np.ndarray, patch: int) -> np.ndarray:
@@ -27,18 +28,18 @@ class LazyImages(Sequence):
 
     Args:
         cases: the cases, in order.
-        data_cfg: the ``data`` config section (normalisation).
+        data: the ``data`` config section (normalisation).
         patch: pad each image to at least this side (0: no padding).
     """
 
-    def __init__(self, cases: list[Case], data_cfg: dict, patch: int = 0) -> None:
-        self.cases, self.data_cfg, self.patch = list(cases), dict(data_cfg), patch
+    def __init__(self, cases: list[Case], data: Data, patch: int = 0) -> None:
+        self.cases, self.data, self.patch = list(cases), replace(data), patch
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        image, _, _ = load_case(self.cases[i], self.data_cfg, need_label=False)
+        image, _, _ = load_case(self.cases[i], self.data, need_label=False)
         return pad_to_patch(image, self.patch) if self.patch else image
 
 

@@ -30,6 +30,7 @@ from svldrl.engine.distributed import sum_over_ranks, unwrap
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.rules import overlap as dice_of
+from svldrl.settings import Config, Infer, Nets
 
 CPU = torch.device("cpu")
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
@@ -42,7 +43,7 @@ def case_id_of(path: Path) -> str:
 
 
 def load_network(
-    method: type, cfg: dict, run: Path, checkpoint: str = "auto", device: str = "auto"
+    method: type, cfg: Config, run: Path, checkpoint: str = "auto", device: str = "auto"
 ) -> torch.nn.Module:
     """The network of ``method`` for ``cfg`` with the weights of the run's chosen checkpoint, in eval mode.
 
@@ -51,20 +52,20 @@ def load_network(
             do not fit the network the config describes.
     """
     if checkpoint == "auto":
-        checkpoint = "final" if cfg["train"]["checkpoint_select"] == "final" else "best"
+        checkpoint = "final" if cfg.train.checkpoint_select == "final" else "best"
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of auto, {', '.join(CHECKPOINTS)}")
     path = run / CHECKPOINTS[checkpoint]
-    ckpt = load_checkpoint(path, method.name, cfg["nets"]["backbone"], cfg["nets"]["heads"])
-    net = build_network(cfg["nets"], **method.network_kwargs(cfg))
-    mismatch = _weights_mismatch(net, ckpt, cfg["nets"])
+    ckpt = load_checkpoint(path, method.name, cfg.nets.backbone, cfg.nets.heads)
+    net = build_network(cfg.nets, **method.network_kwargs(cfg))
+    mismatch = _weights_mismatch(net, ckpt, cfg.nets)
     if mismatch:  # e.g. a checkpoint copied from a run with other nets.features; torch's own message is long
         raise UserError(f"checkpoint weights do not fit the network of config.yaml ({mismatch})", path)
     net.load_state_dict(ckpt["model"])
     return net.to(resolve_device(device)).eval()
 
 
-def _weights_mismatch(net: torch.nn.Module, ckpt: dict, nets_cfg: dict) -> str:
+def _weights_mismatch(net: torch.nn.Module, ckpt: dict, nets: Nets) -> str:
     """'' when the checkpoint's tensors fit ``net``; else what differs, in one line."""
     own, theirs = net.state_dict(), ckpt.get("model", {})
     bad = [k for k in own if k not in theirs or tuple(theirs[k].shape) != tuple(own[k].shape)]
@@ -75,8 +76,10 @@ def _weights_mismatch(net: torch.nn.Module, ckpt: dict, nets_cfg: dict) -> str:
     there = tuple(theirs[k].shape) if k in theirs else "absent"
     here = tuple(own[k].shape) if k in own else "absent"
     text = f"{len(bad)} tensors differ, e.g. {k}: {there} in the checkpoint, {here} here"
-    trained = (ckpt.get("config") or {}).get("nets", {})
-    changed = [f"nets.{key}={trained[key]}" for key in sorted(trained) if trained[key] != nets_cfg.get(key)]
+    trained = (ckpt.get("config") or {}).get("nets", {})  # the checkpoint's config: plain data
+    changed = [
+        f"nets.{key}={trained[key]}" for key in sorted(trained) if trained[key] != getattr(nets, key, None)
+    ]
     return text + (f"; the checkpoint was trained with {', '.join(changed)}" if changed else "")
 
 
@@ -152,21 +155,21 @@ def sliding_window_labels(
 
 @torch.no_grad()
 def segment_volume(
-    method: type, net: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
+    method: type, net: torch.nn.Module, cfg: Config, image: np.ndarray, batch: int | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Normalised 3D image -> (label map uint8, extra volumes such as the refined image)."""
     device = next(net.parameters()).device
-    ic = cfg["infer"]
-    roi = (int(cfg["train"]["patch"]),) * 3
+    ic = cfg.infer
+    roi = (int(cfg.train.patch),) * 3
     # Windows run on the model's device; stitching happens on the CPU slab by slab, so memory stays bounded
     # on the device by the window batch and on the host by one slab, whatever the volume size.
     label = sliding_window_labels(
         np.asarray(image, dtype=np.float32),
         roi,
-        batch or int(ic["sw_batch"]),
+        batch or int(ic.sw_batch),
         method.make_predictor(unwrap(net), cfg),
-        float(ic["overlap"]),
-        ic["mode"],
+        float(ic.overlap),
+        ic.mode,
         device,
     )
     return label, {}
@@ -217,7 +220,7 @@ def window_probability(
 def predict_probability(
     method: type,
     net: torch.nn.Module,
-    cfg: dict,
+    cfg: Config,
     image: np.ndarray,
     batch: int | None = None,
     tta: bool = False,
@@ -229,14 +232,14 @@ def predict_probability(
     method's test-time refinement where ``make_predictor`` adds one. ``batch``: windows per forward (default
     the run's ``infer.sw_batch``).
     """
-    ic = cfg["infer"]
+    ic = cfg.infer
     return window_probability(
         method.make_predictor(net, cfg),
         image,
-        (int(cfg["train"]["patch"]),) * 3,
-        batch or int(ic["sw_batch"]),
-        ic["overlap"],
-        ic["mode"],
+        (int(cfg.train.patch),) * 3,
+        batch or int(ic.sw_batch),
+        ic.overlap,
+        ic.mode,
         next(net.parameters()).device,
         tta=tta,
     )
@@ -249,7 +252,7 @@ def validation_dice(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     roi: Sequence[int],
-    infer: dict,
+    infer: Infer,
     device: torch.device,
     rank: int = 0,
     world: int = 1,
@@ -265,7 +268,7 @@ def validation_dice(
     for k in range(rank, len(labels), world):
         x = torch.from_numpy(images[k])[None, None].to(device)
         logits = sliding_window_inference(
-            x, tuple(roi), int(infer["sw_batch"]), predictor, overlap=infer["overlap"], mode=infer["mode"]
+            x, tuple(roi), int(infer.sw_batch), predictor, overlap=infer.overlap, mode=infer.mode
         )
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         d = dice_of(pred, labels[k])[0]  # NaN when both are empty: not scored

@@ -77,6 +77,7 @@ from svldrl.engine.training_data import (
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
+from svldrl.settings import Config
 
 #: Seconds between progress lines inside a long epoch.
 PROGRESS_EVERY = 30.0
@@ -103,10 +104,14 @@ class Trainer:
     #: Whether the trusted cases also train (on their trusted masks) under ``data.train_on=auto``: a method with a
     #: clean subset (MTCL) says True; otherwise they are held out for validation and checkpoint selection.
     trains_on_trusted: ClassVar[bool] = False
+    #: The config sections of its own the method reads (``("mtcl",)``), beside every method's ``data``, ``nets``,
+    #: ``train``, ``loss`` and ``infer``; a run of a method that does not read a section may not set its keys
+    #: (:func:`svldrl.methods.section_owners`).
+    sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
-        cfg: dict,
+        cfg: Config,
         dataset: Dataset,
         out_dir: str | Path,
         reporter: Reporter = QUIET,
@@ -119,20 +124,20 @@ class Trainer:
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
         self.reporter = reporter if self.is_main else SILENT
-        tc = cfg["train"]
-        if tc["threads"]:
-            torch.set_num_threads(int(tc["threads"]))
-        self.device = resolve_device(tc["device"])
-        self.amp = use_amp(tc["amp"], self.device)
-        if tc["keep_freed_memory"] and self.device.type == "cpu":
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(int(tc.threads))
+        self.device = resolve_device(tc.device)
+        self.amp = use_amp(tc.amp, self.device)
+        if tc.keep_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
         # the data stream (self.rng, every rank alike) and this rank's own (self.generator for a method's sampling)
-        self.rng, self.generator = seed_streams(int(cfg["seed"]), self.rank)
-        if tc["deterministic"]:
+        self.rng, self.generator = seed_streams(int(cfg.seed), self.rank)
+        if tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.patch = int(tc["patch"])
-        self.iterations = int(tc["iterations"])
-        self.steps_per_epoch = int(tc["steps_per_epoch"])
+        self.patch = int(tc.patch)
+        self.iterations = int(tc.iterations)
+        self.steps_per_epoch = int(tc.steps_per_epoch)
         self.num_epochs = math.ceil(self.iterations / self.steps_per_epoch)
         check_run_folder(self.out, resume)
         #: The run's settings, with what the data decide resolved (a copy: the caller's config stays as given).
@@ -164,16 +169,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ hooks
     @classmethod
-    def network_kwargs(cls, cfg: dict) -> dict[str, Any]:
+    def network_kwargs(cls, cfg: Config) -> dict[str, Any]:
         """Arguments of :func:`build_network` beyond ``nets.*``; the same at training and prediction."""
         return {"in_channels": 1, "aux_channels": 0, "rl_heads": False}
 
     @classmethod
-    def resolve_train_on(cls, cfg: dict) -> str:
+    def resolve_train_on(cls, cfg: Config) -> str:
         """What trains beside trusted cases (``data.train_on``, ``auto`` resolved for this method): ``others`` (the
         trusted cases only validate), ``all`` (they train too: :attr:`trains_on_trusted`) or ``trusted``; see
         :func:`~svldrl.data.splits.trusted_split`. Also how the audit knows which cases a run trained on."""
-        train_on = cfg["data"]["train_on"]
+        train_on = cfg.data.train_on
         if train_on == "auto":
             return "all" if cls.trains_on_trusted else "others"
         return train_on
@@ -181,16 +186,16 @@ class Trainer:
     def build_network(self) -> torch.nn.Module:
         """The network of ``nets.*`` (segmentation only unless the method needs the RL heads), its weights in
         ``train.memory_format`` (activations follow the weights' layout; copies such as an EMA teacher keep it)."""
-        net = build_network(self.cfg["nets"], **self.network_kwargs(self.cfg))
-        return net.to(memory_format=memory_format(self.cfg["train"]["memory_format"], self.device, self.amp))
+        net = build_network(self.cfg.nets, **self.network_kwargs(self.cfg))
+        return net.to(memory_format=memory_format(self.cfg.train.memory_format, self.device, self.amp))
 
     def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
-        tc = self.cfg["train"]
-        if tc["optimizer"] == "sgd":
+        tc = self.cfg.train
+        if tc.optimizer == "sgd":
             return torch.optim.SGD(
-                params, lr=tc["lr"], momentum=0.99, nesterov=True, weight_decay=tc["weight_decay"]
+                params, lr=tc.lr, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay
             )
-        return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """The learning-rate schedule: :meth:`lr_factor` of the step times the initial rate."""
@@ -199,7 +204,7 @@ class Trainer:
     def lr_factor(self, iteration: int) -> float:
         """``train.scheduler`` in closed form (also what Hogwild workers set the rate from): poly, nnU-Net's
         ``(1 - it / total) ** 0.9``; cosine ``(1 + cos(pi it / total)) / 2``; constant 1."""
-        kind, total = self.cfg["train"]["scheduler"], self.iterations
+        kind, total = self.cfg.train.scheduler, self.iterations
         if kind == "poly":  # nnU-Net's PolyLR
             return (1 - min(iteration, total - 1) / total) ** 0.9
         if kind == "cosine":
@@ -208,8 +213,8 @@ class Trainer:
 
     def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The segmentation loss: MONAI's Dice + CE on softmax logits and a two-class (soft) one-hot target."""
-        lc = self.cfg["loss"]
-        return DiceCELoss(softmax=True, lambda_dice=lc["dice_weight"], lambda_ce=lc["ce_weight"])
+        lc = self.cfg.loss
+        return DiceCELoss(softmax=True, lambda_dice=lc.dice_weight, lambda_ce=lc.ce_weight)
 
     def build_method_state(self) -> None:
         """Build what the method keeps beside the network, after the network and before the optimiser (and
@@ -262,7 +267,7 @@ class Trainer:
                 load_attribute(self, name, state[name])
 
     @classmethod
-    def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    def make_predictor(cls, network: torch.nn.Module, cfg: Config) -> Callable[[torch.Tensor], torch.Tensor]:
         """Window -> segmentation logits, used by sliding-window validation and ``svldrl predict``."""
         return lambda x: network(x, heads=("seg",))["seg"]
 
@@ -320,7 +325,7 @@ class Trainer:
         network = D.unwrap(network or self.network)  # no DDP collectives for a forward on one rank
         was_training = network.training
         network.eval()
-        ic = self.cfg["infer"]
+        ic = self.cfg.infer
 
         # Part of training: bf16 under ``train.amp`` like the steps (on CPUs with bf16 kernels this pass is much of
         # ADELE's and MTCL's time: benchmarks/results/sizing_converged); float32 logits into the softmax.
@@ -328,13 +333,13 @@ class Trainer:
             with self._autocast():
                 return network(w, heads=("seg",))["seg"].float()
 
-        if ic["train_pass"] == "whole":
+        if ic.train_pass == "whole":
             div = int(getattr(network, "divisor", 1))
             roi = tuple(max(self.patch, -(-s // div) * div) for s in image.shape)
             # MONAI pads the volume to the window and crops the output back: one forward per case
             window = (roi, 1, 0.0, "constant")
         else:
-            window = ((self.patch,) * 3, int(ic["sw_batch"]), ic["overlap"], ic["mode"])
+            window = ((self.patch,) * 3, int(ic.sw_batch), ic.overlap, ic.mode)
         # stitched on the trainer's device, where the steps run anyway
         probs = window_probability(seg, image, *window, self.device, self.device)
         network.train(was_training)
@@ -346,25 +351,23 @@ class Trainer:
         split = split_cases(self.dataset, self.cfg, self.resolve_train_on(self.cfg), self.reporter)
         # Set before the cases are read: training_case (MTCL's) looks at them.
         self.train_ids, self.val_ids, self.trusted_ids = split.train_ids, split.val_ids, split.trusted_ids
-        data = read_cases(
-            self.dataset, split, self.cfg["data"], self.patch, self.training_case, self.reporter
-        )
+        data = read_cases(self.dataset, split, self.cfg.data, self.patch, self.training_case, self.reporter)
         self.images, self.given, self.fg_idx = data.images, data.given, data.fg_idx
         self.val_images, self.val_labels = data.val_images, data.val_labels
         self.targets = [g.astype(np.float32) for g in self.given]
         #: What a method's corrections before training did to each case (case id -> notes), for
         #: ``svldrl targets``' report; empty for methods that correct nothing then.
         self.target_notes: dict[str, dict[str, Any]] = {}
-        describe(self.dataset, split, self.name, self.world, self.cfg["train"]["batch"], self.reporter)
+        describe(self.dataset, split, self.name, self.world, self.cfg.train.batch, self.reporter)
 
     def _next_specs(self) -> list[Spec]:
         """(case, seed) of this rank's patches in the next global batch (:func:`next_specs`)."""
-        batch = int(self.cfg["train"]["batch"])
+        batch = int(self.cfg.train.batch)
         return next_specs(self.rng, self._case_queue, len(self.images), batch, self.rank, self.world)
 
     def _crops(self, specs: list[list[Spec]]) -> StepCrops:
         """The crops of each step's specs, made on access."""
-        pos_fraction = float(self.cfg["data"]["pos_fraction"])
+        pos_fraction = float(self.cfg.data.pos_fraction)
         return StepCrops(self.images, self.fg_idx, specs, self.patch, pos_fraction, self.aug)
 
     def sample_batch(self) -> Batch:
@@ -374,7 +377,7 @@ class Trainer:
 
     def _batches(self, steps: int) -> Iterator[Batch]:
         """The batches of ``steps`` steps: made here one by one, or by ``data.workers`` DataLoader workers."""
-        workers = int(self.cfg["data"]["workers"])
+        workers = int(self.cfg.data.workers)
         if workers <= 0 or steps <= 1 or type(self).sample_batch is not Trainer.sample_batch:
             for _ in range(steps):
                 yield self.sample_batch()
@@ -398,7 +401,7 @@ class Trainer:
         """
         if self.network is D.unwrap(self.network):  # not wrapped yet (fit may run again)
             ddp = self.world > 1 and self.use_ddp()
-            compiled = bool(self.cfg["train"]["compile"])
+            compiled = bool(self.cfg.train.compile)
             self.network, self._ddp_params = D.wrap(self.network, self.device, ddp, compiled)
 
     def run_steps(self, steps: int) -> dict[str, float]:
@@ -434,13 +437,13 @@ class Trainer:
         return 1
 
     @classmethod
-    def stage_cost(cls, cfg: dict, stage: int) -> float:
+    def stage_cost(cls, cfg: Config, stage: int) -> float:
         """Expected cost of a step of ``stage`` relative to a plain segmentation step, for the ETA until that
         stage has run (then its measured time is used); 1 for a plain method."""
         return 1.0
 
     @classmethod
-    def run_cost(cls, cfg: dict) -> float:
+    def run_cost(cls, cfg: Config) -> float:
         """Expected cost of a whole run relative to plain training for the same iterations (for ETAs of several
         runs, e.g. the demo's); from :meth:`stage_cost` weighted by the stages' shares of the budget."""
         return 1.0
@@ -463,7 +466,7 @@ class Trainer:
             self.val_images,
             self.val_labels,
             roi,
-            self.cfg["infer"],
+            self.cfg.infer,
             self.device,
             self.rank,
             self.world,
@@ -496,7 +499,7 @@ class Trainer:
             self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
             row.update(self.on_epoch_end(epoch))
-            due = (epoch + 1) % int(self.cfg["train"]["val_every"]) == 0 or epoch + 1 == self.num_epochs
+            due = (epoch + 1) % int(self.cfg.train.val_every) == 0 or epoch + 1 == self.num_epochs
             row["val_dice"] = self.validate() if due else math.nan
             if self.trusted_ids and self.val_ids:
                 row["val_masks"] = "trusted"  # metrics.csv says what val_dice was measured against
@@ -537,9 +540,9 @@ class Trainer:
         net = D.unwrap(self.network)
         return {
             "method": self.name,
-            "backbone": self.cfg["nets"]["backbone"],
-            "heads": self.cfg["nets"]["heads"],
-            "config": self.cfg,
+            "backbone": self.cfg.nets.backbone,
+            "heads": self.cfg.nets.heads,
+            "config": self.cfg.as_dict(),  # plain data: checkpoints load with weights_only
             "model": net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -563,7 +566,7 @@ class Trainer:
         """Continue from ``checkpoint_latest.pt``: everything :meth:`_state` saved (lifecycle step 4, after
         construction, before :meth:`fit`)."""
         path = self.out / LATEST
-        meta = (self.name, self.cfg["nets"]["backbone"], self.cfg["nets"]["heads"])
+        meta = (self.name, self.cfg.nets.backbone, self.cfg.nets.heads)
 
         def check() -> None:
             load_checkpoint(path, *meta)  # refused on rank 0 -> the same message on every rank
@@ -586,7 +589,7 @@ class Trainer:
         rng = ckpt["rng"]
         self.rng.bit_generator.state = rng["numpy"]
         self._case_queue = [int(i) for i in rng.get("case_queue", [])]
-        fresh = int(self.cfg["seed"]) + 1000 * self.rank + 7919 * self.iteration
+        fresh = int(self.cfg.seed) + 1000 * self.rank + 7919 * self.iteration
         restore_own_streams(rng, self.rank, self.world, self.generator, self.device, fresh)
         self.load_method_state(ckpt["extra"])
         self.restored = True

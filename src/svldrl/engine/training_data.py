@@ -26,6 +26,7 @@ from svldrl.data.splits import ALL, fold_cases, load_or_create_splits, parse_fol
 from svldrl.engine.patches import Crop, LazyImages, StepCrops, as_is, pad_to_patch
 from svldrl.errors import UserError
 from svldrl.reporter import Reporter
+from svldrl.settings import Config, Data
 
 Batch = dict[str, Any]
 #: A patch to crop: (position of the case among the training cases, seed of the crop).
@@ -56,7 +57,7 @@ class TrainingCases:
     val_labels: list[np.ndarray]
 
 
-def resolve_data_settings(cfg: dict, dataset: Dataset, reporter: Reporter) -> dict:
+def resolve_data_settings(cfg: Config, dataset: Dataset, reporter: Reporter) -> Config:
     """A copy of ``cfg`` with what the data decide resolved (``cfg`` itself stays as given).
 
     ``data.modality: auto`` becomes the dataset's; CT without ``data.ct_window`` or ``data.intensity_range`` gets
@@ -65,19 +66,19 @@ def resolve_data_settings(cfg: dict, dataset: Dataset, reporter: Reporter) -> di
     audit normalise as training did.
     """
     cfg = copy.deepcopy(cfg)
-    dcfg = cfg["data"]
-    if dcfg["modality"] == "auto":
-        dcfg["modality"] = dataset.modality
-    if dcfg["modality"] == "ct" and dcfg["ct_window"] is None and dcfg["intensity_range"] is None:
+    dcfg = cfg.data
+    if dcfg.modality == "auto":
+        dcfg.modality = dataset.modality
+    if dcfg.modality == "ct" and dcfg.ct_window is None and dcfg.intensity_range is None:
         trusted = dataset.trusted_ids  # their masks may be experts': another set of masks
         stats = dataset_fingerprint(
             dataset.root,
             dataset.train,
             dataset.label_set + (f"+trusted:{hash_ids(trusted)}" if trusted else ""),
-            dcfg["foreground"],
+            dcfg.foreground,
             reporter,
         )
-        dcfg["intensity_range"] = ct_range(stats)
+        dcfg.intensity_range = ct_range(stats)
         reporter.info(
             f"CT normalisation: clip to the training foreground's [{stats['percentile_00_5']:g}, "
             f"{stats['percentile_99_5']:g}] (percentiles 0.5 / 99.5), map to [0, 1]"
@@ -85,7 +86,7 @@ def resolve_data_settings(cfg: dict, dataset: Dataset, reporter: Reporter) -> di
     return cfg
 
 
-def split_cases(dataset: Dataset, cfg: dict, train_on: str, reporter: Reporter) -> Split:
+def split_cases(dataset: Dataset, cfg: Config, train_on: str, reporter: Reporter) -> Split:
     """The training and validation cases of ``data.fold``: with trusted cases :func:`trusted_split` (``train_on``
     resolved by the method), else the dataset's splits (``splits_final.json``, made if missing).
 
@@ -93,20 +94,20 @@ def split_cases(dataset: Dataset, cfg: dict, train_on: str, reporter: Reporter) 
         UserError: ``--fold all`` with ``train.checkpoint_select=val``, or ``data.train_on=trusted`` without
             trusted cases.
     """
-    dcfg = cfg["data"]
+    dcfg = cfg.data
     cases = {c.case_id: c for c in dataset.train}
-    fold = parse_fold(dcfg["fold"])
-    if fold == ALL and cfg["train"]["checkpoint_select"] == "val":
+    fold = parse_fold(dcfg.fold)
+    if fold == ALL and cfg.train.checkpoint_select == "val":
         raise UserError(
             "--fold all trains on every case and keeps none for validation, so "
             "train.checkpoint_select=val has nothing to select on; use final (the default) or a fold number"
         )
     trusted_ids = dataset.trusted_ids
-    if dcfg["train_on"] == "trusted" and not trusted_ids:
+    if dcfg.train_on == "trusted" and not trusted_ids:
         raise UserError(
             "data.train_on=trusted, but no training case is trusted: add expert masks in labelsTr_trusted/, "
             "train on a noisy set made with svldrl noise --trusted N, or list the cases with --trusted FILE"
-            + ("" if dcfg["trusted"] != "none" else " (data.trusted is none)"),
+            + ("" if dcfg.trusted != "none" else " (data.trusted is none)"),
             dataset.root,
         )
     if trusted_ids:
@@ -120,7 +121,7 @@ def split_cases(dataset: Dataset, cfg: dict, train_on: str, reporter: Reporter) 
         splits = (
             None
             if fold == ALL
-            else load_or_create_splits(dataset.root, sorted(cases), int(dcfg["num_folds"]), reporter=reporter)
+            else load_or_create_splits(dataset.root, sorted(cases), int(dcfg.num_folds), reporter=reporter)
         )
         train_ids, val_ids = fold_cases(splits, fold, cases)
     return Split(fold, train_ids, val_ids, trusted_ids)
@@ -129,7 +130,7 @@ def split_cases(dataset: Dataset, cfg: dict, train_on: str, reporter: Reporter) 
 def read_cases(
     dataset: Dataset,
     split: Split,
-    dcfg: dict,
+    data: Data,
     patch: int,
     training_case: Callable[[int, Case], Case],
     reporter: Reporter,
@@ -145,19 +146,19 @@ def read_cases(
             (a wrong label value), or every training mask empty.
     """
     cases = {c.case_id: c for c in dataset.train}
-    in_ram = dcfg["cache"] == "memory"
+    in_ram = data.cache == "memory"
     images: list[np.ndarray] = []
     given: list[np.ndarray] = []
-    labels = ForegroundCheck(dcfg["foreground"])  # which masks hold none of --foreground's labels
+    labels = ForegroundCheck(data.foreground)  # which masks hold none of --foreground's labels
     for position, cid in enumerate(split.train_ids):
-        img, lab, _ = load_case(training_case(position, cases[cid]), dcfg, allow_empty=True, labels=labels)
+        img, lab, _ = load_case(training_case(position, cases[cid]), data, allow_empty=True, labels=labels)
         if in_ram:
             images.append(pad_to_patch(img, patch))
         given.append(pad_to_patch(lab, patch))
     val_images: list[np.ndarray] = []
     val_labels: list[np.ndarray] = []
     for cid in split.val_ids:
-        img, lab, _ = load_case(cases[cid], dcfg, allow_empty=True, labels=labels)
+        img, lab, _ = load_case(cases[cid], data, allow_empty=True, labels=labels)
         if in_ram:
             val_images.append(img)
         val_labels.append(lab)
@@ -166,9 +167,9 @@ def read_cases(
     fg_idx = [np.flatnonzero(g) for g in given]
     absent = [cid for cid, idx in zip(split.train_ids, fg_idx, strict=True) if not idx.size]
     if len(absent) == len(split.train_ids):
-        which = "" if dcfg["foreground"] is None else f" with foreground labels {dcfg['foreground']}"
+        which = "" if data.foreground is None else f" with foreground labels {data.foreground}"
         raise UserError(
-            f"every training mask of fold {dcfg['fold']} is empty (no foreground voxels{which}); "
+            f"every training mask of fold {data.fold} is empty (no foreground voxels{which}); "
             "check the masks or --foreground",
             dataset.root,
         )
@@ -181,10 +182,10 @@ def read_cases(
         )
     # data.cache none: masks stay (small, and targets are training state); images are read per access.
     return TrainingCases(
-        images if in_ram else LazyImages([cases[c] for c in split.train_ids], dcfg, patch),
+        images if in_ram else LazyImages([cases[c] for c in split.train_ids], data, patch),
         given,
         fg_idx,
-        val_images if in_ram else LazyImages([cases[c] for c in split.val_ids], dcfg),
+        val_images if in_ram else LazyImages([cases[c] for c in split.val_ids], data),
         val_labels,
     )
 

@@ -1,4 +1,5 @@
-"""Methods are small trainer subclasses picked by name (``svldrl train --method NAME``)."""
+"""Methods are small trainer subclasses picked by name (``svldrl train --method NAME``); each names the config
+sections of its own that it reads (``sections``), from which :func:`section_owners` derives who owns a section."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def get_method(name: str) -> type:
         raise UserError(f"unknown method '{name}' (choose from: {', '.join(sorted(METHODS))})")
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def section_owners() -> dict[str, tuple[str, ...]]:
+    """Method section -> the methods that read it (the trainers' ``sections``), the method of its name first, then
+    in registry order: what :func:`svldrl.config.load_config` takes as ``owners`` to refuse a key of a section the
+    run's method does not read. Sections no method names (``data``, ``nets``, ``train`` ...) are every method's."""
+    owners: dict[str, list[str]] = {}
+    for name in METHODS:
+        for section in get_method(name).sections:
+            owners.setdefault(section, []).append(name)
+    return {section: tuple(sorted(names, key=lambda n: n != section)) for section, names in owners.items()}

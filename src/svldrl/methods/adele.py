@@ -132,6 +132,7 @@ class ADELETrainer(Trainer):
     """Dice + CE on targets corrected per class once that class's training IoU curve flattens."""
 
     name = "adele"
+    sections = ("adele",)
     checkpointed = ("iou_history", "correcting", "targets")
 
     def build_method_state(self) -> None:
@@ -157,7 +158,7 @@ class ADELETrainer(Trainer):
             align_corners=False,
         )
         cons = scale_consistency(logits, back)
-        loss = seg + float(self.cfg["adele"]["consistency"]) * cons
+        loss = seg + float(self.cfg.adele.consistency) * cons
         self.optimise(loss)
         # Training IoU per class against the GIVEN masks: the curve ADELE watches.
         pred, given = logits.detach().argmax(1), batch["given"][:, 0] > 0.5
@@ -185,7 +186,7 @@ class ADELETrainer(Trainer):
             "charts/target_changed": 0.0,
         }
         if any(self.correcting):
-            thr, changed, total = float(self.cfg["adele"]["threshold"]), 0, 0
+            thr, changed, total = float(self.cfg.adele.threshold), 0, 0
             for i, img in enumerate(self.images):  # one case at a time: memory stays bounded
                 new = adele_correct(self.targets[i], self.predict_probs(img), thr, self.correcting)
                 changed += int((new != self.targets[i]).sum())

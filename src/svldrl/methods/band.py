@@ -30,15 +30,16 @@ class SupervisedBandTrainer(Trainer):
     """Plain Dice + CE training on the band-corrected targets (an ablation of ``rl.target_update=band``)."""
 
     name = "supervised_band"
+    sections = ("rl",)  # rl.band_*
     checkpointed = ("targets",)
 
     def build_method_state(self) -> None:
-        self.band_logs = Band(self.cfg).apply(self)
+        self.band_logs = Band(self.cfg.rl).apply(self)
         # what the shift update starts from each time; restore() replaces the targets, never this
         self.band_targets = [t.copy() for t in self.targets]
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         logs = dict(self.band_logs)
-        if self.cfg["rl"]["trusted_shift"] and self.trusted_ids and shift_due(self, epoch):
+        if self.cfg.rl.trusted_shift and self.trusted_ids and shift_due(self, epoch):
             logs.update(trusted_shift_update(self, self.band_targets))
         return logs

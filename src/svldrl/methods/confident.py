@@ -20,9 +20,10 @@ class SupervisedConfidentTrainer(Trainer):
     """Plain Dice + CE training whose targets take the confident update after the warm-up (an ablation)."""
 
     name = "supervised_confident"
+    sections = ("rl",)  # rl.tau, and the stages' warmup for when the update starts
     checkpointed = ("targets",)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         if not past_warmup(self):
             return {}
-        return Confident(self.cfg).apply(self)
+        return Confident(self.cfg.rl).apply(self)

@@ -119,6 +119,7 @@ class CoTeachingTrainer(Trainer):
     """Two networks; each trains on the small-loss voxels chosen by the other."""
 
     name = "coteaching"
+    sections = ("coteaching",)
     checkpointed = ("peer", "peer_optimizer", "peer_scheduler")
 
     def build_method_state(self) -> None:
@@ -128,15 +129,15 @@ class CoTeachingTrainer(Trainer):
         self.peer_scheduler = self.build_scheduler(self.peer_optimizer)
 
     def forget_rate(self) -> float:
-        ma = self.cfg["coteaching"]
-        return forget_rate_at(self.iteration, self.iterations, ma["forget_rate"], ma["forget_ramp"])
+        ma = self.cfg.coteaching
+        return forget_rate_at(self.iteration, self.iterations, ma.forget_rate, ma.forget_ramp)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         logits1 = self.network(batch["image"], heads=("seg",))["seg"]
         logits2 = self.peer(batch["image"], heads=("seg",))["seg"]
-        keep, lc = 1.0 - self.forget_rate(), self.cfg["loss"]
+        keep, lc = 1.0 - self.forget_rate(), self.cfg.loss
         loss1, loss2, keep1, keep2 = coteaching_losses(
-            logits1, logits2, seg_target(batch["target"]), keep, lc["dice_weight"], lc["ce_weight"]
+            logits1, logits2, seg_target(batch["target"]), keep, lc.dice_weight, lc.ce_weight
         )
         self.optimise(loss1)
         self.optimise(loss2, self.peer_optimizer, self.peer)

@@ -63,6 +63,7 @@ class MTCLTrainer(Trainer):
     """Student trained on confident-learning-corrected targets, plus a mean-teacher consistency loss."""
 
     name = "mtcl"
+    sections = ("mtcl",)
     checkpointed = ("teacher", "targets")
     trains_on_trusted = True  # the clean subset trains (and is never corrected)
 
@@ -73,7 +74,7 @@ class MTCLTrainer(Trainer):
         Raises:
             UserError: ``mtcl.clean_cases`` set on a dataset with trusted cases (two clean subsets).
         """
-        k = int(self.cfg["mtcl"]["clean_cases"])
+        k = int(self.cfg.mtcl.clean_cases)
         if self.trusted_ids:
             if k:
                 raise UserError(
@@ -96,28 +97,26 @@ class MTCLTrainer(Trainer):
         return case.with_clean_label()
 
     def build_method_state(self) -> None:
-        self.teacher = ema_teacher(self.network, float(self.cfg["mtcl"]["ema"]), ramp=True)
+        self.teacher = ema_teacher(self.network, float(self.cfg.mtcl.ema), ramp=True)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
-        mc = self.cfg["mtcl"]
+        mc = self.cfg.mtcl
         x = batch["image"]
         logits = self.network(x, heads=("seg",))["seg"]
         seg = self.seg_loss(logits, seg_target(batch["target"]))
         with torch.no_grad():
-            sd = float(mc["noise"])
+            sd = float(mc.noise)
             noise = (torch.randn(x.shape, generator=self.generator) * sd).clamp(-2 * sd, 2 * sd)
             teacher_p = torch.softmax(self.teacher(x + noise.to(x.device), heads=("seg",))["seg"], 1)
         cons = torch.mean((torch.softmax(logits, 1) - teacher_p) ** 2)
-        weight = float(mc["consistency"]) * sigmoid_rampup(
-            self.iteration, float(mc["warmup"]) * self.iterations
-        )
+        weight = float(mc.consistency) * sigmoid_rampup(self.iteration, float(mc.warmup) * self.iterations)
         loss = seg + weight * cons
         self.optimise(loss)
         self.teacher.update_parameters(self.network)
         return {"train_loss": loss.detach(), "losses/seg": seg.detach(), "losses/consistency": cons.detach()}
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        if self.iteration < float(self.cfg["mtcl"]["warmup"]) * self.iterations:
+        if self.iteration < float(self.cfg.mtcl.warmup) * self.iterations:
             return {"charts/target_changed": 0.0}
-        mc = self.cfg["mtcl"]
-        return cl_target_update(self, self.teacher, self.clean_positions(), bool(mc["soft"]))
+        mc = self.cfg.mtcl
+        return cl_target_update(self, self.teacher, self.clean_positions(), bool(mc.soft))

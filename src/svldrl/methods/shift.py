@@ -23,7 +23,8 @@ class SupervisedShiftTrainer(Trainer):
     """Plain Dice + CE training whose targets lose the shift the trusted cases show (from the warm-up on)."""
 
     name = "supervised_shift"
+    sections = ("rl",)  # rl.shift_*
     checkpointed = ("targets",)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        return TrustedShift(self.cfg).apply(self) if shift_due(self, epoch) else {}
+        return TrustedShift(self.cfg.rl).apply(self) if shift_due(self, epoch) else {}

@@ -43,65 +43,65 @@ from svldrl.rl.action_spaces import ACTION_SPACES, ActionSpace
 from svldrl.rl.episode import greedy_refine
 from svldrl.rl.reward import REWARD_TARGETS, REWARDS, RunningStd
 from svldrl.rl.stages import stage_at
+from svldrl.settings import Config
 
 
-def action_space(cfg: dict) -> type[ActionSpace]:
+def action_space(cfg: Config) -> type[ActionSpace]:
     """The action space class ``rl.action_space`` names (what the agents act on)."""
-    return ACTION_SPACES[cfg["rl"]["action_space"]]
+    return ACTION_SPACES[cfg.rl.action_space]
 
 
 class SVLDRLTrainer(Trainer):
     """Three-decoder network trained in stages with voxel-level A3C."""
 
     name = "svldrl"
+    sections = ("rl", "tloss")  # tloss.init under rl.seg_loss=tloss
 
     @classmethod
-    def network_kwargs(cls, cfg: dict) -> dict[str, Any]:
+    def network_kwargs(cls, cfg: Config) -> dict[str, Any]:
         # label-space agents see the current soft target q beside the image (method.md section 9)
         return {"in_channels": 1, "aux_channels": action_space(cfg).aux_channels, "rl_heads": True}
 
     @property
     def checkpointed(self) -> tuple[str, ...]:  # type: ignore[override]
-        rl = self.cfg["rl"]
-        keeps_targets = action_space(self.cfg).keeps_targets or rl["target_update"] != "none"
+        rl = self.cfg.rl
+        keeps_targets = action_space(self.cfg).keeps_targets or rl.target_update != "none"
         return (
             ("reward_conv", "reward_norm", "teacher")
             + (("targets",) if keeps_targets else ())
-            + (("nu",) if rl["seg_loss"] == "tloss" else ())
+            + (("nu",) if rl.seg_loss == "tloss" else ())
         )
 
     def build_method_state(self) -> None:
-        rl = self.cfg["rl"]
-        if self.world > 1 and int(rl["async_workers"]) > 0:
+        rl = self.cfg.rl
+        if self.world > 1 and int(rl.async_workers) > 0:
             # Hogwild workers are forked processes sharing one model; they cannot join the ranks' collectives.
             raise UserError("rl.async_workers > 0 runs in one process; set it to 0 to train with torchrun")
-        if rl["seg_loss"] == "tloss" and int(rl["async_workers"]) > 0:
+        if rl.seg_loss == "tloss" and int(rl.async_workers) > 0:
             raise UserError(
                 "rl.seg_loss=tloss learns its tolerance in this process only; set rl.async_workers=0"
             )
-        self.reward_conv = (
-            RewardConv(int(rl["reward_conv_size"])).to(self.device) if rl["reward_conv"] else None
-        )
-        self.reward_norm = RunningStd() if rl["reward_norm"] else None
+        self.reward_conv = RewardConv(int(rl.reward_conv_size)).to(self.device) if rl.reward_conv else None
+        self.reward_norm = RunningStd() if rl.reward_norm else None
         # what the agents act on, with the reward of an image step and what it measures agreement with
-        self.actions = ACTION_SPACES[rl["action_space"]](
-            rl, reward=REWARDS[rl["reward"]](rl), reference=REWARD_TARGETS[rl["reward_target"]](rl)
+        self.actions = ACTION_SPACES[rl.action_space](
+            rl, reward=REWARDS[rl.reward](rl), reference=REWARD_TARGETS[rl.reward_target](rl)
         )
         # label actions, teacher-referenced rewards and the CL target update: an EMA teacher of the segmentation
-        self.target_update = target_update(self.cfg)
+        self.target_update = target_update(self.cfg.rl)
         needs_teacher = self.actions.needs_teacher or (
             self.target_update is not None and self.target_update.needs_teacher
         )
-        self.teacher = ema_teacher(self.network, float(rl["ema"]), ramp=False) if needs_teacher else None
+        self.teacher = ema_teacher(self.network, float(rl.ema), ramp=False) if needs_teacher else None
         # an update that needs no model (the band) corrects the targets once, before the first step
         starts = self.target_update is not None and self.target_update.when == "start"
         self.start_logs = self.target_update.apply(self) if starts else {}
         # rl.seg_loss=tloss: T-Loss's learned tolerance, stepped, clipped and averaged across ranks with the network
         self.nu: nn.Parameter | None = None
         self._trainable: nn.Module | None = None
-        if rl["seg_loss"] == "tloss":
+        if rl.seg_loss == "tloss":
             self.nu, self._trainable = learned_tolerance(
-                self.network, float(self.cfg["tloss"]["init"]), self.device
+                self.network, float(self.cfg.tloss.init), self.device
             )
         if self.reward_conv is not None:
             # K is learned with the network: averaged across ranks and clipped with it (left out, each rank
@@ -130,26 +130,26 @@ class SVLDRLTrainer(Trainer):
 
     def stage(self, iteration: int | None = None) -> int:
         """Stage of ``iteration`` (default: the next step)."""
-        rl = self.cfg["rl"]
+        rl = self.cfg.rl
         it = self.iteration if iteration is None else iteration
-        return stage_at(min(it, self.iterations - 1), self.iterations, rl["warmup"], rl["transition"])
+        return stage_at(min(it, self.iterations - 1), self.iterations, rl.warmup, rl.transition)
 
     def stage_of(self, iteration: int) -> int:
         return self.stage(iteration)
 
     @classmethod
-    def stage_cost(cls, cfg: dict, stage: int) -> float:
+    def stage_cost(cls, cfg: Config, stage: int) -> float:
         """A step of stage 2 or 3 runs an episode (its cost: the action space's ``episode_cost``) with
         probability ``rl.episode_share``, else a plain step."""
         if stage == 1:
             return 1.0
-        t_max, share = int(cfg["rl"]["t_max"]), float(cfg["rl"]["episode_share"])
-        episode = action_space(cfg).episode_cost(t_max, cfg["nets"]["heads"])
+        t_max, share = int(cfg.rl.t_max), float(cfg.rl.episode_share)
+        episode = action_space(cfg).episode_cost(t_max, cfg.nets.heads)
         return share * episode + (1.0 - share)
 
     @classmethod
-    def run_cost(cls, cfg: dict) -> float:
-        warmup = float(cfg["rl"]["warmup"])
+    def run_cost(cls, cfg: Config) -> float:
+        warmup = float(cfg.rl.warmup)
         return warmup + (1.0 - warmup) * cls.stage_cost(cfg, 3)
 
     def _seg_loss(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ class SVLDRLTrainer(Trainer):
     def episode_due(self, iteration: int) -> bool:
         """Whether step ``iteration`` of stage 2 or 3 runs an episode (``rl.episode_share`` of them, evenly
         spread: step i does when floor((i + 1) * share) > floor(i * share))."""
-        share = float(self.cfg["rl"]["episode_share"])
+        share = float(self.cfg.rl.episode_share)
         return int((iteration + 1) * share) > int(iteration * share)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class SVLDRLTrainer(Trainer):
     def run_steps(self, steps: int) -> dict[str, float]:
         """Synchronous and batched by default; with ``rl.async_workers = N > 0`` the epoch's steps are
         shared among N Hogwild workers (A3C, :mod:`svldrl.engine.hogwild`)."""
-        n = int(self.cfg["rl"]["async_workers"])
+        n = int(self.cfg.rl.async_workers)
         if n <= 0 or steps == 0:
             return super().run_steps(steps)
         return run_hogwild(self, steps, n)
@@ -220,13 +220,13 @@ class SVLDRLTrainer(Trainer):
         return logs
 
     @classmethod
-    def make_predictor(cls, network: torch.nn.Module, cfg: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-        steps = int(cfg["infer"]["refine_steps"])
+    def make_predictor(cls, network: torch.nn.Module, cfg: Config) -> Callable[[torch.Tensor], torch.Tensor]:
+        steps = int(cfg.infer.refine_steps)
         if steps == 0 or not action_space(cfg).refines_images:
             return super().make_predictor(network, cfg)
 
         def refine_then_segment(x: torch.Tensor) -> torch.Tensor:
-            refined, _ = greedy_refine(network, x, steps, float(cfg["rl"]["action_scale"]))
+            refined, _ = greedy_refine(network, x, steps, float(cfg.rl.action_scale))
             return network(refined, heads=("seg",))["seg"]
 
         return refine_then_segment
@@ -234,23 +234,23 @@ class SVLDRLTrainer(Trainer):
     @classmethod
     @torch.no_grad()
     def inspect_volume(
-        cls, network: torch.nn.Module, cfg: dict, image: np.ndarray, batch: int | None = None
+        cls, network: torch.nn.Module, cfg: Config, image: np.ndarray, batch: int | None = None
     ) -> dict[str, np.ndarray]:
         """The refined volume and the action map of the last greedy step (``predict --save-refined``)."""
         if not action_space(cfg).refines_images:
             return {}
-        steps = max(int(cfg["infer"]["refine_steps"]), 1)
+        steps = max(int(cfg.infer.refine_steps), 1)
         device = next(network.parameters()).device
 
         def both(x: torch.Tensor) -> torch.Tensor:
-            refined, actions = greedy_refine(network, x, steps, float(cfg["rl"]["action_scale"]))
+            refined, actions = greedy_refine(network, x, steps, float(cfg.rl.action_scale))
             return torch.cat([refined, actions.float()], 1)
 
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
         out = sliding_window_inference(
             x,
-            (int(cfg["train"]["patch"]),) * 3,
-            batch or int(cfg["infer"]["sw_batch"]),
+            (int(cfg.train.patch),) * 3,
+            batch or int(cfg.infer.sw_batch),
             both,
             overlap=0.0,
             mode="constant",

@@ -24,12 +24,11 @@ class TLossTrainer(Trainer):
     """Segmentation trained with the T-Loss on the softmax foreground probability; ``nu`` learned with it."""
 
     name = "tloss"
+    sections = ("tloss",)
     checkpointed = ("nu",)
 
     def build_method_state(self) -> None:
-        self.nu, self._trainable = learned_tolerance(
-            self.network, float(self.cfg["tloss"]["init"]), self.device
-        )
+        self.nu, self._trainable = learned_tolerance(self.network, float(self.cfg.tloss.init), self.device)
 
     def optimised_module(self) -> nn.Module:
         return self._trainable
@@ -49,11 +48,12 @@ class TLossBandTrainer(TLossTrainer):
     with ``rl.seg_loss=tloss``)."""
 
     name = "tloss_band"
+    sections = ("rl", "tloss")  # rl.band_*
     checkpointed = ("nu", "targets")
 
     def build_method_state(self) -> None:
         super().build_method_state()
-        self.band_logs = Band(self.cfg).apply(self)
+        self.band_logs = Band(self.cfg.rl).apply(self)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return dict(self.band_logs)

@@ -1,6 +1,6 @@
 """One network for segmentation, value and policy: a shared encoder and three heads (method.md 2).
 
-``build_network(nets_cfg)`` selects the backbone by name (``nets.backbone``: ``unet`` default,
+``build_network(nets)`` selects the backbone by name (``nets.backbone``: ``unet`` default,
 ``swinunetr``) and the head layout (``nets.heads``):
 
 - ``decoders`` (default, the paper): one shared encoder, three full decoders, each followed by
@@ -34,9 +34,9 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetResBlock
 from torch import nn
 
-from svldrl.config import DEFAULTS
 from svldrl.nets.swin import SwinDecoder, SwinEncoder
 from svldrl.nets.unet import UNetDecoder, UNetEncoder
+from svldrl.settings import Nets
 
 HEADS = ("seg", "value", "policy")
 NUM_ACTIONS = 3  # keep / enhance (raise) / weaken (lower), method.md sections 3 and 9
@@ -143,32 +143,27 @@ class SegRLNet(nn.Module):
         return self.forward(x, heads=("seg",))["seg"]
 
 
-def build_network(
-    nets_cfg: dict, in_channels: int = 1, aux_channels: int = 0, rl_heads: bool = True
-) -> SegRLNet:
+def build_network(nets: Nets, in_channels: int = 1, aux_channels: int = 0, rl_heads: bool = True) -> SegRLNet:
     """Build the network named by the ``nets`` config section.
 
     Args:
-        nets_cfg: the ``nets`` sub-dict (``backbone``: ``unet`` | ``swinunetr``, default ``unet``;
-            ``heads``: ``decoders`` | ``light``, default ``decoders``; ``features`` for unet, default
-            ``[16, 32, 64, 128]``; ``feature_size`` for swinunetr, default 24; ``num_classes``,
-            default 2; ``rl_grad_into_shared``, default true). Missing keys take the defaults of
-            :data:`svldrl.config.DEFAULTS`.
+        nets: the ``nets`` section (``backbone``: ``unet`` | ``swinunetr``; ``heads``: ``decoders`` |
+            ``light``; ``features`` for unet; ``feature_size`` for swinunetr; ``num_classes``;
+            ``rl_grad_into_shared``).
         in_channels: image channels.
         aux_channels: late-fused aux channels of value / policy (1 in label-action mode, else 0).
         rl_heads: False builds the segmentation head only (supervised and baselines).
     """
-    cfg = {**DEFAULTS["nets"], **nets_cfg}
-    backbone = cfg["backbone"]
+    backbone = nets.backbone
     if backbone == "unet":
-        features = list(cfg["features"])
+        features = list(nets.features)
         encoder: nn.Module = UNetEncoder(in_channels, features)
 
         def make_decoder() -> nn.Module:
             return UNetDecoder(features)
 
     elif backbone == "swinunetr":
-        fs = int(cfg["feature_size"])
+        fs = int(nets.feature_size)
         encoder = SwinEncoder(in_channels, fs)
 
         def make_decoder() -> nn.Module:
@@ -179,9 +174,9 @@ def build_network(
     return SegRLNet(
         encoder,
         make_decoder,
-        cfg["num_classes"],
-        cfg["heads"],
+        nets.num_classes,
+        nets.heads,
         aux_channels,
         rl_heads,
-        rl_grad_into_shared=bool(cfg["rl_grad_into_shared"]),
+        rl_grad_into_shared=bool(nets.rl_grad_into_shared),
     )

@@ -29,12 +29,13 @@ from torch import nn
 from svldrl.rl.a3c import RewardConv
 from svldrl.rl.episode import EpisodeResult, SegLoss, intensity_episode, label_episode
 from svldrl.rl.reward import Reward, RewardReference, RunningStd
+from svldrl.settings import RL
 
 
 class ActionSpace:
     """What the agents act on; see the module docstring.
 
-    Built from the ``rl`` config sub-dict and the reward of an image step with its reference (``rl.reward``,
+    Built from the ``rl`` config section and the reward of an image step with its reference (``rl.reward``,
     ``rl.reward_target``: :data:`~svldrl.rl.reward.REWARDS`, :data:`~svldrl.rl.reward.REWARD_TARGETS`); an
     action space with a reward of its own does not use them.
     """
@@ -47,8 +48,8 @@ class ActionSpace:
     #: the greedy policy refines a test volume before it is segmented (``infer.refine_steps``, ``--save-refined``)
     refines_images: ClassVar[bool] = False
 
-    def __init__(self, rl_cfg: dict, reward: Reward, reference: RewardReference) -> None:
-        self.rl = rl_cfg
+    def __init__(self, rl: RL, reward: Reward, reference: RewardReference) -> None:
+        self.rl = rl
         self.reward = reward
         self.reference = reference
 

@@ -1,6 +1,6 @@
 """One SVL-DRL episode on a batch of patches: states, actions, rewards, returns, one loss.
 
-Tensors only: the trainer hands in the network, the patches, the ``rl`` config sub-dict, the
+Tensors only: the trainer hands in the network, the patches, the ``rl`` config section, the
 stage (2 or 3; stage 1 is plain segmentation, done by the trainer), a seeded
 ``torch.Generator``, the segmentation loss and the optional reward normaliser / reward conv.
 It gets back one scalar loss to call ``backward()`` on once, and float logs.
@@ -42,6 +42,7 @@ from svldrl.rl.a3c import RewardConv, a3c_losses, n_step_returns, sample_actions
 from svldrl.rl.env import ACTION_NAMES, intensity_step, label_step, sample_eps
 from svldrl.rl.reward import REWARDS, Reward, RunningStd, foreground_prob, label_reward, region_energy_slope
 from svldrl.rl.stages import stage_weights
+from svldrl.settings import RL
 
 ALL_HEADS = ("seg", "value", "policy")
 SegLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -106,7 +107,7 @@ def intensity_episode(
     net: nn.Module,
     x0: torch.Tensor,
     y: torch.Tensor,
-    rl_cfg: dict,
+    rl: RL,
     stage: int,
     generator: torch.Generator | None,
     seg_loss_fn: SegLoss,
@@ -121,7 +122,7 @@ def intensity_episode(
         net: a :class:`~svldrl.nets.SegRLNet` (``aux_channels = 0``), in train mode.
         x0: patches (B, C, D, H, W), intensities in [0, 1].
         y: training target (B, 1, D, H, W) in [0, 1] (the given mask, or the updated one).
-        rl_cfg: the ``rl`` config sub-dict (``t_max``, ``action_scale``, ``gamma``, ``entropy_coef``,
+        rl: the ``rl`` config section (``t_max``, ``action_scale``, ``gamma``, ``entropy_coef``,
             ``w_dice``, ``w_vox``, ``w_cont``, ``w_cc``, ``lam``, ``alpha``, ``beta``, ``seg_on_refined``).
         stage: 2 (transition: policy sampled, not trained) or 3 (full RL).
         generator: seeded generator for eps and the action samples (ideally on x0's device).
@@ -136,12 +137,12 @@ def intensity_episode(
     Cost: T + 1 network passes (no redundant encoder pass), rewards under no_grad, one sync.
     """
     _check_stage(stage)
-    T = int(rl_cfg["t_max"])
-    w_seg, w_value, w_policy = stage_weights(stage, rl_cfg["lam"], rl_cfg["alpha"], rl_cfg["beta"])
+    T = int(rl.t_max)
+    w_seg, w_value, w_policy = stage_weights(stage, rl.lam, rl.alpha, rl.beta)
     train_policy = stage == 3
 
     y_r = y if reward_target is None else reward_target  # what the rewards measure agreement with
-    reward = reward if reward is not None else REWARDS[rl_cfg["reward"]](rl_cfg)
+    reward = reward if reward is not None else REWARDS[rl.reward](rl)
     values, logits, actions, rewards, terms = [], [], [], [], []
     x = x0
     out = net(x, heads=ALL_HEADS)  # s^(0)
@@ -151,11 +152,11 @@ def intensity_episode(
         logits_t = out["policy"] if train_policy else out["policy"].detach()
         a = sample_actions(logits_t, generator)  # a^(t) ~ pi(. | s^(t))
         eps = sample_eps(a.shape, generator, x.device)
-        x_next = intensity_step(x, a, eps, rl_cfg["action_scale"])  # s^(t+1)
+        x_next = intensity_step(x, a, eps, rl.action_scale)  # s^(t+1)
 
         # The pass on s^(t+1): its f gives r^(t); the last one (no policy needed) also gives the
         # bootstrap V(s^(T)) and seg(s^(T)), which needs a graph only for rl.seg_on_refined.
-        need_graph = torch.is_grad_enabled() and (not last or rl_cfg["seg_on_refined"])
+        need_graph = torch.is_grad_enabled() and (not last or rl.seg_on_refined)
         with torch.set_grad_enabled(need_graph):
             out_next = net(x_next, heads=("seg", "value") if last else ALL_HEADS)
 
@@ -170,11 +171,11 @@ def intensity_episode(
 
     raw_rewards = torch.stack(rewards)  # (T, B, 1, D, H, W)
     scaled = reward_norm(raw_rewards) if reward_norm is not None else raw_rewards
-    returns = n_step_returns(list(scaled), out["value"], rl_cfg["gamma"], reward_conv)  # R^(T) = V(s^(T))
-    losses = a3c_losses(returns, values, logits, actions, rl_cfg["entropy_coef"])
+    returns = n_step_returns(list(scaled), out["value"], rl.gamma, reward_conv)  # R^(T) = V(s^(T))
+    losses = a3c_losses(returns, values, logits, actions, rl.entropy_coef)
 
     L_seg = seg_loss_fn(seg_first, y)
-    if rl_cfg["seg_on_refined"]:
+    if rl.seg_on_refined:
         L_seg = 0.5 * (L_seg + seg_loss_fn(out["seg"], y))
     loss = w_seg * L_seg + w_value * losses["L_value"] + w_policy * losses["L_policy"]
 
@@ -188,7 +189,7 @@ def label_episode(
     q0: torch.Tensor,
     given: torch.Tensor,
     teacher_p: torch.Tensor,
-    rl_cfg: dict,
+    rl: RL,
     stage: int,
     generator: torch.Generator | None,
     seg_loss_fn: SegLoss,
@@ -217,15 +218,15 @@ def label_episode(
         q0: initial soft target (B, 1, D, H, W) in [0, 1].
         given: the given (noisy) mask (B, 1, D, H, W), the prior's anchor.
         teacher_p: the EMA teacher's foreground probability (B, 1, D, H, W).
-        rl_cfg: the ``rl`` sub-dict (``t_max``, ``label_step``, ``gamma``, ``entropy_coef``,
+        rl: the ``rl`` config section (``t_max``, ``label_step``, ``gamma``, ``entropy_coef``,
             ``w_teacher``, ``w_cont``, ``w_prior``, ``lam``, ``alpha``, ``beta``).
         stage, generator, seg_loss_fn, reward_norm, reward_conv: as in :func:`intensity_episode`.
     """
     _check_stage(stage)
     if getattr(net, "aux_channels", 0) != 1:
         raise ValueError("label actions need a network built with aux_channels=1 (the soft target q)")
-    T = int(rl_cfg["t_max"])
-    w_seg, w_value, w_policy = stage_weights(stage, rl_cfg["lam"], rl_cfg["alpha"], rl_cfg["beta"])
+    T = int(rl.t_max)
+    w_seg, w_value, w_policy = stage_weights(stage, rl.lam, rl.alpha, rl.beta)
     train_policy = stage == 3
 
     feats = net.trunk(x, heads=ALL_HEADS)  # the image's one encoder + decoder pass
@@ -235,21 +236,21 @@ def label_episode(
     q = q0.to(x.dtype)
     # once per episode: it depends on the image and the given mask only. Class means from the given mask, not
     # from q: with q the agents could define their own foreground (a few raised background voxels) and feed on it
-    w_region = float(rl_cfg["w_region"])
+    w_region = float(rl.w_region)
     region_slope = region_energy_slope(x, given) if w_region > 0 else None
     for _ in range(T):
         out = net.tail(feats, ("value", "policy"), aux=q)  # V(s^(t)), pi(. | s^(t)) with s = (x, q^(t))
         logits_t = out["policy"] if train_policy else out["policy"].detach()
         a = sample_actions(logits_t, generator)
-        q_next = label_step(q, a, rl_cfg["label_step"])
+        q_next = label_step(q, a, rl.label_step)
         r, r_terms = label_reward(
             q,
             q_next,
             teacher_p,
             given,
-            rl_cfg["w_teacher"],
-            rl_cfg["w_cont"],
-            rl_cfg["w_prior"],
+            rl.w_teacher,
+            rl.w_cont,
+            rl.w_prior,
             region_slope=region_slope,
             w_region=w_region,
         )
@@ -264,8 +265,8 @@ def label_episode(
         bootstrap = net.tail(feats, ("value",), aux=q)["value"]  # V(s^(T))
     raw_rewards = torch.stack(rewards)
     scaled = reward_norm(raw_rewards) if reward_norm is not None else raw_rewards
-    returns = n_step_returns(list(scaled), bootstrap, rl_cfg["gamma"], reward_conv)
-    losses = a3c_losses(returns, values, logits, actions, rl_cfg["entropy_coef"])
+    returns = n_step_returns(list(scaled), bootstrap, rl.gamma, reward_conv)
+    losses = a3c_losses(returns, values, logits, actions, rl.entropy_coef)
 
     # Stage 3: the segmentation learns from the refined target. Stage 2: the policy is untrained, so
     # q^(T) is a random walk; the segmentation keeps learning from q^(0).

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svldrl.settings import RL
+
 try:  # connected-components-3d is the fast labeller; scipy is the fallback (method.md section 4)
     import cc3d
 except ImportError:  # pragma: no cover - cc3d is a dependency
@@ -77,14 +79,14 @@ class Reward:
     A reward is a small class: its ``name`` (the value of ``rl.reward`` that picks it) and ``__call__(f_t, f_next,
     y)``, which returns the reward map r^(t) (B, 1, D, H, W) and its ``terms`` (module docstring) from the
     foreground probabilities f^(t), f^(t+1) of the segmentations of s^(t) and s^(t+1) (detached) and the
-    reference y (:data:`REWARD_TARGETS`). It reads its weights from the ``rl`` config sub-dict it is built with.
+    reference y (:data:`REWARD_TARGETS`). It reads its weights from the ``rl`` config section it is built with.
     A new reward is one class and one line in :data:`REWARDS`.
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, rl_cfg: dict) -> None:
-        self.rl = rl_cfg
+    def __init__(self, rl: RL) -> None:
+        self.rl = rl
 
     def __call__(
         self, f_t: torch.Tensor, f_next: torch.Tensor, y: torch.Tensor
@@ -151,7 +153,7 @@ class VoxelReward(Reward):
         self, f_t: torch.Tensor, f_next: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rl = self.rl
-        return intensity_reward(f_t, f_next, y, rl["w_dice"], rl["w_vox"], rl["w_cont"], rl["w_cc"])
+        return intensity_reward(f_t, f_next, y, rl.w_dice, rl.w_vox, rl.w_cont, rl.w_cc)
 
 
 def paper_continuity(f: torch.Tensor, w_cc: float = 0.01, w_tv: float = 0.1) -> torch.Tensor:
@@ -211,7 +213,7 @@ class PaperReward(Reward):
         self, f_t: torch.Tensor, f_next: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rl = self.rl
-        return paper_reward(f_t, f_next, y, rl["w_dice"], rl["paper_w_cc"], rl["paper_w_tv"])
+        return paper_reward(f_t, f_next, y, rl.w_dice, rl.paper_w_cc, rl.paper_w_tv)
 
 
 #: ``rl.reward`` value -> the reward of an image step (its choices in settings.py list the same names).
@@ -229,8 +231,8 @@ class RewardReference:
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, rl_cfg: dict) -> None:
-        self.rl = rl_cfg
+    def __init__(self, rl: RL) -> None:
+        self.rl = rl
 
     def __call__(self, y: torch.Tensor, x: torch.Tensor, teacher: nn.Module | None) -> torch.Tensor:
         raise NotImplementedError
@@ -264,7 +266,7 @@ class TeacherReference(RewardReference):
         if teacher is None:
             raise ValueError("rl.reward_target=teacher needs the EMA teacher")
         p = torch.softmax(teacher(x, heads=("seg",))["seg"].float(), 1)[:, 1:2]
-        tau = float(self.rl["tau"])
+        tau = float(self.rl.tau)
         return torch.where(p > tau, torch.ones_like(y), torch.where(p < 1 - tau, torch.zeros_like(y), y))
 
 

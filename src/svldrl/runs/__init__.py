@@ -1,7 +1,7 @@
 """Runs: train or predict a run folder by method name (the layer above the methods).
 
 - :func:`train`: a dataset path, a label set and a config -> a run folder, with the trainer of
-  ``cfg["method"]`` (construct, build, restore with ``resume``, fit).
+  ``cfg.method`` (construct, build, restore with ``resume``, fit).
 - :func:`load_run`: a run folder -> its method class, network (chosen checkpoint) and config.
 - :func:`predict_folder`: ``svldrl predict``.
 - :func:`run_noise`: ``svldrl noise``, with the SFDA source model (:mod:`svldrl.runs.sfda`), which trains.

@@ -15,23 +15,24 @@ from svldrl.data.normalize import normalize_intensity
 from svldrl.data.outputs import check_output_dir, output_dir_for_first_write
 from svldrl.engine.predict import case_id_of, list_inputs, load_network, segment_volume
 from svldrl.errors import UserError
-from svldrl.methods import get_method
+from svldrl.methods import get_method, section_owners
 from svldrl.reporter import QUIET, Reporter
+from svldrl.settings import Config
 
 
 def train(
     dataset: str | Path,
     labels: str,
     out: str | Path,
-    cfg: dict,
+    cfg: Config,
     resume: bool = False,
     reporter: Reporter = QUIET,
 ) -> Path:
-    """Train ``cfg["method"]`` on ``dataset`` with the ``labels`` masks ("clean" or "noisy/NAME") and the trusted
-    cases ``cfg["data"]["trusted"]`` names (auto, none or a list file); returns the run folder. ``resume``
+    """Train ``cfg.method`` on ``dataset`` with the ``labels`` masks ("clean" or "noisy/NAME") and the trusted
+    cases ``cfg.data.trusted`` names (auto, none or a list file); returns the run folder. ``resume``
     continues the run in ``out`` from its latest checkpoint."""
-    ds = load_dataset(dataset, labels=labels, trusted=cfg["data"]["trusted"])
-    trainer = get_method(cfg["method"])(cfg, ds, out, reporter=reporter, resume=resume)  # construct and build
+    ds = load_dataset(dataset, labels=labels, trusted=cfg.data.trusted)
+    trainer = get_method(cfg.method)(cfg, ds, out, reporter=reporter, resume=resume)  # construct and build
     if resume:
         trainer.restore()
     return trainer.fit()
@@ -39,7 +40,7 @@ def train(
 
 def load_run(
     run_dir: str | Path, checkpoint: str = "auto", device: str = "auto"
-) -> tuple[type, torch.nn.Module, dict]:
+) -> tuple[type, torch.nn.Module, Config]:
     """The method class, the network with the chosen checkpoint's weights (eval mode) and the run's config.
 
     Raises:
@@ -50,8 +51,8 @@ def load_run(
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise UserError("not a run folder (no config.yaml)", run)
-    cfg = C.load_config([cfg_path])
-    method = get_method(cfg["method"])
+    cfg = C.load_config([cfg_path], owners=section_owners())
+    method = get_method(cfg.method)
     return method, load_network(method, cfg, run, checkpoint, device), cfg
 
 
@@ -83,7 +84,7 @@ def predict_folder(
     for path in files:  # header problems stop the run before the first prediction is written
         check_volume_header(path)
     method, net, cfg = load_run(run_dir, checkpoint, device)
-    dcfg = cfg["data"]
+    dcfg = cfg.data
     written = []
     t0 = time.monotonic()
     for n, path in enumerate(files, 1):
@@ -91,7 +92,7 @@ def predict_folder(
         # The raw array goes as soon as it is normalised: one full-size copy less at the peak.
         raw, vol.array = vol.array, None
         image = normalize_intensity(
-            raw, dcfg["modality"], dcfg["clip_percentiles"], dcfg["ct_window"], dcfg["intensity_range"]
+            raw, dcfg.modality, dcfg.clip_percentiles, dcfg.ct_window, dcfg.intensity_range
         )
         del raw
         label, extras = segment_volume(method, net, cfg, image, batch)

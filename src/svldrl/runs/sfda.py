@@ -22,6 +22,7 @@ from svldrl.data.io import read_volume, write_nifti, write_text
 from svldrl.data.normalize import normalize_intensity
 from svldrl.engine.predict import predict_probability
 from svldrl.errors import UserError
+from svldrl.methods import section_owners
 from svldrl.noise.sfda import (
     SOURCE_JSON,
     SOURCE_SUFFIX,
@@ -33,6 +34,7 @@ from svldrl.noise.sfda import (
 )
 from svldrl.reporter import python_warning
 from svldrl.runs.run import load_run, train
+from svldrl.settings import Config
 
 
 class _Info:
@@ -61,7 +63,7 @@ def _normalised(case: Any, modality: str, ct_window: Any) -> tuple[np.ndarray, A
     return normalize_intensity(vol.array, modality, (0.5, 99.5), ct_window), vol
 
 
-def _source_cfg(params: dict[str, Any], seed: int, n_cases: int) -> dict:
+def _source_cfg(params: dict[str, Any], seed: int, n_cases: int) -> Config:
     iterations = int(params["iterations"])
     overrides = [
         "method=supervised",
@@ -81,7 +83,7 @@ def _source_cfg(params: dict[str, Any], seed: int, n_cases: int) -> dict:
         f"data.num_folds={max(2, min(100, n_cases))}",
         *params["train_set"],
     ]
-    return C.load_config(overrides=overrides)
+    return C.load_config(overrides=overrides, owners=section_owners())
 
 
 def _build_source(
@@ -160,7 +162,7 @@ def _build_source(
     cfg = _source_cfg(params, seed, len(cases))
     resume = (run_dir / "checkpoint_latest.pt").is_file()
     info(
-        f"sfda: training the source model ({cfg['train']['iterations']} iterations"
+        f"sfda: training the source model ({cfg.train.iterations} iterations"
         f"{', resuming' if resume else ''}) in {run_dir}"
     )
     # The trainer switches torch to deterministic algorithms process-wide; put the caller's setting back.
@@ -205,20 +207,20 @@ def prepare_sfda(
         run_dir, shift = _build_source(ds, cases, params, seed, source_folder(noisy_dir), foreground, info)
         where = f"{noisy_dir.name}{SOURCE_SUFFIX}/run"
     method, net, cfg = load_run(run_dir, checkpoint="final", device=cfg_device(params))
-    dcfg = cfg["data"]
+    dcfg = cfg.data
 
     def per_case(index: int, case: Any, clean: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         if shift is None:
             # An external model: the original image gets that run's own normalisation.
             raw = read_volume(case.image, key=case.image_key).array
-            modality = dcfg["modality"] if dcfg["modality"] != "auto" else (case.modality or "mr")
+            modality = dcfg.modality if dcfg.modality != "auto" else (case.modality or "mr")
             model_input = normalize_intensity(
-                raw, modality, dcfg["clip_percentiles"], dcfg["ct_window"], dcfg["intensity_range"]
+                raw, modality, dcfg.clip_percentiles, dcfg.ct_window, dcfg.intensity_range
             )
         else:
             # Our source model saw normalise(shift(x)); the original domain is normalise(x).
             x, _ = _normalised(case, ds.modality, params["ct_window"])
-            model_input = normalize_intensity(x, "mr", dcfg["clip_percentiles"], None)
+            model_input = normalize_intensity(x, "mr", dcfg.clip_percentiles, None)
         if model_input.shape != clean.shape:
             raise UserError(
                 f"image shape {model_input.shape} differs from its mask's {clean.shape}", case.image

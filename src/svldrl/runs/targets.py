@@ -30,6 +30,7 @@ from svldrl.errors import UserError
 from svldrl.methods import get_method
 from svldrl.reporter import QUIET, Reporter, fmt_number
 from svldrl.rules import overlap
+from svldrl.settings import Config
 
 #: The kind of output folder ``targets`` writes (data/outputs.py's marker).
 KIND = "targets"
@@ -39,7 +40,7 @@ REPORT = ("targets.json", "targets.md")
 def write_targets(
     dataset: str | Path,
     labels: str,
-    cfg: dict,
+    cfg: Config,
     out: str | Path,
     reporter: Reporter = QUIET,
     overwrite: bool = False,
@@ -50,17 +51,17 @@ def write_targets(
         UserError: a missing dataset or label set, an output folder inside the dataset or holding files this
             command did not write (unless ``overwrite``); nothing is written then.
     """
-    ds = load_dataset(dataset, labels=labels, trusted=cfg["data"]["trusted"])
+    ds = load_dataset(dataset, labels=labels, trusted=cfg.data.trusted)
     out = Path(out)
     _refuse_inside(out, ds.root)
     names = [f"{c.case_id}.nii.gz" for c in ds.train]
     check_output_dir(out, KIND, [*names, *REPORT], overwrite, "--out")
-    cfg = copy.deepcopy(cfg)
-    cfg["labels"] = labels
-    cfg["data"]["fold"] = "all"  # every case is a training case: all of them get their target
-    cfg["train"]["checkpoint_select"] = "final"
+    cfg = copy.deepcopy(cfg)  # the caller's stays as given
+    cfg.labels = labels
+    cfg.data.fold = "all"  # every case is a training case: all of them get their target
+    cfg.train.checkpoint_select = "final"
     with tempfile.TemporaryDirectory(prefix="svldrl_targets_") as tmp:
-        trainer = get_method(cfg["method"])(cfg, ds, Path(tmp) / "run", reporter=reporter)
+        trainer = get_method(cfg.method)(cfg, ds, Path(tmp) / "run", reporter=reporter)
     cases = {c.case_id: c for c in ds.train}
     clean = load_dataset(ds.root, "clean") if labels != "clean" else ds
     clean_cases = {c.case_id: c for c in clean.train}
@@ -98,7 +99,7 @@ def _clean_mask(case: Case | None, trainer: Any, shape: tuple[int, ...]) -> np.n
     """The case's clean mask as the trainer's data settings read it (foreground labels), or None."""
     if case is None or case.label is None:
         return None
-    _, lab, _ = load_case(case, trainer.cfg["data"], allow_empty=True)
+    _, lab, _ = load_case(case, trainer.cfg.data, allow_empty=True)
     return np.asarray(lab)[tuple(slice(0, s) for s in shape)] >= 0.5
 
 
@@ -125,12 +126,12 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _report(ds: Any, labels: str, cfg: dict, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _report(ds: Any, labels: str, cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "dataset": str(ds.root),
         "labels": labels,
-        "method": cfg["method"],
-        "config": cfg,
+        "method": cfg.method,
+        "config": cfg.as_dict(),
         "n_cases": len(rows),
         "n_changed": sum(r["voxels_changed"] > 0 for r in rows),
         "mean_label_dice_given": _mean(rows, "label_dice_given"),

@@ -39,6 +39,7 @@ from svldrl.rules import (
     relabel,
     shift_boundary,
 )
+from svldrl.settings import RL
 
 SOFT_STEP = 0.8  # how far MTCL's soft correction moves a flagged voxel towards the other class
 
@@ -50,8 +51,8 @@ class TargetUpdate:
     when: ClassVar[str] = "epoch"  # "start" (once, before the first step) or "epoch" (each epoch end)
     needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, cfg: dict) -> None:
-        self.cfg = cfg
+    def __init__(self, rl: RL) -> None:
+        self.rl = rl
 
     def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
         raise NotImplementedError
@@ -64,7 +65,7 @@ class Confident(TargetUpdate):
     name = "confident"
 
     def apply(self, trainer: Trainer, teacher: Any = None) -> dict[str, float]:
-        return confident_update(trainer, float(self.cfg["rl"]["tau"]))
+        return confident_update(trainer, float(self.rl.tau))
 
 
 class ConfidentLearning(TargetUpdate):
@@ -103,22 +104,22 @@ TARGET_UPDATES: dict[str, type[TargetUpdate]] = {
 }
 
 
-def target_update(cfg: dict) -> TargetUpdate | None:
+def target_update(rl: RL) -> TargetUpdate | None:
     """The update ``rl.target_update`` names, or None."""
-    cls = TARGET_UPDATES.get(cfg["rl"]["target_update"])
-    return None if cls is None else cls(cfg)
+    cls = TARGET_UPDATES.get(rl.target_update)
+    return None if cls is None else cls(rl)
 
 
 def past_warmup(trainer: Trainer) -> bool:
     """Whether the epoch's last step is past the warm-up (SVL-DRL's stage 1), when epoch-end updates start."""
-    rl = trainer.cfg["rl"]
-    return stage_at(trainer.iteration - 1, trainer.iterations, rl["warmup"], rl["transition"]) > 1
+    rl = trainer.cfg.rl
+    return stage_at(trainer.iteration - 1, trainer.iterations, rl.warmup, rl.transition) > 1
 
 
 def shift_due(trainer: Trainer, epoch: int) -> bool:
     """Whether the shift update runs at the end of ``epoch``: past the warm-up, every ``rl.shift_every`` epochs (it
     segments every training and trusted case)."""
-    return past_warmup(trainer) and (epoch + 1) % int(trainer.cfg["rl"]["shift_every"]) == 0
+    return past_warmup(trainer) and (epoch + 1) % int(trainer.cfg.rl.shift_every) == 0
 
 
 def confident_update(trainer: Trainer, tau: float) -> dict[str, float]:
@@ -198,11 +199,11 @@ def cl_target_update(
     }
 
 
-def band_guard(rl: dict[str, Any]) -> BandGuard | None:
+def band_guard(rl: RL) -> BandGuard | None:
     """The guard ``rl.band_*`` ask for; None when ``rl.band_guard`` is off."""
-    if not rl["band_guard"]:
+    if not rl.band_guard:
         return None
-    return BandGuard(max_lookalike=float(rl["band_max_lookalike"]), min_shift=float(rl["band_min_shift"]))
+    return BandGuard(max_lookalike=float(rl.band_max_lookalike), min_shift=float(rl.band_min_shift))
 
 
 def band_target_update(trainer: Trainer) -> dict[str, float]:
@@ -216,9 +217,9 @@ def band_target_update(trainer: Trainer) -> dict[str, float]:
         ``charts/band_lookalike_share`` and of the width used as ``charts/band_width``. A run whose cases the
         guard mostly leaves alone, or an unguarded run on surroundings that look like the organ, says so.
     """
-    rl = trainer.cfg["rl"]
-    width, margin, passes = int(rl["band_width"]), float(rl["band_margin"]), int(rl["band_passes"])
-    widths = list(range(width, int(rl["band_width_max"]) + 1)) or [width]
+    rl = trainer.cfg.rl
+    width, margin, passes = int(rl.band_width), float(rl.band_margin), int(rl.band_passes)
+    widths = list(range(width, int(rl.band_width_max) + 1)) or [width]
     guard = band_guard(rl)
     changed = total = 0
     outcomes = []
@@ -284,7 +285,7 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
         ``charts/shift_mm`` and ``charts/shift_se_mm`` (the estimate and its standard error), ``charts/shift_applied``
         (1 or 0) and ``charts/target_changed``.
     """
-    rl = trainer.cfg["rl"]
+    rl = trainer.cfg.rl
     base = trainer.given if base is None else base
     trusted = [cid for cid in trainer.val_ids if cid in set(trainer.trusted_ids)]
     estimate = ShiftEstimate(math.nan, math.nan, [], [])
@@ -304,9 +305,9 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
         ]
         estimate = estimate_shift(on_trusted, on_given)
     voxel = min(min(sp) for sp in case_spacing(trainer, trainer.train_ids))
-    applied = estimate.significant(float(rl["shift_z"]), float(rl["shift_min"]) * voxel)
+    applied = estimate.significant(float(rl.shift_z), float(rl.shift_min) * voxel)
     shifts = [estimate.shift] * len(base) if applied else [0.0] * len(base)
-    if applied and rl["shift_per_case"]:
+    if applied and rl.shift_per_case:
         shifts = case_shifts(estimate)
     changed = total = 0
     for i, (b, sp) in enumerate(zip(base, case_spacing(trainer, trainer.train_ids), strict=True)):
