@@ -28,6 +28,7 @@ from svldrl.rules import boundary_shift, estimate_shift, overlap, shift_boundary
 from tests.conftest import TINY
 
 TRUSTED = ["phantom_000", "phantom_001"]
+SPACING = (1.0, 1.0, 1.5)  # the phantoms' voxels (mm)
 
 
 def _ball(shape: tuple[int, ...], radius: float) -> np.ndarray:
@@ -75,15 +76,15 @@ def test_estimate_shift_cancels_the_models_own_error():
 # ------------------------------------------------------------------ the update on a trainer
 
 
-def _noisy_set(dataset: Path, name: str, grow: dict[str, int]) -> None:
-    """Masks dilated by ``grow[case]`` voxels (0: untouched); the TRUSTED cases untouched and recorded."""
+def _noisy_set(dataset: Path, name: str, grow: dict[str, float]) -> None:
+    """Masks grown by ``grow[case]`` mm (0: untouched); the TRUSTED cases untouched and recorded."""
     folder = dataset / "labelsTr_noisy" / name
     folder.mkdir(parents=True)
     for f in sorted((dataset / "labelsTr").glob("*.nii.gz")):
         img = nib.load(str(f))
         mask = np.asarray(img.dataobj) > 0
         k = grow.get(f.name[: -len(".nii.gz")], 0)
-        out = ndimage.binary_dilation(mask, iterations=k) if k else mask
+        out = shift_boundary(mask, -k, SPACING) if k else mask
         nib.save(nib.Nifti1Image(out.astype(np.uint8), img.affine), str(folder / f.name))
     (folder / "trusted.json").write_text(json.dumps({"cases": TRUSTED}))
 
@@ -98,13 +99,13 @@ def _clean(dataset: Path, cid: str) -> np.ndarray:
     return np.asarray(nib.load(str(dataset / "labelsTr" / f"{cid}.nii.gz")).dataobj) > 0
 
 
-def _model(trainer, dataset: Path, grow: int) -> None:
-    """Replace the trainer's model by one whose boundary lies ``grow`` voxels outside every case's truth."""
+def _model(trainer, dataset: Path, grow: float) -> None:
+    """Replace the trainer's model by one whose boundary lies ``grow`` mm outside every case's truth."""
     ids = {id(img): cid for img, cid in zip(trainer.images, trainer.train_ids, strict=True)}
     ids.update({id(img): cid for img, cid in zip(trainer.val_images, trainer.val_ids, strict=True)})
 
     def predict_probs(image, network=None):
-        return ndimage.binary_dilation(_clean(dataset, ids[id(image)]), iterations=grow).astype(np.float32)
+        return shift_boundary(_clean(dataset, ids[id(image)]), -grow, SPACING).astype(np.float32)
 
     trainer.predict_probs = predict_probs
 
@@ -126,7 +127,7 @@ def test_dilated_masks_are_eroded_back_to_the_truth(dataset: Path, tmp_path: Pat
     _noisy_set(dataset, "grown", {cid: 2 for cid in others})
     trainer = _trainer(dataset, "noisy/grown", tmp_path / "run", f"rl.shift_per_case={str(per_case).lower()}")
     assert trainer.val_ids == TRUSTED and trainer.train_ids == others
-    _model(trainer, dataset, grow=3)  # trained on masks 2 voxels too large, and 1 too large of its own
+    _model(trainer, dataset, grow=3)  # trained on masks 2 mm too large, and 1 mm too large of its own
     before = _label_dice(trainer, dataset)
     logs = trusted_shift_update(trainer)
     assert logs["charts/shift_applied"] == 1.0 and 1.5 < logs["charts/shift_mm"] < 3.5

@@ -449,6 +449,27 @@ def estimate_shift(trusted: Sequence[float], given: Sequence[float]) -> ShiftEst
     return ShiftEstimate(float(t.mean() - g.mean()), se, *kept)
 
 
+def shrunk_shifts(
+    per_case: Sequence[float], residuals: Sequence[float], side: float
+) -> tuple[list[float], float]:
+    """Each case's shift, pulled towards their mean by the share of their spread that is measurement noise, and
+    the weight its own value keeps (empirical Bayes: the spread over cases minus the noise's is the cases' true
+    spread, tau^2; the weight is tau^2 / (tau^2 + noise)). ``residuals`` are the same measurement where the truth is
+    none (the trusted cases), so their variance is the noise's. A shift on the other ``side`` of none than the
+    estimate's becomes none. NaN values (empty masks) become none."""
+    values = np.asarray(per_case, dtype=np.float64)
+    finite = np.isfinite(values)
+    res = np.asarray([r for r in residuals if math.isfinite(r)], dtype=np.float64)
+    if finite.sum() < 2 or len(res) < 2:
+        weight, mean = 0.0, float(np.nanmean(values)) if finite.any() else 0.0
+    else:
+        mean, noise = float(values[finite].mean()), float(res.var(ddof=1))
+        spread = max(float(values[finite].var(ddof=1)) - noise, 0.0)
+        weight = spread / (spread + noise) if spread + noise > 0 else 0.0
+    out = [side * max(side * (mean + weight * (v - mean)), 0.0) if np.isfinite(v) else 0.0 for v in values]
+    return out, weight
+
+
 def shift_boundary(mask: np.ndarray, shift: float, spacing: Sequence[float]) -> np.ndarray:
     """``mask`` with its boundary moved ``shift`` mm inwards (positive: shrink; negative: grow), by the Euclidean
     distance to the other side in mm."""

@@ -297,8 +297,8 @@ class RL:
     )
     shift_per_case: bool = setting(
         True,
-        "shift target update: once the masks' shift is clear, undo each case's own (the model's shift against the "
-        "trusted masks less its shift against the case's mask) rather than one shift for every case",
+        "shift target update: each case's own shift, pulled towards the cases' mean by the share of their spread "
+        "that is measurement noise (rules.shrunk_shifts) | false: their mean for every case",
         origin="ours",
     )
     trusted_shift: bool = setting(

@@ -38,6 +38,7 @@ from svldrl.rules import (
     estimate_shift,
     relabel,
     shift_boundary,
+    shrunk_shifts,
 )
 from svldrl.settings import RL
 
@@ -271,46 +272,54 @@ def case_spacing(trainer: Trainer, ids: Sequence[str]) -> list[tuple[float, ...]
 
 
 def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = None) -> dict[str, float]:
-    """Estimate how far the given masks' boundaries lie from the truth, on average, and undo it.
+    """Estimate how far the given masks' boundaries lie from the truth and undo it, case by case.
 
     The trainer's model is compared with the trusted masks of its validation cases (the trusted ones, which it does
     not train on) and with the targets it trains from (``base``: the given masks, or what an earlier correction
     made of them): :func:`~svldrl.rules.estimate_shift` takes the difference, so the model's own error cancels.
-    When the shift is at least ``rl.shift_min`` voxels and ``rl.shift_z`` standard errors from none, every training
-    target becomes its ``base`` mask moved by it (:func:`~svldrl.rules.shift_boundary`); otherwise the ``base``
-    masks stay (it abstains: no trusted cases, too few, or no clear shift). Redone from ``base`` each time, so the
-    corrections never drift.
+    When that shift is at least ``rl.shift_min`` voxels and ``rl.shift_z`` standard errors from none, each training
+    target becomes its ``base`` mask moved (:func:`~svldrl.rules.shift_boundary`) to the volume of the model's own
+    mask of the case with the model's bias on the trusted cases removed: each case's own shift, measured in that
+    mask's own geometry (a ragged mask loses its volume over more surface than a smooth one), pulled towards the
+    cases' mean by the share of their spread that the same measurement shows on the trusted cases
+    (:func:`~svldrl.rules.shrunk_shifts`; ``rl.shift_per_case=false``: the mean for every case). Otherwise the
+    ``base`` masks stay (it abstains: no trusted cases, too few, or no clear shift). Redone from ``base`` each
+    time, so the corrections never drift.
 
     Returns:
-        ``charts/shift_mm`` and ``charts/shift_se_mm`` (the estimate and its standard error), ``charts/shift_applied``
-        (1 or 0) and ``charts/target_changed``.
+        ``charts/shift_mm`` and ``charts/shift_se_mm`` (the model's shift difference and its standard error),
+        ``charts/shift_applied`` (1 or 0), ``charts/shift_case_weight`` (how much of each case's own shift is kept)
+        and ``charts/target_changed``.
     """
     rl = trainer.cfg.rl
     base = trainer.given if base is None else base
     trusted = [cid for cid in trainer.val_ids if cid in set(trainer.trusted_ids)]
-    estimate = ShiftEstimate(math.nan, math.nan, [], [])
+    estimate, per_case, residuals = ShiftEstimate(math.nan, math.nan, [], []), [0.0] * len(base), []
+    g_spacing = case_spacing(trainer, trainer.train_ids)
     if trusted and not set(trusted) & set(trainer.train_ids):
-        positions = [trainer.val_ids.index(cid) for cid in trusted]
-        t_spacing = case_spacing(trainer, trusted)
-        on_trusted = [
-            boundary_shift(
-                trainer.predict_probs(trainer.val_images[j]) >= 0.5, trainer.val_labels[j] >= 0.5, sp
-            )
-            for j, sp in zip(positions, t_spacing, strict=True)
-        ]
-        g_spacing = case_spacing(trainer, trainer.train_ids)
-        on_given = [
-            boundary_shift(trainer.predict_probs(img) >= 0.5, b >= 0.5, sp)
-            for img, b, sp in zip(trainer.images, base, g_spacing, strict=True)
-        ]
+        on_trusted, models = [], []
+        for cid, sp in zip(trusted, case_spacing(trainer, trusted), strict=True):
+            j = trainer.val_ids.index(cid)
+            model, truth = trainer.predict_probs(trainer.val_images[j]) >= 0.5, trainer.val_labels[j] >= 0.5
+            on_trusted.append(boundary_shift(model, truth, sp))
+            models.append((model, truth, sp))
+        bias = float(np.nanmean(on_trusted)) if np.isfinite(on_trusted).any() else 0.0
+        # the same measurement where the truth is none: its spread is the measurement's own
+        residuals = [boundary_shift(t, shift_boundary(m, bias, sp), sp) for m, t, sp in models]
+        on_given, per_case = [], []
+        for img, b, sp in zip(trainer.images, base, g_spacing, strict=True):
+            model, given = trainer.predict_probs(img) >= 0.5, np.asarray(b) >= 0.5
+            on_given.append(boundary_shift(model, given, sp))
+            per_case.append(boundary_shift(given, shift_boundary(model, bias, sp), sp))
         estimate = estimate_shift(on_trusted, on_given)
-    voxel = min(min(sp) for sp in case_spacing(trainer, trainer.train_ids))
+    voxel = min(min(sp) for sp in g_spacing)
     applied = estimate.significant(float(rl.shift_z), float(rl.shift_min) * voxel)
-    shifts = [estimate.shift] * len(base) if applied else [0.0] * len(base)
-    if applied and rl.shift_per_case:
-        shifts = case_shifts(estimate)
+    shifts, weight = [0.0] * len(base), math.nan
+    if applied:
+        side = math.copysign(1.0, estimate.shift)
+        shifts, weight = shrunk_shifts(per_case, residuals if rl.shift_per_case else [], side)
     changed = total = 0
-    for i, (b, sp) in enumerate(zip(base, case_spacing(trainer, trainer.train_ids), strict=True)):
+    for i, (b, sp) in enumerate(zip(base, g_spacing, strict=True)):
         is_fg = np.asarray(b) >= 0.5
         new_fg = shift_boundary(is_fg, shifts[i], sp)
         new = relabel(b, new_fg & ~is_fg, is_fg & ~new_fg)
@@ -323,17 +332,9 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
         "charts/shift_mm": estimate.shift,
         "charts/shift_se_mm": estimate.se,
         "charts/shift_applied": float(applied),
+        "charts/shift_case_weight": weight,
         "charts/target_changed": changed / max(total, 1),
     }
-
-
-def case_shifts(estimate: ShiftEstimate) -> list[float]:
-    """Each training case's own shift, where the masks' shift is clear: the model's shift against the trusted masks
-    less its shift against the case's mask (a case drawn larger than the others differs more from the model's
-    boundary), on the estimate's side of none (a case that seems shifted the other way is left as given)."""
-    bias = float(np.nanmean(estimate.trusted))
-    side = math.copysign(1.0, estimate.shift)
-    return [side * max(side * (bias - e), 0.0) if math.isfinite(e) else 0.0 for e in estimate.given]
 
 
 def _report_shift(trainer: Trainer, estimate: ShiftEstimate, applied: bool, has_trusted: bool) -> None:
