@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
+import torch
 
 from svldrl import config as C
 from svldrl.cli import main
@@ -207,3 +207,98 @@ def test_recommended_preset_undoes_the_shift_only_with_trusted_cases(
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert any(r.get("charts/shift_mm") for r in rows) == trusted
     assert all(r.get("charts/band_abstained") for r in rows)  # the band update ran either way
+
+
+def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_path: Path, capsys):
+    _noisy_set(
+        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
+    )
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1"]), [])
+    argv = [
+        "train",
+        str(dataset),
+        "--method",
+        "supervised_shift",
+        "--labels",
+        "noisy/grown",
+        "--out",
+        str(run),
+    ]
+    assert main([*argv, *sets, "--quiet"]) == 0
+    out = tmp_path / "targets"
+    assert main(["targets", str(dataset), "--from", str(run), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "targets.json").read_text())
+    assert report["method"] == "supervised_shift" and report["labels"] == "noisy/grown"
+    assert [r["case"] for r in report["cases"]] == [
+        "phantom_002",
+        "phantom_003",
+        "phantom_004",
+        "phantom_005",
+    ]
+    assert all("shift_mm" in r for r in report["cases"])  # the run's notes, kept in its checkpoint
+    from svldrl.engine.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run / "checkpoint_final.pt")["extra"]["targets"]
+    for n, row in enumerate(report["cases"]):
+        written = np.asarray(nib.load(str(out / f"{row['case']}.nii.gz")).dataobj)
+        assert (
+            written == (saved[n].numpy()[: written.shape[0], : written.shape[1], : written.shape[2]] >= 0.5)
+        ).all()
+
+    # settings beside --from, a method without corrected targets, another dataset: one line, exit 2
+    capsys.readouterr()
+    assert (
+        main(
+            ["targets", str(dataset), "--from", str(run), "--out", str(tmp_path / "t2"), "--labels", "clean"]
+        )
+        == 2
+    )
+    assert "--from takes the run's own settings; leave out --labels" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    assert main(["train", str(dataset), "--out", str(plain), *sets[:-2], "--quiet"]) == 0
+    capsys.readouterr()
+    assert (
+        main(["targets", str(dataset), "--from", str(plain), "--out", str(tmp_path / "t3"), "--quiet"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "keeps no corrected targets" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t3").exists()
+
+
+def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Path, monkeypatch):
+    """The corrected targets and their notes are in the checkpoint: a killed and resumed run ends where an
+    uninterrupted one does."""
+    from svldrl.engine.checkpoint import load_checkpoint
+    from svldrl.runs import train
+
+    _noisy_set(
+        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
+    )
+    sets = [
+        *TINY,
+        "method=supervised_shift",
+        "train.threads=1",
+        "rl.shift_every=1",
+        "train.deterministic=true",
+    ]
+    full = train(dataset, "noisy/grown", tmp_path / "full", C.load_config(overrides=sets))
+    cls, original, calls = get_method("supervised_shift"), get_method("supervised_shift").validate, {"n": 0}
+
+    def crash_on_second_validation(self):  # killed in epoch 1, after epoch 0's checkpoint
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(cls, "validate", crash_on_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, "noisy/grown", tmp_path / "killed", C.load_config(overrides=sets))
+    monkeypatch.setattr(cls, "validate", original)
+    resumed = train(dataset, "noisy/grown", tmp_path / "killed", C.load_config(overrides=sets), resume=True)
+    a, b = load_checkpoint(full / "checkpoint_final.pt"), load_checkpoint(resumed / "checkpoint_final.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], msg=k)
+    for ta, tb in zip(a["extra"]["targets"], b["extra"]["targets"], strict=True):
+        torch.testing.assert_close(ta, tb)
+    assert a["extra"]["target_notes"] == b["extra"]["target_notes"] and a["extra"]["target_notes"]

@@ -220,12 +220,26 @@ def _check_trusted_found(dataset: str, cfg: Config) -> None:
 
 
 def cmd_targets(a: argparse.Namespace, rep: Reporter) -> int:
-    from svldrl.runs.targets import write_targets
+    from svldrl.runs.targets import run_config, write_targets
 
-    cfg = build_train_config(a)
-    if a.trusted == "auto":
-        _check_trusted_found(a.dataset, cfg)
-    report = write_targets(a.dataset, cfg.labels, cfg, a.out, reporter=rep, overwrite=a.overwrite)
+    if a.from_run is not None:
+        given = [
+            f
+            for f in ("labels", "method", "foreground", "trusted", "preset", "config", "set")
+            if getattr(a, f)
+        ]
+        if given:
+            raise UserError(
+                f"--from takes the run's own settings; leave out --{', --'.join(given)}", a.from_run
+            )
+        cfg = run_config(a.from_run)
+    else:
+        cfg = build_train_config(a)
+        if a.trusted == "auto":
+            _check_trusted_found(a.dataset, cfg)
+    report = write_targets(
+        a.dataset, cfg.labels, cfg, a.out, reporter=rep, overwrite=a.overwrite, run=a.from_run
+    )
     summary = f"{report['n_changed']} of {report['n_cases']} masks changed"
     if report["mean_label_dice_target"] == report["mean_label_dice_target"]:  # not NaN: clean masks exist
         summary += (
@@ -434,7 +448,7 @@ def make_parser() -> argparse.ArgumentParser:
     tg = add(
         "targets",
         "write the masks a configuration starts training from (after its corrections before training), with a "
-        "report of what changed; nothing trains",
+        "report of what changed; nothing trains (--from RUN: the masks a trained run ended with)",
     )
     tg.add_argument("dataset", help="dataset folder or datalist .json; only read")
     tg.add_argument("--labels", default=None, help="the given masks: clean (default) or noisy/NAME")
@@ -443,6 +457,14 @@ def make_parser() -> argparse.ArgumentParser:
     tg.add_argument("--foreground", default=None, help="label values mapped to foreground, e.g. 1,2,4")
     tg.add_argument("--trusted", default=None, metavar="{auto,none,FILE}", help=TRUSTED_HELP)
     _config_flags(tg)
+    tg.add_argument(
+        "--from",
+        dest="from_run",
+        default=None,
+        metavar="RUN",
+        help="the targets a finished run (svldrl train --out) ended with, for corrections made during training "
+        "(the trusted shift, MTCL); its settings are the run's",
+    )
     tg.add_argument(
         "--overwrite", action="store_true", help="replace files in --out that svldrl targets did not write"
     )

@@ -31,7 +31,7 @@ class SupervisedBandTrainer(Trainer):
 
     name = "supervised_band"
     sections = ("rl",)  # rl.band_*
-    checkpointed = ("targets",)
+    checkpointed = ("targets", "target_notes")  # svldrl targets --from shows the notes
 
     def build_method_state(self) -> None:
         self.band_logs = Band(self.cfg.rl).apply(self)

@@ -24,7 +24,7 @@ class SupervisedShiftTrainer(Trainer):
 
     name = "supervised_shift"
     sections = ("rl",)  # rl.shift_*
-    checkpointed = ("targets",)
+    checkpointed = ("targets", "target_notes")  # svldrl targets --from shows the notes
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return TrustedShift(self.cfg.rl).apply(self) if shift_due(self, epoch) else {}

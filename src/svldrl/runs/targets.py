@@ -7,6 +7,10 @@ training case: ``data.fold=all``), its corrections run, and its targets are writ
 the input mask's affine, beside a report of the voxels changed per case and the label Dice against the clean
 masks wherever the dataset has them. A configuration that corrects nothing before training writes the given
 masks unchanged.
+
+Corrections that need a model (the trusted shift of ``supervised_shift`` and of ``--preset recommended`` with
+trusted cases, MTCL's, the confident update) happen during training; ``--from RUN`` writes the targets a run
+ended with (its last checkpoint's), with the same report, and needs no settings: they are the run's.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from svldrl import config as C
 from svldrl.data.dataset import Case, load_case, load_dataset
 from svldrl.data.io import NIFTI_ENDINGS, file_ending, read_volume, write_nifti, write_text
 from svldrl.data.outputs import check_output_dir, output_dir_for_first_write
+from svldrl.engine.checkpoint import LATEST, load_checkpoint
 from svldrl.errors import UserError
-from svldrl.methods import get_method
+from svldrl.methods import get_method, section_owners
 from svldrl.reporter import QUIET, Reporter, fmt_number
 from svldrl.rules import overlap
 from svldrl.settings import Config
@@ -44,8 +50,10 @@ def write_targets(
     out: str | Path,
     reporter: Reporter = QUIET,
     overwrite: bool = False,
+    run: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the training targets of ``cfg`` on ``dataset``'s ``labels`` masks to ``out``; returns the report.
+    With ``run`` (``cfg`` and ``labels`` its own: :func:`run_config`), the targets that run ended with.
 
     Raises:
         UserError: a missing dataset or label set, an output folder inside the dataset or holding files this
@@ -58,10 +66,13 @@ def write_targets(
     check_output_dir(out, KIND, [*names, *REPORT], overwrite, "--out")
     cfg = copy.deepcopy(cfg)  # the caller's stays as given
     cfg.labels = labels
-    cfg.data.fold = "all"  # every case is a training case: all of them get their target
-    cfg.train.checkpoint_select = "final"
+    if run is None:
+        cfg.data.fold = "all"  # every case is a training case: all of them get their target
+        cfg.train.checkpoint_select = "final"
     with tempfile.TemporaryDirectory(prefix="svldrl_targets_") as tmp:
         trainer = get_method(cfg.method)(cfg, ds, Path(tmp) / "run", reporter=reporter)
+    if run is not None:
+        _restore_targets(trainer, Path(run))
     cases = {c.case_id: c for c in ds.train}
     clean = load_dataset(ds.root, "clean") if labels != "clean" else ds
     clean_cases = {c.case_id: c for c in clean.train}
@@ -82,6 +93,40 @@ def write_targets(
     write_text(out / "targets.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "targets.md", _markdown(report))
     return report
+
+
+def run_config(run: str | Path) -> Config:
+    """The settings a run folder was trained with.
+
+    Raises:
+        UserError: not a run folder.
+    """
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError("--from: not a run folder (no config.yaml)", run)
+    return C.load_config([path], owners=section_owners())
+
+
+def _restore_targets(trainer: Any, run: Path) -> None:
+    """Replace the trainer's targets (and notes) by those of ``run``'s last checkpoint."""
+    path = run / "checkpoint_final.pt" if (run / "checkpoint_final.pt").is_file() else run / LATEST
+    ckpt = load_checkpoint(path, trainer.name, trainer.cfg.nets.backbone, trainer.cfg.nets.heads)
+    saved = ckpt.get("extra", {}).get("targets")
+    if saved is None:
+        raise UserError(
+            f"--from: method {trainer.name} keeps no corrected targets (it trains on the given masks, or corrects "
+            "them inside its loss); svldrl targets without --from writes the masks it starts from",
+            run,
+        )
+    if len(saved) != len(trainer.targets) or any(
+        tuple(t.shape) != g.shape for t, g in zip(saved, trainer.targets, strict=False)
+    ):
+        raise UserError(
+            f"--from: the run's checkpoint holds {len(saved)} training targets that do not fit this dataset's "
+            f"{len(trainer.targets)} training cases: not the dataset (or label set) the run trained on",
+            run,
+        )
+    trainer.load_method_state(ckpt["extra"])
 
 
 def _refuse_inside(out: Path, root: Path) -> None:
