@@ -188,6 +188,33 @@ def test_foreign_and_truncated_checkpoints_are_refused(dataset: Path, tmp_path: 
         load_checkpoint(tmp_path / "trunc.pt")
 
 
+def test_a_run_made_before_a_default_changed_still_loads_resumes_and_predicts(
+    dataset: Path, tmp_path: Path, capsys
+) -> None:
+    """A run's config.yaml holds every key, other methods' sections at the defaults of its day; a later default of a
+    section its method does not read must not refuse it (predict, resume) nor count as a changed setting."""
+    from svldrl.methods import section_owners
+
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in [*TINY, "train.iterations=2", "train.threads=1"]), [])
+    assert main(["train", str(dataset), "--out", str(run), *sets, "--quiet"]) == 0
+    text = (run / "config.yaml").read_text()
+    old = text.replace("shift_min: 1.0", "shift_min: 0.25").replace("init: 1.0", "init: 3.0")  # rl.*, tloss.*
+    assert old != text
+    (run / "config.yaml").write_text(old)
+    assert main(["predict", str(run), str(dataset / "imagesTs"), str(tmp_path / "pred"), "--quiet"]) == 0
+    assert (
+        main(["train", str(dataset), "--out", str(run), *sets, "--iterations", "4", "--resume", "--quiet"])
+        == 0
+    )
+    saved = C.load_config([run / "config.yaml"], owners=section_owners(), saved=True)
+    assert saved.rl.shift_min == 1.0 and saved.method == "supervised"
+    raw = C.load_config(overrides=[])
+    raw_saved = dict(C.flatten(C.load_config(overrides=[]))) | {"rl.shift_min": 0.25}
+    assert C.differences(raw, raw_saved, owners=section_owners()) == []
+    assert C.differences(raw, raw_saved) == [("rl.shift_min", 0.25, 1.0)]  # without owners: every key counts
+
+
 def test_resume_refuses_a_changed_setting(dataset: Path, tmp_path: Path, capsys) -> None:
     """--resume continues the run as started: a flag asking for something else is refused, not dropped; the
     device and thread count, which change no result (config.NEUTRAL_KEYS, as the benchmark's reuse), may."""

@@ -160,12 +160,13 @@ def resume_config(a: argparse.Namespace) -> Config:
     """
     from svldrl import config as C
     from svldrl.engine.checkpoint import checkpoint_iteration
+    from svldrl.methods import section_owners
 
     run = Path(a.out)
-    saved = C.load_config([run / "config.yaml"])
+    saved = C.load_config([run / "config.yaml"], owners=section_owners(), saved=True)
     asked = build_train_config(a, base=saved)
     # the budget may grow; device, threads and layout may change (config.NEUTRAL_KEYS): the same computation
-    changed = C.differences(asked, saved, allowed=("train.iterations",))
+    changed = C.differences(asked, saved, allowed=("train.iterations",), owners=section_owners())
     if changed:
         key, there, here = changed[0]
         raise UserError(

@@ -73,17 +73,19 @@ INTRODUCED: dict[str, tuple[Any, Any]] = {
 
 
 def differences(
-    asked: Config | dict, saved: Config | dict, allowed: tuple[str, ...] = ()
+    asked: Config | dict, saved: Config | dict, allowed: tuple[str, ...] = (), owners: Owners | None = None
 ) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, asked value)`` for every setting in which ``asked`` would compute something else than
     the run ``saved`` describes: neither a :data:`NEUTRAL_KEYS` key (device, threads, layout ...) nor one of
     ``allowed``, nor a key newer than the saved run asked at the value that run was made with
-    (:data:`INTRODUCED`, else its default), nor a value the trainer resolves from the data. The one comparison
-    behind ``svldrl train --resume`` and the benchmark's reuse of finished runs."""
+    (:data:`INTRODUCED`, else its default), nor a value the trainer resolves from the data, nor (with ``owners``)
+    a key of a section the asked method does not read. The one comparison behind ``svldrl train --resume`` and
+    the benchmark's reuse of finished runs."""
     a, s, defaults = flatten(asked), migrate(flatten(saved)), flatten(DEFAULTS)
+    unread = _unread_sections(a.get("method"), owners)
     out = []
     for key in sorted(set(a) | set(s)):
-        if key in NEUTRAL_KEYS or key in allowed or a.get(key) == s.get(key):
+        if key in NEUTRAL_KEYS or key in allowed or a.get(key) == s.get(key) or key.split(".")[0] in unread:
             continue
         if key not in s and key in INTRODUCED:
             legacy, matters = INTRODUCED[key]
@@ -284,14 +286,24 @@ def validate(cfg: dict, owners: Owners | None = None) -> dict:
     return cfg
 
 
+def _unread_sections(method: Any, owners: Owners | None) -> set[str]:
+    """The method sections ``method`` does not read (none without ``owners``)."""
+    return {section for section, readers in (owners or {}).items() if method not in readers}
+
+
 def load_config(
     files: list[str | Path] | None = None,
     overrides: list[str] | None = None,
     base: Config | dict | None = None,
     owners: Owners | None = None,
+    saved: bool = False,
 ) -> Config:
     """Defaults (or ``base``), then each YAML file, then each ``key=value`` override; validated (with ``owners``,
     :func:`svldrl.methods.section_owners`, also that the method reads each section set).
+
+    ``saved``: the files are a run's own config.yaml. A run writes every key, the sections its method does not read
+    at the defaults of its day; those sections are read at today's defaults (with ``owners``), so that a run made
+    before a default changed still loads, resumes and is reused.
 
     Raises:
         UserError: a missing or malformed file, an unknown key, a bad value, or a key of another method's section.
@@ -311,6 +323,9 @@ def load_config(
             raise UserError("config file must hold a mapping of keys", path)
         for name, value in flatten(data).items():
             _set(cfg, name, value, str(path))
+    if saved:
+        for section in _unread_sections(cfg.get("method"), owners):
+            cfg[section] = copy.deepcopy(DEFAULTS[section])
     for text in overrides or []:
         key, value = parse_override(text)
         _set(cfg, key, value, "--set")

@@ -137,7 +137,7 @@ def run_demo(
                 ds,
                 labels=labels,
                 out=run,
-                cfg=C.load_config([run / "config.yaml"], owners=owners) if resume else cfg,
+                cfg=C.load_config([run / "config.yaml"], owners=owners, saved=True) if resume else cfg,
                 resume=resume,
                 reporter=reporter,
             )

@@ -260,7 +260,7 @@ def load_judges(run_dirs: list[Path], ds: Dataset) -> list[Judge]:
     judges: list[Judge] = []
     owners = section_owners()
     for path in run_dirs:
-        cfg = C.load_config([path / "config.yaml"], owners=owners)
+        cfg = C.load_config([path / "config.yaml"], owners=owners, saved=True)
         fold, num_folds = parse_fold(cfg.data.fold), int(cfg.data.num_folds)
         # A run with trusted cases validated on them and did not use the splits (trusted_split).
         trusted = apply_trusted(ds, cfg.data.trusted).trusted_ids if not ds.trusted_ids else ds.trusted_ids

@@ -90,7 +90,10 @@ def non_default_settings(cfg: Config | dict) -> dict[str, object]:
 def config_differences(asked: Config | dict, saved: Config | dict) -> list[str]:
     """``key: saved there, asked here`` for every setting that changes what a run computes
     (:func:`svldrl.config.differences`)."""
-    return [f"{key}: {there!r} there, {here!r} asked" for key, there, here in C.differences(asked, saved)]
+    return [
+        f"{key}: {there!r} there, {here!r} asked"
+        for key, there, here in C.differences(asked, saved, owners=section_owners())
+    ]
 
 
 def check_existing(run: Run) -> None:
@@ -99,7 +102,7 @@ def check_existing(run: Run) -> None:
     saved = result.get("config") if isinstance(result, dict) else None
     if saved is None and (run.dir / "config.yaml").is_file():
         try:
-            saved = C.load_config([run.dir / "config.yaml"])
+            saved = C.load_config([run.dir / "config.yaml"], owners=section_owners(), saved=True)
         except UserError:
             saved = None
     if saved is None:

@@ -18,6 +18,7 @@ from svldrl import config as C
 from svldrl.bench.data import Data
 from svldrl.bench.plan import RESULT_NAME, Run
 from svldrl.data.io import json_default, write_text
+from svldrl.methods import section_owners
 from svldrl.reporter import Reporter
 
 
@@ -53,7 +54,9 @@ def execute_run(run: Run, data: Data, reporter: Reporter, train_reporter: Report
         scores[tag] = {"dice": fg["Dice"], "iou": fg["IoU"], "hd95": fg["HD95"], "asd": fg["ASD"]}
         n_test = len(summary["metric_per_case"])
     predict_seconds = time.monotonic() - t0
-    saved = C.load_config([run.dir / "config.yaml"]).as_dict()  # as written: resolved from the data
+    saved = C.load_config(
+        [run.dir / "config.yaml"], owners=section_owners(), saved=True
+    ).as_dict()  # as written: resolved from the data
     result = {
         "method": run.method.name,
         "noise": run.noise,

@@ -51,7 +51,7 @@ def load_run(
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise UserError("not a run folder (no config.yaml)", run)
-    cfg = C.load_config([cfg_path], owners=section_owners())
+    cfg = C.load_config([cfg_path], owners=section_owners(), saved=True)
     method = get_method(cfg.method)
     return method, load_network(method, cfg, run, checkpoint, device), cfg
 

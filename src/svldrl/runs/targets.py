@@ -104,7 +104,7 @@ def run_config(run: str | Path) -> Config:
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UserError("--from: not a run folder (no config.yaml)", run)
-    return C.load_config([path], owners=section_owners())
+    return C.load_config([path], owners=section_owners(), saved=True)
 
 
 def _restore_targets(trainer: Any, run: Path) -> None:
