@@ -269,3 +269,17 @@ def test_resume_refuses_a_budget_below_the_iterations_done(dataset: Path, tmp_pa
     assert main([*argv, "--iterations", "6", "--resume"]) == 0
     assert load_checkpoint(run / "checkpoint_final.pt")["iteration"] == 6
     assert C.load_config([run / "config.yaml"]).train.iterations == 6
+
+
+def test_checkpointed_plain_data_with_numpy_scalars_loads_back(tmp_path: Path) -> None:
+    """Method notes hold NumPy numbers (a band's look-alike share); checkpoints load with weights_only, which
+    refuses NumPy objects: they are saved as Python numbers."""
+    from svldrl.engine.checkpoint import attribute_state, save_checkpoint
+
+    notes = {
+        "case": {"band_lookalike_share": np.float64(0.03), "band_width": np.int64(4), "band": "corrected"}
+    }
+    path = save_checkpoint(tmp_path / "c.pt", {"extra": {"target_notes": attribute_state(notes)}})
+    back = load_checkpoint(path)["extra"]["target_notes"]
+    assert back == {"case": {"band_lookalike_share": 0.03, "band_width": 4, "band": "corrected"}}
+    assert type(back["case"]["band_width"]) is int

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from svldrl import __version__
@@ -115,7 +116,19 @@ def attribute_state(value: Any) -> Any:
         return value.state_dict()
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().clone()
-    return None if value is None else copy.deepcopy(value)
+    return None if value is None else _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy with NumPy scalars as Python numbers: checkpoints load with ``weights_only``, which refuses
+    NumPy objects."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return copy.deepcopy(value)
 
 
 def load_attribute(owner: Any, name: str, saved: Any) -> None:
