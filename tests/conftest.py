@@ -47,3 +47,24 @@ def dataset(phantom_root: Path, tmp_path: Path) -> Path:
     dst = tmp_path / phantom_root.name
     shutil.copytree(phantom_root, dst)
     return dst
+
+
+class Killed(Exception):
+    """A simulated kill of a training run."""
+
+
+def kill_at_second_validation(monkeypatch: pytest.MonkeyPatch, trainer_cls: type, start) -> None:
+    """Run ``start()`` (a training of ``trainer_cls``) killed at its second validation, after the first epoch's
+    checkpoint; ``trainer_cls.validate`` is itself again afterwards."""
+    original, calls = trainer_cls.validate, {"n": 0}
+
+    def crash_on_second_validation(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Killed
+        return original(self)
+
+    monkeypatch.setattr(trainer_cls, "validate", crash_on_second_validation)
+    with pytest.raises(Killed):
+        start()
+    monkeypatch.setattr(trainer_cls, "validate", original)

@@ -22,7 +22,7 @@ from svldrl.methods.kit.targets import mtcl_correct
 from svldrl.rules import band_flags, cl_thresholds, class_confidence_sums, confident_learning_flags, overlap
 from svldrl.runs import train
 from svldrl.settings import Config
-from tests.conftest import TINY
+from tests.conftest import TINY, kill_at_second_validation
 
 # ------------------------------------------------------------------ coteaching
 
@@ -436,28 +436,15 @@ def test_method_trains_and_checkpoints(
         assert float(rows[-1]["charts/target_changed"]) > 0 and any(soft[2:]) and not any(soft[:2])
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_mtcl_resume_matches_uninterrupted_run(dataset: Path, tmp_path: Path, monkeypatch) -> None:
     """Teacher, corrected targets and generator come back, so a killed and resumed run ends where an
     uninterrupted one does."""
     cfg = _cfg("mtcl", "train.deterministic=true", "train.iterations=6")
     full = train(dataset, "clean", tmp_path / "full", C.load_config(overrides=[], base=cfg))
-    trainer_cls = get_method("mtcl")
-    original, calls = trainer_cls.validate, {"n": 0}
-
-    def crash_on_second_validation(self):  # killed in epoch 1, after epoch 0's checkpoint
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Crash
-        return original(self)
-
-    monkeypatch.setattr(trainer_cls, "validate", crash_on_second_validation)
-    with pytest.raises(_Crash):
-        train(dataset, "clean", tmp_path / "killed", C.load_config(overrides=[], base=cfg))
-    monkeypatch.setattr(trainer_cls, "validate", original)
+    killed = C.load_config(overrides=[], base=cfg)  # killed in epoch 1, after epoch 0's checkpoint
+    kill_at_second_validation(
+        monkeypatch, get_method("mtcl"), lambda: train(dataset, "clean", tmp_path / "killed", killed)
+    )
     # epoch 0 ended after the warmup (2 of 6 steps > 30%), so the checkpoint holds corrected targets
     assert float(next(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))["charts/target_changed"]) > 0
     resumed = train(

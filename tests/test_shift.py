@@ -25,7 +25,7 @@ from svldrl.methods import get_method
 from svldrl.methods.kit.targets import trusted_shift_update
 from svldrl.reporter import Reporter
 from svldrl.rules import boundary_shift, estimate_shift, overlap, shift_boundary
-from tests.conftest import TINY
+from tests.conftest import TINY, kill_at_second_validation
 
 TRUSTED = ["phantom_000", "phantom_001"]
 SPACING = (1.0, 1.0, 1.5)  # the phantoms' voxels (mm)
@@ -168,24 +168,22 @@ def test_clean_masks_and_missing_trusted_cases_are_left_as_given(dataset: Path, 
     assert "no trusted validation cases" in capsys.readouterr().err
 
 
-def test_supervised_shift_logs_its_estimate(dataset: Path, tmp_path: Path):
-    _noisy_set(
-        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
-    )
-    out = tmp_path / "run"
+GROWN = {
+    cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]
+}  # mm; 000-001 trusted
+
+
+def _train_grown(dataset: Path, run: Path, *argv: str) -> list[dict[str, str]]:
+    """Train on the GROWN masks from the command line (``argv``: the method or preset); the metrics.csv rows."""
+    _noisy_set(dataset, "grown", GROWN)
     sets = sum((["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1"]), [])
-    argv = [
-        "train",
-        str(dataset),
-        "--method",
-        "supervised_shift",
-        "--labels",
-        "noisy/grown",
-        "--out",
-        str(out),
-    ]
-    assert main([*argv, *sets, "--quiet"]) == 0
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    cmd = ["train", str(dataset), *argv, "--labels", "noisy/grown", "--out", str(run), *sets, "--quiet"]
+    assert main(cmd) == 0
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def test_supervised_shift_logs_its_estimate(dataset: Path, tmp_path: Path):
+    rows = _train_grown(dataset, tmp_path / "run", "--method", "supervised_shift")
     logged = [r for r in rows if r.get("charts/shift_mm")]
     assert logged and all(
         r["charts/shift_se_mm"] and float(r["charts/shift_applied"]) in (0, 1) for r in logged
@@ -196,36 +194,16 @@ def test_supervised_shift_logs_its_estimate(dataset: Path, tmp_path: Path):
 def test_recommended_preset_undoes_the_shift_only_with_trusted_cases(
     dataset: Path, tmp_path: Path, trusted: bool
 ):
-    _noisy_set(
-        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
-    )
-    out = tmp_path / "run"
-    sets = sum((["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1"]), [])
-    argv = ["train", str(dataset), "--preset", "recommended", "--labels", "noisy/grown", "--out", str(out)]
-    argv += [] if trusted else ["--trusted", "none"]
-    assert main([*argv, *sets, "--quiet"]) == 0
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    argv = ["--preset", "recommended", *([] if trusted else ["--trusted", "none"])]
+    rows = _train_grown(dataset, tmp_path / "run", *argv)
     assert any(r.get("charts/shift_mm") for r in rows) == trusted
     assert all(r.get("charts/band_abstained") for r in rows)  # the band update ran either way
 
 
 def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_path: Path, capsys):
-    _noisy_set(
-        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
-    )
     run = tmp_path / "run"
-    sets = sum((["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1"]), [])
-    argv = [
-        "train",
-        str(dataset),
-        "--method",
-        "supervised_shift",
-        "--labels",
-        "noisy/grown",
-        "--out",
-        str(run),
-    ]
-    assert main([*argv, *sets, "--quiet"]) == 0
+    _train_grown(dataset, run, "--method", "supervised_shift")
+    sets = sum((["--set", s] for s in [*TINY, "train.threads=1"]), [])
     out = tmp_path / "targets"
     assert main(["targets", str(dataset), "--from", str(run), "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "targets.json").read_text())
@@ -256,7 +234,7 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
     )
     assert "--from takes the run's own settings; leave out --labels" in capsys.readouterr().err
     plain = tmp_path / "plain"
-    assert main(["train", str(dataset), "--out", str(plain), *sets[:-2], "--quiet"]) == 0
+    assert main(["train", str(dataset), "--out", str(plain), *sets, "--quiet"]) == 0
     capsys.readouterr()
     assert (
         main(["targets", str(dataset), "--from", str(plain), "--out", str(tmp_path / "t3"), "--quiet"]) == 2
@@ -272,9 +250,7 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
     from svldrl.engine.checkpoint import load_checkpoint
     from svldrl.runs import train
 
-    _noisy_set(
-        dataset, "grown", {cid: 2 for cid in ["phantom_002", "phantom_003", "phantom_004", "phantom_005"]}
-    )
+    _noisy_set(dataset, "grown", GROWN)
     sets = [
         *TINY,
         "method=supervised_shift",
@@ -283,18 +259,12 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         "train.deterministic=true",
     ]
     full = train(dataset, "noisy/grown", tmp_path / "full", C.load_config(overrides=sets))
-    cls, original, calls = get_method("supervised_shift"), get_method("supervised_shift").validate, {"n": 0}
-
-    def crash_on_second_validation(self):  # killed in epoch 1, after epoch 0's checkpoint
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(cls, "validate", crash_on_second_validation)
-    with pytest.raises(KeyboardInterrupt):
-        train(dataset, "noisy/grown", tmp_path / "killed", C.load_config(overrides=sets))
-    monkeypatch.setattr(cls, "validate", original)
+    killed = tmp_path / "killed"
+    kill_at_second_validation(
+        monkeypatch,
+        get_method("supervised_shift"),
+        lambda: train(dataset, "noisy/grown", killed, C.load_config(overrides=sets)),
+    )
     resumed = train(dataset, "noisy/grown", tmp_path / "killed", C.load_config(overrides=sets), resume=True)
     a, b = load_checkpoint(full / "checkpoint_final.pt"), load_checkpoint(resumed / "checkpoint_final.pt")
     for k in a["model"]:

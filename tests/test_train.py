@@ -17,7 +17,7 @@ from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.errors import UserError
 from svldrl.runs import train
 from svldrl.settings import Config
-from tests.conftest import TINY
+from tests.conftest import TINY, kill_at_second_validation
 
 
 def _cfg(*extra: str) -> Config:
@@ -75,10 +75,6 @@ def test_predict_larger_than_patch(dataset: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(img.affine, affine)
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_resume_continues_log_and_matches_uninterrupted(dataset: Path, tmp_path: Path, monkeypatch) -> None:
     cfg = _cfg("train.deterministic=true")
     full = train(
@@ -87,19 +83,8 @@ def test_resume_continues_log_and_matches_uninterrupted(dataset: Path, tmp_path:
 
     from svldrl.engine.trainer import Trainer
 
-    original = Trainer.validate
-    calls = {"n": 0}
-
-    def crash_on_second_validation(self):  # the kill lands after epoch 1's checkpoint
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Crash
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "validate", crash_on_second_validation)
-    with pytest.raises(_Crash):
-        train(dataset, "clean", tmp_path / "killed", cfg)
-    monkeypatch.setattr(Trainer, "validate", original)
+    # the kill lands after epoch 1's checkpoint
+    kill_at_second_validation(monkeypatch, Trainer, lambda: train(dataset, "clean", tmp_path / "killed", cfg))
     assert not (tmp_path / "killed" / "checkpoint_final.pt").exists()
     resumed = train(
         dataset,
