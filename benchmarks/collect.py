@@ -64,6 +64,15 @@ SECTIONS = [
         "is NOT on its plateau there: methods are compared at equal budget, below it.",
     ),
     (
+        "phantom_trusted",
+        "A trusted subset: 8 of 48 masks trusted (`benchmarks/phantom_trusted.yaml`)",
+        "phantom_converged's easy phantoms and budget (2000 iterations, 40 test cases, 3 seeds) with 8 training cases "
+        "left clean by the noise and recorded as trusted: they validate and select checkpoints and teach the "
+        "trusted shift (docs/method.md section 14). Run in part (2026-12-06, its header says which rows and "
+        "settings); the clean-mask oracle is phantom_converged's plain training on the same clean masks. The "
+        "shift's settings were chosen on a development draw of phantoms (seed 101) and the caudate, never here.",
+    ),
+    (
         "phantom_converged",
         "Methods where models are trained out (`benchmarks/phantom_converged.yaml`)",
         "The comparison that counts (docs/method.md sections 10-11): the easy 40^3 phantoms, where plain training "
