@@ -292,7 +292,8 @@ class RL:
     )
     shift_every: int = setting(
         4,
-        "shift target update: epochs between its estimates (each segments every training and trusted case)",
+        "shift target update: epochs between its estimates in supervised_shift and supervised_band (each segments "
+        "every training and trusted case); SVL-DRL's rl.target_update=shift runs at every epoch end after stage 1",
         range=(1, 1e9),
         origin="ours",
     )
