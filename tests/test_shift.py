@@ -182,8 +182,13 @@ def _train_grown(dataset: Path, run: Path, *argv: str) -> list[dict[str, str]]:
     return list(csv.DictReader((run / "metrics.csv").open()))
 
 
-def test_supervised_shift_logs_its_estimate(dataset: Path, tmp_path: Path):
-    rows = _train_grown(dataset, tmp_path / "run", "--method", "supervised_shift")
+@pytest.mark.parametrize(
+    "argv",
+    [["--method", "supervised_shift"], ["--method", "svldrl", "--set", "rl.target_update=shift"]],
+    ids=["supervised_shift", "svldrl"],
+)
+def test_the_shift_update_logs_its_estimate(dataset: Path, tmp_path: Path, argv: list[str]):
+    rows = _train_grown(dataset, tmp_path / "run", *argv)
     logged = [r for r in rows if r.get("charts/shift_mm")]
     assert logged and all(
         r["charts/shift_se_mm"] and float(r["charts/shift_applied"]) in (0, 1) for r in logged
