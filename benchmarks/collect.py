@@ -64,6 +64,14 @@ SECTIONS = [
         "is NOT on its plateau there: methods are compared at equal budget, below it.",
     ),
     (
+        "real_anatomy_trusted",
+        "A trusted subset on real anatomy: 8 of 48 masks trusted (`benchmarks/real_anatomy_trusted.yaml`)",
+        "real_anatomy's putamen, crops and budget (1000 iterations, 40 test crops of the right hemisphere, 3 seeds) "
+        "with 8 training cases left clean by the noise and recorded as trusted; the recommended preset, whose band "
+        "keeps every putamen mask, so the row is the trusted shift (docs/method.md section 14). Plain training, the "
+        "preset without trusted cases and the clean-mask oracle on the same crops: real_anatomy above.",
+    ),
+    (
         "phantom_trusted",
         "A trusted subset: 8 of 48 masks trusted (`benchmarks/phantom_trusted.yaml`)",
         "phantom_converged's easy phantoms and budget (2000 iterations, 40 test cases, 3 seeds) with 8 training cases "
@@ -380,6 +388,14 @@ def readme_md(changed: list[str] | None = None) -> str:
         ),
         "phantom_standard_converged_dice": section(
             RESULTS / "phantom_standard_converged" / "results.md",
+            "## Dice by method and setting (final checkpoint)",
+        ),
+        "real_anatomy_trusted_dice": section(
+            RESULTS / "real_anatomy_trusted" / "results.md",
+            "## Dice by method and setting (final checkpoint)",
+        ),
+        "phantom_trusted_dice": section(
+            RESULTS / "phantom_trusted" / "results.md",
             "## Dice by method and setting (final checkpoint)",
         ),
         "phantom_converged": section(converged, "## Where noise hurts"),
