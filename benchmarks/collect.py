@@ -72,6 +72,12 @@ SECTIONS = [
         "preset without trusted cases and the clean-mask oracle on the same crops: real_anatomy above.",
     ),
     (
+        "shift_cost",
+        "What the trusted shift costs (`benchmarks/shift_cost.py`)",
+        "The update's extra time as a ratio to the same run without it, from each run's own epochs (validating epochs "
+        "with and without the update), so that it holds on a shared machine.",
+    ),
+    (
         "phantom_trusted",
         "A trusted subset: 8 of 48 masks trusted (`benchmarks/phantom_trusted.yaml`)",
         "phantom_converged's easy phantoms and budget (2000 iterations, 40 test cases, 3 seeds) with 8 training cases "

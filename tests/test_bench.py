@@ -306,15 +306,22 @@ def test_eta_counts_runs_finished_before_a_resume(tmp_path: Path) -> None:
 
 def test_a_key_newer_than_a_saved_run_differs_only_when_asked_off_its_default() -> None:
     """Runs saved before a config key existed stay valid while the key is asked at its default."""
-    asked = {"nets": {"heads": "decoders", "rl_grad_into_shared": True}, "rl": {"t_max": 3}}
-    saved = {"nets": {"heads": "decoders"}, "rl": {"t_max": 3}}
+    asked = {
+        "method": "svldrl",
+        "nets": {"heads": "decoders", "rl_grad_into_shared": True},
+        "rl": {"t_max": 3},
+    }
+    saved = {"method": "svldrl", "nets": {"heads": "decoders"}, "rl": {"t_max": 3}}
     assert bench_plan.config_differences(asked, saved) == []
     asked["nets"]["rl_grad_into_shared"] = False
     assert bench_plan.config_differences(asked, saved) == [
         "nets.rl_grad_into_shared: None there, False asked"
     ]
-    changed = {"nets": {"heads": "decoders"}, "rl": {"t_max": 1}}
+    changed = {"method": "svldrl", "nets": {"heads": "decoders"}, "rl": {"t_max": 1}}
     assert bench_plan.config_differences(changed, saved) == ["rl.t_max: 3 there, 1 asked"]
+    # a section the method does not read changes nothing it computes (its keys sit at the defaults of their day)
+    plain = {**changed, "method": "supervised"}
+    assert bench_plan.config_differences(plain, {**saved, "method": "supervised"}) == []
 
 
 def test_a_key_introduced_with_a_new_default_compares_with_what_older_runs_did() -> None:

@@ -211,3 +211,24 @@ def test_band_safety_reports_the_guarded_and_unguarded_targets_per_set(tmp_path:
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Development sets" in md and "| tiny (3) | given | 1.000 |" in md
     assert len(list(csv.DictReader(open(tmp_path / "out" / "results.csv")))) == 4
+
+
+def test_shift_cost_takes_the_updates_extra_seconds_from_inside_each_run(tmp_path: Path) -> None:
+    """Validating epochs with the update against those without it, in the same run: 4 validating epochs of 10 s,
+    2 of them with the update at 16 s, 4 other epochs of 5 s: 12 extra seconds of 72."""
+    shift_cost = _script("shift_cost")
+    run = tmp_path / "bench" / "runs" / "dilate_t8" / "recommended" / "seed0"
+    run.mkdir(parents=True)
+    rows = [("10", "0.5", ""), ("5", "nan", ""), ("10", "0.6", ""), ("5", "nan", "")]
+    rows += [("16", "0.7", "2.0"), ("5", "nan", ""), ("16", "0.8", "2.1"), ("5", "nan", "")]
+    text = "epoch,epoch_time,val_dice,charts/shift_mm\n" + "".join(
+        f"{i},{t},{v},{s}\n" for i, (t, v, s) in enumerate(rows)
+    )
+    (run / "metrics.csv").write_text(text)
+    assert shift_cost.run_ratio(run / "metrics.csv") == pytest.approx(72 / 60)
+    plain = tmp_path / "bench" / "runs" / "dilate_t8" / "supervised_all" / "seed0"
+    plain.mkdir(parents=True)
+    (plain / "metrics.csv").write_text("epoch,epoch_time,val_dice\n0,5,0.5\n")
+    assert shift_cost.main([str(tmp_path / "bench"), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| bench | recommended | 1 | 1.20 |" in md and "supervised_all" not in md
