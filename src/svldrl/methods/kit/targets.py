@@ -293,7 +293,8 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
     """
     rl = trainer.cfg.rl
     base = trainer.given if base is None else base
-    trusted = [cid for cid in trainer.val_ids if cid in set(trainer.trusted_ids)]
+    is_trusted = set(trainer.trusted_ids)
+    trusted = [cid for cid in trainer.val_ids if cid in is_trusted]
     estimate, per_case, residuals = ShiftEstimate(math.nan, math.nan, [], []), [0.0] * len(base), []
     g_spacing = case_spacing(trainer, trainer.train_ids)
     if trusted and not set(trusted) & set(trainer.train_ids):
