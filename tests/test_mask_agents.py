@@ -100,3 +100,112 @@ def test_agents_trained_on_trusted_cases_move_the_other_cases_masks_towards_the_
     gains = [_label_dice_gain(_train(cases, seed, +1.0), cases) for seed in (0, 1)]
     assert min(gains) > 0.03 and np.mean(gains) > 3 * np.std(gains), gains
     assert _label_dice_gain(_train(cases, 0, -1.0, steps=100), cases) < 0
+
+
+# ------------------------------------------------------------------ supervised_agents: the update on a trainer
+
+
+def _agents_trainer(dataset: Path, out: Path):
+    """A supervised_agents trainer on masks grown by 2 mm, phantom_000-001 trusted (tests/test_shift.py's set)."""
+    from svldrl.methods import get_method
+    from svldrl.reporter import Reporter
+    from tests.conftest import TINY
+    from tests.test_shift import GROWN, _noisy_set
+
+    _noisy_set(dataset, "grown", GROWN)
+    cfg = C.load_config(
+        overrides=[*TINY, "method=supervised_agents", "train.threads=1", "rl.agent_episodes=1"]
+    )
+    ds = load_dataset(dataset, "noisy/grown", trusted="auto")
+    return get_method("supervised_agents")(cfg, ds, out, reporter=Reporter(quiet=False))
+
+
+def _clean_of(dataset: Path):
+    import nibabel as nib
+
+    def clean(cid: str) -> np.ndarray:
+        return np.asarray(nib.load(str(dataset / "labelsTr" / f"{cid}.nii.gz")).dataobj) > 0
+
+    return clean
+
+
+@pytest.mark.parametrize("agents", ["right", "eroding"])
+def test_the_agents_correct_the_given_masks_only_if_they_keep_the_trusted_ones(
+    dataset: Path, tmp_path: Path, monkeypatch, capsys, agents: str
+) -> None:
+    """Agents that take every mask to the truth rewrite the targets to the truth; agents that erode every mask (they
+    also move the trusted masks) leave the given masks as they are."""
+    import svldrl.methods.kit.agents as K
+
+    trainer = _agents_trainer(dataset, tmp_path / "run")
+    clean = _clean_of(dataset)
+    truth = {id(img): clean(cid) for img, cid in zip(trainer.images, trainer.train_ids, strict=True)}
+    truth.update({id(img): clean(cid) for img, cid in zip(trainer.val_images, trainer.val_ids, strict=True)})
+    ball = ndimage.generate_binary_structure(3, 1)
+
+    def fake(trainer_, image, mask):
+        if agents == "eroding":
+            return ndimage.binary_erosion(mask, ball)
+        # the truth of the case whose image this is (the trusted ones come zero-padded to the patch)
+        for img in [*trainer.images, *trainer.val_images]:
+            if img.shape <= image.shape and np.array_equal(img, image[tuple(slice(0, n) for n in img.shape)]):
+                out = np.zeros(mask.shape, bool)
+                out[tuple(slice(0, n) for n in img.shape)] = truth[id(img)]
+                return out
+        raise AssertionError("an image the trainer does not hold")
+
+    monkeypatch.setattr(K, "train_agents", lambda *a: {})
+    monkeypatch.setattr(K, "correct", fake)
+    logs = K.trusted_agents_update(trainer)
+    label_dice = [
+        overlap(t >= 0.5, truth[id(img)])[0] for t, img in zip(trainer.targets, trainer.images, strict=True)
+    ]
+    if agents == "right":
+        assert logs["charts/agents_applied"] == 1.0 and logs["charts/agents_keep"] == 1.0
+        assert min(label_dice) == 1.0 and logs["charts/target_changed"] > 0
+        assert "applied to the given masks" in capsys.readouterr().err
+    else:
+        assert logs["charts/agents_applied"] == 0.0 and logs["charts/agents_keep"] < 0.99
+        assert all((t == g).all() for t, g in zip(trainer.targets, trainer.given, strict=True))
+        assert "the given masks stay" in capsys.readouterr().err
+    assert {trainer.target_notes[c]["agents"] for c in trainer.train_ids} == {
+        "corrected" if agents == "right" else "kept"
+    }
+
+
+def test_supervised_agents_trains_from_the_command_line_and_logs_its_check(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """With trusted cases the agents train and their check is in metrics.csv; without, it trains as supervised."""
+    import csv
+
+    from svldrl.cli import main
+    from tests.conftest import TINY
+    from tests.test_shift import GROWN, _noisy_set
+
+    _noisy_set(dataset, "grown", GROWN)
+    sets = sum(
+        (["--set", s] for s in [*TINY, "train.threads=1", "rl.shift_every=1", "rl.agent_episodes=2"]), []
+    )
+    for labels, logged in (("noisy/grown", True), ("clean", False)):
+        run = tmp_path / labels.replace("/", "_")
+        argv = ["train", str(dataset), "--method", "supervised_agents", "--labels", labels, "--out", str(run)]
+        assert main([*argv, *sets, "--quiet"]) == 0
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+        checks = [r for r in rows if r.get("charts/agents_keep")]
+        assert bool(checks) == logged
+        if logged:
+            assert all(float(r["charts/agents_applied"]) in (0, 1) and r["agents/entropy"] for r in checks)
+
+
+def test_warm_started_agents_read_the_segmentations_features_and_keep_masks_until_trained() -> None:
+    from svldrl.methods.kit.agents import warm_start
+
+    torch.manual_seed(0)
+    seg = build_network(Nets(features=[4, 8, 16, 32]), in_channels=1, rl_heads=False)
+    agents = build_network(Nets(features=[4, 8, 16, 32], heads="light"), in_channels=1, aux_channels=1)
+    warm_start(agents, seg)
+    x = torch.randn(1, 1, 32, 32, 32)
+    torch.testing.assert_close(agents.trunk(x, ("policy",))["policy"], seg.trunk(x, ("seg",))["seg"])
+    q = (torch.rand(1, 1, 32, 32, 32) > 0.5).float()
+    assert torch.equal(greedy_mask(agents, x, q, 5), q)

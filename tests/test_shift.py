@@ -249,25 +249,27 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
     assert not (tmp_path / "t3").exists()
 
 
-def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Path, monkeypatch):
-    """The corrected targets and their notes are in the checkpoint: a killed and resumed run ends where an
-    uninterrupted one does."""
+@pytest.mark.parametrize("method", ["supervised_shift", "supervised_agents"])
+def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Path, monkeypatch, method: str):
+    """The corrected targets and their notes (and the mask agents with their optimiser) are in the checkpoint: a
+    killed and resumed run ends where an uninterrupted one does."""
     from svldrl.engine.checkpoint import load_checkpoint
     from svldrl.runs import train
 
     _noisy_set(dataset, "grown", GROWN)
     sets = [
         *TINY,
-        "method=supervised_shift",
+        f"method={method}",
         "train.threads=1",
         "rl.shift_every=1",
+        "rl.agent_episodes=2",
         "train.deterministic=true",
     ]
     full = train(dataset, "noisy/grown", tmp_path / "full", C.load_config(overrides=sets))
     killed = tmp_path / "killed"
     kill_at_second_validation(
         monkeypatch,
-        get_method("supervised_shift"),
+        get_method(method),
         lambda: train(dataset, "noisy/grown", killed, C.load_config(overrides=sets)),
     )
     resumed = train(dataset, "noisy/grown", tmp_path / "killed", C.load_config(overrides=sets), resume=True)
@@ -277,3 +279,6 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
     for ta, tb in zip(a["extra"]["targets"], b["extra"]["targets"], strict=True):
         torch.testing.assert_close(ta, tb)
     assert a["extra"]["target_notes"] == b["extra"]["target_notes"] and a["extra"]["target_notes"]
+    if method == "supervised_agents":
+        for k in a["extra"]["agents"]:
+            torch.testing.assert_close(a["extra"]["agents"][k], b["extra"]["agents"][k], msg=k)

@@ -309,6 +309,24 @@ class RL:
         "(the shift target update on top of the band's); without trusted cases it changes nothing",
         origin="ours",
     )
+    agent_episodes: int = setting(
+        50,
+        "supervised_agents: episodes of the mask agents on the trusted cases at each update (every "
+        "rl.shift_every epochs after the warm-up); PixelRL's recipe otherwise (rl/mask.py: 5 steps, gamma 0.95, "
+        "entropy 0.01)",
+        range=(1, 1e9),
+        origin="ours",
+    )
+    agent_lr: float = setting(
+        3e-3, "supervised_agents: Adam learning rate of the agents' network", range=(0.0, 1.0), origin="ours"
+    )
+    agent_keep: float = setting(
+        0.99,
+        "supervised_agents: the agents correct the given masks only if they keep the trusted masks at this label "
+        "Dice against themselves (a correction that moves right masks would move right given masks too)",
+        range=(0.0, 1.0),
+        origin="ours",
+    )
     tau: float = setting(0.9, "confidence of the target update", range=(0.5, 1.0), origin="ours")
     async_workers: int = setting(
         0, "Hogwild workers sharing the model (A3C); 0: synchronous, batched, DDP-ready", range=(0, 256)

@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "supervised_confident": "svldrl.methods.confident:SupervisedConfidentTrainer",
     "supervised_band": "svldrl.methods.band:SupervisedBandTrainer",
     "supervised_shift": "svldrl.methods.shift:SupervisedShiftTrainer",
+    "supervised_agents": "svldrl.methods.agents:SupervisedAgentsTrainer",
     "tloss_band": "svldrl.methods.tloss:TLossBandTrainer",
     "svldrl": "svldrl.methods.svldrl:SVLDRLTrainer",
     "coteaching": "svldrl.methods.coteaching:CoTeachingTrainer",

@@ -22,9 +22,11 @@ patches, their masks and a seeded generator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from monai.inferers import sliding_window_inference
 from torch import nn
 
 from svldrl.rl.a3c import a3c_losses, n_step_returns, sample_actions
@@ -98,11 +100,25 @@ def mask_episode(
 
 
 @torch.no_grad()
-def greedy_mask(net: nn.Module, x: torch.Tensor, q0: torch.Tensor, steps: int) -> torch.Tensor:
+def greedy_mask(
+    net: nn.Module, x: torch.Tensor, q0: torch.Tensor, steps: int, roi: Sequence[int] | None = None
+) -> torch.Tensor:
     """The mask after ``steps`` greedy steps (argmax action per voxel) from ``q0``: how trained agents correct
-    a given mask."""
-    feats = net.trunk(x, heads=("policy",))
+    a given mask. ``roi``: each step's policy by MONAI's sliding windows of that size (whole volumes of any
+    size); None: one pass over ``x`` as it is (a size the network divides)."""
     q = q0.to(x.dtype)
+    if roi is None:
+        feats = net.trunk(x, heads=("policy",))
+        for _ in range(steps):
+            q = mask_step(q, net.tail(feats, ("policy",), aux=q)["policy"].argmax(dim=1, keepdim=True))
+        return q
+
+    def policy(z: torch.Tensor) -> torch.Tensor:  # window of (image, mask) -> action logits
+        return net.tail(net.trunk(z[:, :1], heads=("policy",)), ("policy",), aux=z[:, 1:])["policy"]
+
     for _ in range(steps):
-        q = mask_step(q, net.tail(feats, ("policy",), aux=q)["policy"].argmax(dim=1, keepdim=True))
+        logits = sliding_window_inference(
+            torch.cat([x, q], 1), tuple(roi), 1, policy, overlap=0.5, mode="gaussian"
+        )
+        q = mask_step(q, logits.argmax(dim=1, keepdim=True))
     return q
