@@ -68,7 +68,8 @@ SECTIONS = [
         "A trusted subset on real anatomy: 8 of 48 masks trusted (`benchmarks/real_anatomy_trusted.yaml`)",
         "real_anatomy's putamen, crops and budget (1000 iterations, 40 test crops of the right hemisphere, 3 seeds) "
         "with 8 training cases left clean by the noise and recorded as trusted; the recommended preset, whose band "
-        "keeps every putamen mask, so the row is the trusted shift (docs/method.md section 14). Plain training, the "
+        "keeps every putamen mask, so the row is the trusted shift (docs/method.md section 14); the rows "
+        "`supervised_shift` and `supervised_agents` are in the config and not run yet. Plain training, the "
         "preset without trusted cases and the clean-mask oracle on the same crops: real_anatomy above.",
     ),
     (
@@ -82,7 +83,8 @@ SECTIONS = [
         "A trusted subset: 8 of 48 masks trusted (`benchmarks/phantom_trusted.yaml`)",
         "phantom_converged's easy phantoms and budget (2000 iterations, 40 test cases, 3 seeds) with 8 training cases "
         "left clean by the noise and recorded as trusted: they validate and select checkpoints and teach the "
-        "trusted shift (docs/method.md section 14). Run in part (2026-12-06, its header says which rows and "
+        "trusted shift (docs/method.md section 14) and the mask agents (`supervised_agents`, section 15, whose no-RL "
+        "counterpart is `supervised_shift`). Run in part (2026-12-06, its header says which rows and "
         "settings); the clean-mask oracle is phantom_converged's plain training on the same clean masks. The "
         "shift's settings were chosen on a development draw of phantoms (seed 101) and the caudate, never here.",
     ),
