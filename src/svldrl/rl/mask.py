@@ -22,11 +22,12 @@ patches, their masks and a seeded generator.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.inferers import sliding_window_inference
+from monai.data.utils import compute_importance_map
 from torch import nn
 
 from svldrl.rl.a3c import a3c_losses, n_step_returns, sample_actions
@@ -104,21 +105,34 @@ def greedy_mask(
     net: nn.Module, x: torch.Tensor, q0: torch.Tensor, steps: int, roi: Sequence[int] | None = None
 ) -> torch.Tensor:
     """The mask after ``steps`` greedy steps (argmax action per voxel) from ``q0``: how trained agents correct
-    a given mask. ``roi``: each step's policy by MONAI's sliding windows of that size (whole volumes of any
-    size); None: one pass over ``x`` as it is (a size the network divides)."""
+    a given mask. ``roi``: by windows of that size (the size the agents trained on; volumes at least that large),
+    else in one pass over ``x`` as it is (a size the network divides).
+
+    Hand-written rather than MONAI's ``sliding_window_inference``: that runs the whole network on every window at
+    every step, where the image's features (the trunk) are the same at each step and only the mask's tail
+    changes, so here each window's trunk runs once. Windows overlap by half and their logits are blended with
+    MONAI's Gaussian importance map, as at test time.
+    """
     q = q0.to(x.dtype)
     if roi is None:
         feats = net.trunk(x, heads=("policy",))
         for _ in range(steps):
             q = mask_step(q, net.tail(feats, ("policy",), aux=q)["policy"].argmax(dim=1, keepdim=True))
         return q
-
-    def policy(z: torch.Tensor) -> torch.Tensor:  # window of (image, mask) -> action logits
-        return net.tail(net.trunk(z[:, :1], heads=("policy",)), ("policy",), aux=z[:, 1:])["policy"]
-
+    shape = x.shape[2:]
+    starts = [sorted({*range(0, s - r + 1, max(r // 2, 1)), s - r}) for s, r in zip(shape, roi, strict=True)]
+    windows = [
+        (slice(None), slice(None), *(slice(a, a + r) for a, r in zip(corner, roi, strict=True)))
+        for corner in itertools.product(*starts)
+    ]
+    feats = [net.trunk(x[w], heads=("policy",)) for w in windows]
+    importance = compute_importance_map(tuple(roi), mode="gaussian", device=x.device).to(x.dtype)
+    norm = torch.zeros_like(x)
+    for w in windows:
+        norm[w] += importance
     for _ in range(steps):
-        logits = sliding_window_inference(
-            torch.cat([x, q], 1), tuple(roi), 1, policy, overlap=0.5, mode="gaussian"
-        )
-        q = mask_step(q, logits.argmax(dim=1, keepdim=True))
+        logits = torch.zeros((x.shape[0], len(MASK_ACTIONS), *shape), dtype=x.dtype, device=x.device)
+        for w, f in zip(windows, feats, strict=True):
+            logits[w] += net.tail(f, ("policy",), aux=q[w])["policy"].to(x.dtype) * importance
+        q = mask_step(q, (logits / norm).argmax(dim=1, keepdim=True))
     return q
