@@ -42,7 +42,14 @@ def test_each_method_declares_its_sections_and_another_methods_key_is_refused() 
     assert get_method("mtcl").sections == ("mtcl",) and get_method("supervised").sections == ()
     owners = section_owners()
     assert {s: set(m) for s, m in owners.items()} == {
-        "rl": {"svldrl", "supervised_confident", "supervised_band", "supervised_shift", "supervised_agents", "tloss_band"},
+        "rl": {
+            "svldrl",
+            "supervised_confident",
+            "supervised_band",
+            "supervised_shift",
+            "supervised_agents",
+            "tloss_band",
+        },
         "coteaching": {"coteaching"},
         "adele": {"adele"},
         "mtcl": {"mtcl"},

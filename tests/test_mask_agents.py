@@ -209,3 +209,25 @@ def test_warm_started_agents_read_the_segmentations_features_and_keep_masks_unti
     torch.testing.assert_close(agents.trunk(x, ("policy",))["policy"], seg.trunk(x, ("seg",))["seg"])
     q = (torch.rand(1, 1, 32, 32, 32) > 0.5).float()
     assert torch.equal(greedy_mask(agents, x, q, 5), q)
+
+
+def test_greedy_steps_by_windows_equal_one_pass_where_one_window_covers_the_volume() -> None:
+    torch.manual_seed(0)
+    net = build_network(Nets(features=[4, 8, 16, 32], heads="light"), in_channels=1, aux_channels=1)
+    x = torch.randn(1, 1, 32, 32, 32)
+    q = (torch.rand(1, 1, 32, 32, 32) > 0.5).float()
+    assert torch.equal(greedy_mask(net, x, q, 3, roi=(32, 32, 32)), greedy_mask(net, x, q, 3))
+    # a larger volume: one step decides as MONAI's sliding windows (overlap 0.5, Gaussian) would
+    from monai.inferers import sliding_window_inference
+
+    from svldrl.rl.mask import mask_step
+
+    big, q0 = torch.randn(1, 1, 40, 48, 40), (torch.rand(1, 1, 40, 48, 40) > 0.5).float()
+
+    def policy(z: torch.Tensor) -> torch.Tensor:
+        return net(z[:, :1], heads=("policy",), aux=z[:, 1:])["policy"]
+
+    with torch.no_grad():
+        logits = sliding_window_inference(torch.cat([big, q0], 1), (32, 32, 32), 1, policy, 0.5, "gaussian")
+    expected = mask_step(q0, logits.argmax(1, keepdim=True))
+    assert (greedy_mask(net, big, q0, 1, roi=(32, 32, 32)) == expected).float().mean() > 0.999
