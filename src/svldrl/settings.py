@@ -320,6 +320,13 @@ class RL:
     agent_lr: float = setting(
         3e-3, "supervised_agents: Adam learning rate of the agents' network", range=(0.0, 1.0), origin="ours"
     )
+    agent_right_share: float = setting(
+        0.5,
+        "supervised_agents: share of the agents' training patches that start from the trusted mask itself (to be "
+        "kept) rather than from the model's mask of the trusted case (to be corrected)",
+        range=(0.0, 1.0),
+        origin="ours",
+    )
     agent_keep: float = setting(
         0.99,
         "supervised_agents: the agents correct the given masks only if they keep the trusted masks at this label "

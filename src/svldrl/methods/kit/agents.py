@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from svldrl.engine import distributed as D
 from svldrl.engine.trainer import Trainer
@@ -71,22 +72,35 @@ def warm_start(agents: torch.nn.Module, seg: torch.nn.Module) -> None:
         conv.bias[KEEP] = 2.0
 
 
+def _centres(model: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a patch may be centred: voxels where the model's mask and the trusted one differ, and voxels of the
+    trusted mask's boundary (each falling back to the other, then to the whole volume, when empty)."""
+    boundary = truth & ~ndimage.binary_erosion(truth)
+    wrong, edge = np.argwhere(model != truth), np.argwhere(boundary)
+    every = np.argwhere(np.ones_like(truth))
+    return (wrong if len(wrong) else edge if len(edge) else every), (edge if len(edge) else every)
+
+
 def train_agents(trainer: Trainer, cases: list, episodes: int) -> dict[str, float]:
-    """``episodes`` episodes of the agents on patches of the trusted cases, from the model's mask towards the
-    trusted one; each patch centred on a voxel where the two differ (or on the trusted boundary when they agree),
-    flipped at random on each axis (8 cases are few)."""
+    """``episodes`` episodes of the agents on patches of the trusted cases, each towards the trusted mask, from
+    the model's mask (a patch centred where the two differ) or, with probability ``rl.agent_right_share``, from the
+    trusted mask itself (centred on its boundary: a right mask must be kept, so the agents must read the image to
+    know which boundary is wrong, not erode every boundary alike); flipped at random on each axis (8 cases are
+    few)."""
     settings = MaskAgentSettings()
     agents, rng, patch = trainer.agents, trainer.rng, trainer.patch
+    right_share = float(trainer.cfg.rl.agent_right_share)
+    centres = [_centres(model, truth) for _, model, truth in cases]
     agents.train()
     logs: dict[str, list[float]] = {}
     for _ in range(episodes):
         xs, qs, gs = [], [], []
         for k in rng.integers(len(cases), size=int(trainer.cfg.train.batch)):
             image, model, truth = cases[k]
-            where = np.argwhere(model != truth)
-            if not len(where):
-                where = np.argwhere(truth) if truth.any() else np.argwhere(np.ones_like(truth))
-            crops = _crop([image, model, truth], where[rng.integers(len(where))], patch)
+            right = rng.random() < right_share
+            where = centres[k][1 if right else 0]
+            start = truth if right else model
+            crops = _crop([image, start, truth], where[rng.integers(len(where))], patch)
             flip = tuple(a for a in range(3) if rng.random() < 0.5)
             x, q, g = (np.flip(c, flip) if flip else c for c in crops)
             xs.append(x)
