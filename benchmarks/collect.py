@@ -74,9 +74,10 @@ SECTIONS = [
     ),
     (
         "shift_cost",
-        "What the trusted shift costs (`benchmarks/shift_cost.py`)",
-        "The update's extra time as a ratio to the same run without it, from each run's own epochs (validating epochs "
-        "with and without the update), so that it holds on a shared machine.",
+        "What the trusted corrections cost (`benchmarks/shift_cost.py`)",
+        "The extra time of the trusted shift's update and of the mask agents' update (`supervised_agents`), as a "
+        "ratio to the same run without it, from each run's own epochs (validating epochs with and without the "
+        "update), so that it holds on a shared machine.",
     ),
     (
         "phantom_trusted",

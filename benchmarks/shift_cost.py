@@ -1,4 +1,5 @@
-"""What the trusted shift update costs, as a ratio to the same run without it, measured inside each run.
+"""What the trusted corrections cost (the trusted shift's update, the mask agents' update), as a ratio to the same
+run without them, measured inside each run.
 
 The update runs every ``rl.shift_every`` (4) epochs after the warm-up, on the epochs that also validate (every 4th
 with ``train.val_every`` 4). Each run's validating epochs before the warm-up (validation only) and after it
@@ -20,13 +21,17 @@ import statistics
 import sys
 from pathlib import Path
 
+#: The column each update logs on the epochs it runs: the trusted shift's, the mask agents'.
+UPDATE_COLUMNS = ("charts/shift_mm", "charts/agents_keep")
+
 
 def run_ratio(metrics: Path) -> float | None:
     """Total epoch time over the same without the update's calls; None for a run that never called it."""
     rows = list(csv.DictReader(metrics.open()))
     val = [r for r in rows if r.get("val_dice") not in ("", "nan", None)]
-    shift = [float(r["epoch_time"]) for r in val if r.get("charts/shift_mm")]
-    plain = [float(r["epoch_time"]) for r in val if not r.get("charts/shift_mm")]
+    updated = [any(r.get(c) for c in UPDATE_COLUMNS) for r in val]
+    shift = [float(r["epoch_time"]) for r, u in zip(val, updated, strict=True) if u]
+    plain = [float(r["epoch_time"]) for r, u in zip(val, updated, strict=True) if not u]
     if not shift or not plain:
         return None
     total = sum(float(r["epoch_time"]) for r in rows)
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"benchmark": folder.name, "setting": setting, "row": row, "seed": seed, "ratio": ratio}
                 )
     if not rows:
-        print("no run with the shift update found", file=sys.stderr)
+        print("no run with the shift or the agents' update found", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
     with (a.out / "results.csv").open("w", newline="") as fh:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         groups.setdefault((r["benchmark"], r["row"]), []).append(r["ratio"])
     lines = [
-        "# The trusted shift's cost, inside each run",
+        "# The trusted corrections' cost (the shift's and the mask agents' updates), inside each run",
         "",
         f"- Command: `python benchmarks/shift_cost.py {' '.join(str(f) for f in a.folders)} --out {a.out}`",
         f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {platform.system()}",

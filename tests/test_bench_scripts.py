@@ -213,15 +213,17 @@ def test_band_safety_reports_the_guarded_and_unguarded_targets_per_set(tmp_path:
     assert len(list(csv.DictReader(open(tmp_path / "out" / "results.csv")))) == 4
 
 
-def test_shift_cost_takes_the_updates_extra_seconds_from_inside_each_run(tmp_path: Path) -> None:
-    """Validating epochs with the update against those without it, in the same run: 4 validating epochs of 10 s,
-    2 of them with the update at 16 s, 4 other epochs of 5 s: 12 extra seconds of 72."""
+@pytest.mark.parametrize("column", ["charts/shift_mm", "charts/agents_keep"])
+def test_shift_cost_takes_the_updates_extra_seconds_from_inside_each_run(tmp_path: Path, column: str) -> None:
+    """Validating epochs with the update (the shift's or the mask agents') against those without it, in the same
+    run: 4 validating epochs of 10 s, 2 of them with the update at 16 s, 4 other epochs of 5 s: 12 extra seconds
+    of 72."""
     shift_cost = _script("shift_cost")
     run = tmp_path / "bench" / "runs" / "dilate_t8" / "recommended" / "seed0"
     run.mkdir(parents=True)
     rows = [("10", "0.5", ""), ("5", "nan", ""), ("10", "0.6", ""), ("5", "nan", "")]
     rows += [("16", "0.7", "2.0"), ("5", "nan", ""), ("16", "0.8", "2.1"), ("5", "nan", "")]
-    text = "epoch,epoch_time,val_dice,charts/shift_mm\n" + "".join(
+    text = f"epoch,epoch_time,val_dice,{column}\n" + "".join(
         f"{i},{t},{v},{s}\n" for i, (t, v, s) in enumerate(rows)
     )
     (run / "metrics.csv").write_text(text)
