@@ -69,8 +69,8 @@ SECTIONS = [
         "real_anatomy's putamen, crops and budget (1000 iterations, 40 test crops of the right hemisphere, 3 seeds) "
         "with 8 training cases left clean by the noise and recorded as trusted; the recommended preset, whose band "
         "keeps every putamen mask, so the row is the trusted shift (docs/method.md section 14); the rows "
-        "`supervised_shift` and `supervised_agents` (the mask agents and their no-RL counterpart, section 15) ran "
-        "seed 0 only. Plain training, the "
+        "`supervised_shift` and `supervised_agents` are the mask agents and their no-RL counterpart (section 15). "
+        "Plain training, the "
         "preset without trusted cases and the clean-mask oracle on the same crops: real_anatomy above.",
     ),
     (
