@@ -143,9 +143,8 @@ def trusted_agents_update(trainer: Trainer) -> dict[str, Any]:
     cases = trusted_cases(trainer)
     if not cases:
         return {}
-    if (
-        not trainer.agents_optimizer.state
-    ):  # the first update: start from the trained network (PixelRL's phase 2)
+    # the first update (the agents' optimiser has never stepped): start from the trained network (PixelRL's phase 2)
+    if not trainer.agents_optimizer.state:
         warm_start(trainer.agents, D.unwrap(trainer.network))
     logs = train_agents(trainer, cases, int(rl.agent_episodes))
     keep = float(np.mean([overlap(correct(trainer, x, g), g)[0] for x, _, g in cases]))
