@@ -249,10 +249,14 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
     assert not (tmp_path / "t3").exists()
 
 
-@pytest.mark.parametrize("method", ["supervised_shift", "supervised_agents"])
+@pytest.mark.parametrize(
+    "method", ["supervised_shift", "supervised_agents", "supervised_shift+finish"], ids=lambda m: m
+)
 def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Path, monkeypatch, method: str):
     """The corrected targets and their notes (and the mask agents with their optimiser) are in the checkpoint: a
-    killed and resumed run ends where an uninterrupted one does."""
+    killed and resumed run ends where an uninterrupted one does (+finish: the kill falls before the trusted
+    finish, whose pass over the trusted cases then starts afresh in both)."""
+    method, finish = method.split("+")[0], "+finish" in method
     from svldrl.engine.checkpoint import load_checkpoint
     from svldrl.runs import train
 
@@ -264,6 +268,7 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         "rl.shift_every=1",
         "rl.agent_episodes=2",
         "train.deterministic=true",
+        *(["data.trusted_finish=0.34"] if finish else []),
     ]
     full = train(dataset, "noisy/grown", tmp_path / "full", C.load_config(overrides=sets))
     killed = tmp_path / "killed"

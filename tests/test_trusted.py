@@ -219,6 +219,60 @@ def test_train_on_trusted_trains_on_them_only(dataset: Path, tmp_path: Path):
     assert {trainer.sample_batch()["case"][0] for _ in range(6)} <= {0, 1}
 
 
+def test_trusted_finish_ends_on_the_trusted_masks_alone(dataset: Path, tmp_path: Path, capsys, monkeypatch):
+    """``data.trusted_finish``: the last share of the budget trains on the trusted cases' masks only (not the
+    dots), with no method update and no validation, and checkpoint_best stays the best before it; the trusted
+    shift's methods skip it where the shift found the masks right."""
+    import svldrl.methods.shift as shift_method
+
+    _dot_set(dataset, trusted=["phantom_000", "phantom_004"])
+    # a tiny model finds no shift: here the shift's verdict is taken as "wrong masks" (its own test: below)
+    monkeypatch.setattr(shift_method, "shift_found", lambda before: True)
+    out = tmp_path / "run"
+    sets = ["--set", "data.trusted_finish=0.34", "--set", "rl.shift_every=1"]
+    argv = ["train", str(dataset), "--method", "supervised_shift", "--labels", "noisy/dot", "--out", str(out)]
+    assert main([*argv, *TRAIN_SETS, *sets]) == 0
+    log = capsys.readouterr().err
+    assert (
+        "trusted finish (data.trusted_finish=0.34): the last 2 iterations train on the 2 trusted cases" in log
+    )
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r.get("trusted_finish") or "" for r in rows] == ["", "", "1"]
+    assert rows[1]["charts/shift_mm"] and not rows[2]["charts/shift_mm"]  # the method's update stops
+    assert rows[1]["val_dice"] != "nan" and rows[2]["val_dice"] == "nan"
+    assert load_checkpoint(out / "checkpoint_best.pt")["iteration"] <= 4
+    assert load_checkpoint(out / "checkpoint_final.pt")["iteration"] == 6
+
+    # where the trusted shift finds the masks right, its methods skip the finish (do no harm); plain training not
+    monkeypatch.undo()
+    for method, skipped in (("supervised_shift", True), ("supervised", False)):
+        run = tmp_path / f"clean_{method}"
+        (tmp_path / "t.json").write_text(json.dumps(["phantom_000", "phantom_004"]))
+        clean = ["train", str(dataset), "--method", method, "--trusted", str(tmp_path / "t.json")]
+        assert main([*clean, "--out", str(run), *TRAIN_SETS, *sets[:2]]) == 0
+        log = capsys.readouterr().err
+        assert (
+            "trusted finish (data.trusted_finish=0.34) skipped: the trusted shift found no clear" in log
+        ) == skipped
+        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        assert any(r.get("trusted_finish") for r in rows) != skipped
+
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "supervised", "data.trusted_finish=0.34")
+    assert trainer.finish_from == 2
+    trainer.finishing = True
+    images, masks, _ = trainer._trusted_pool()
+    clean = [_mask(dataset / "labelsTr" / f"{c}.nii.gz") > 0 for c in ("phantom_000", "phantom_004")]
+    for m, c in zip(masks, clean, strict=True):
+        assert np.array_equal(m[tuple(slice(0, s) for s in c.shape)] >= 0.5, c)
+    for _ in range(4):
+        batch = trainer.sample_batch()
+        assert set(batch["case"]) <= {0, 1}
+        for k, (case, box, flip) in enumerate(zip(batch["case"], batch["box"], batch["flip"], strict=True)):
+            want = masks[case][box]
+            want = np.flip(want, flip) if flip else want
+            assert np.array_equal(batch["target"][k, 0].numpy(), want)
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 

@@ -81,6 +81,13 @@ class Data:
         "methods with a clean subset (mtcl) | all: every case | trusted: the trusted cases only",
         choices=("auto", "all", "trusted"),
     )
+    trusted_finish: float = setting(
+        0.0,
+        "share of the budget, at its end, in which only the trusted cases train, on their trusted masks, with plain "
+        "Dice + CE (the method's own steps and target updates stop; no validation: nothing is held out); 0: off",
+        range=(0.0, 0.9),
+        origin="ours",
+    )
 
 
 @dataclass

@@ -60,7 +60,7 @@ from svldrl.engine.checkpoint import (
 from svldrl.engine.device import memory_format, resolve_device, use_amp
 from svldrl.engine.eta import StageTimer
 from svldrl.engine.logs import TensorBoard, epoch_line, write_epoch_logs, write_history_csv
-from svldrl.engine.patches import StepCrops
+from svldrl.engine.patches import StepCrops, pad_to_patch
 from svldrl.engine.predict import validation_dice, window_probability
 from svldrl.engine.streams import restore_own_streams, rng_state, seed_streams
 from svldrl.engine.training_data import (
@@ -143,6 +143,7 @@ class Trainer:
         #: The run's settings, with what the data decide resolved (a copy: the caller's config stays as given).
         self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
+        self.finish_from = self._finish_epoch()
         # 2. network and method state, 3. optimiser, schedule and loss
         self.network = self.build_network().to(self.device)
         D.broadcast_parameters(self.network)
@@ -150,6 +151,7 @@ class Trainer:
         self.optimizer = self.build_optimizer(self.trainable_parameters())
         self.scheduler = self.build_scheduler(self.optimizer)
         self.seg_loss = self.build_loss()
+        self._plain_loss = Trainer.build_loss(self)
         self.aug = [
             RandScaleIntensity(factors=0.1, prob=0.3),
             RandShiftIntensity(offsets=0.1, prob=0.3),
@@ -160,6 +162,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
+        self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
+        self._finish_pool: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
         self.timing = StageTimer(
             self.stage_of, lambda s: type(self).stage_cost(self.cfg, s), self.iterations, self.num_epochs
         )
@@ -233,6 +237,23 @@ class Trainer:
         """One optimiser step of Dice + CE on the current targets."""
         logits = self.network(batch["image"], heads=("seg",))["seg"]
         loss = self.seg_loss(logits, seg_target(batch["target"]))
+        self.optimise(loss)
+        return {"train_loss": loss.detach()}
+
+    #: What the log says when :meth:`finish_wanted` declines the trusted finish.
+    finish_declined: ClassVar[str] = ""
+
+    def finish_wanted(self, before: list[dict[str, Any]]) -> bool:
+        """Whether the trusted finish (``data.trusted_finish``) runs, from the logged epochs ``before`` it: yes;
+        a method whose correction tests the given masks against the trusted ones declines where they showed no
+        error (:attr:`finish_declined` says why in the log)."""
+        return True
+
+    def finish_step(self, batch: Batch) -> dict[str, Any]:
+        """A step of the trusted finish: Dice + CE (MONAI's, whatever loss the method trains with: these masks
+        are clean) of the segmentation network on trusted masks."""
+        logits = self.network(batch["image"], heads=("seg",))["seg"]
+        loss = self._plain_loss(logits, seg_target(batch["target"]))
         self.optimise(loss)
         return {"train_loss": loss.detach()}
 
@@ -360,20 +381,55 @@ class Trainer:
         self.target_notes: dict[str, dict[str, Any]] = {}
         describe(self.dataset, split, self.name, self.world, self.cfg.train.batch, self.reporter)
 
+    def _pool(self) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """(images, targets, given masks, foreground indices) patches are drawn from: the training cases, or in
+        the trusted finish the trusted cases with their trusted masks (as targets and as given masks)."""
+        if not self.finishing:
+            return self.images, self.targets, self.given, self.fg_idx
+        if self._finish_pool is None:
+            self._finish_pool = self._trusted_pool()
+        images, masks, fg_idx = self._finish_pool
+        return images, masks, masks, fg_idx
+
+    def _trusted_pool(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """The trusted cases' images and trusted masks, padded to the patch, wherever the split put them (held
+        out to validate, or training under ``data.train_on=all``), and their foreground indices."""
+        images, masks = [], []
+        for cid in self.trusted_ids:
+            if cid in self.val_ids:
+                j = self.val_ids.index(cid)
+                image, mask = self.val_images[j], self.val_labels[j]
+            else:
+                j = self.train_ids.index(cid)
+                image, mask = self.images[j], self.given[j]
+            images.append(pad_to_patch(np.asarray(image), self.patch))
+            masks.append(pad_to_patch(np.asarray(mask, dtype=np.float32), self.patch))
+        return images, masks, [np.flatnonzero(m >= 0.5) for m in masks]
+
+    def _finish_epoch(self) -> int:
+        """The first epoch of the trusted finish: the last ``data.trusted_finish`` share of the budget, rounded
+        to whole epochs; ``num_epochs`` (never) without it or without trusted cases."""
+        share = float(self.cfg.data.trusted_finish)
+        if share <= 0 or not self.trusted_ids:
+            return self.num_epochs
+        return min(self.num_epochs - 1, math.ceil(self.iterations * (1.0 - share) / self.steps_per_epoch))
+
     def _next_specs(self) -> list[Spec]:
         """(case, seed) of this rank's patches in the next global batch (:func:`next_specs`)."""
-        batch = int(self.cfg.train.batch)
-        return next_specs(self.rng, self._case_queue, len(self.images), batch, self.rank, self.world)
+        batch, n = int(self.cfg.train.batch), len(self._pool()[0])
+        return next_specs(self.rng, self._case_queue, n, batch, self.rank, self.world)
 
     def _crops(self, specs: list[list[Spec]]) -> StepCrops:
         """The crops of each step's specs, made on access."""
         pos_fraction = float(self.cfg.data.pos_fraction)
-        return StepCrops(self.images, self.fg_idx, specs, self.patch, pos_fraction, self.aug)
+        images, _, _, fg_idx = self._pool()
+        return StepCrops(images, fg_idx, specs, self.patch, pos_fraction, self.aug)
 
     def sample_batch(self) -> Batch:
         """This rank's ``train.batch`` patches of the next global batch: foreground-aware random crops
         (RandCropByPosNegLabel's rule), flips and intensity jitter."""
-        return collate(self._crops([self._next_specs()])[0], self.targets, self.given, self.device)
+        _, targets, given, _ = self._pool()
+        return collate(self._crops([self._next_specs()])[0], targets, given, self.device)
 
     def _batches(self, steps: int) -> Iterator[Batch]:
         """The batches of ``steps`` steps: made here one by one, or by ``data.workers`` DataLoader workers."""
@@ -385,8 +441,9 @@ class Trainer:
         # The epoch's (case, seed) specs are drawn up front from self.rng, so the stream (and the checkpointed
         # RNG state) is the same with and without workers, and the workers' own seeds do not matter.
         steps_crops = self._crops([self._next_specs() for _ in range(steps)])
+        _, targets, given, _ = self._pool()
         for crops in worker_crops(steps_crops, workers):
-            yield collate(crops, self.targets, self.given, self.device)
+            yield collate(crops, targets, given, self.device)
 
     # ------------------------------------------------------------------ loop
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -412,9 +469,10 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         last = time.monotonic()
+        step = self.finish_step if self.finishing else self.train_step
         for k, batch in enumerate(self._batches(steps), 1):
             with self._autocast():
-                logs = self.train_step(batch)
+                logs = step(batch)
             self.scheduler.step()
             self.iteration += 1
             for key, v in logs.items():
@@ -491,16 +549,19 @@ class Trainer:
         self.network.train()
         while self.epoch < self.num_epochs:
             epoch = self.epoch
+            self._enter_finish(epoch)
             steps = min(self.steps_per_epoch, self.iterations - self.iteration)
             t0 = self.timing.epoch_started = time.monotonic()
             row: dict[str, Any] = {"epoch": epoch}
-            row.update(self.run_steps(steps))
+            # the trusted finish trains the segmentation network alone: no method's own steps or updates
+            row.update(Trainer.run_steps(self, steps) if self.finishing else self.run_steps(steps))
             t_steps = time.monotonic() - t0
             self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
-            row.update(self.on_epoch_end(epoch))
+            row.update({"trusted_finish": 1.0} if self.finishing else self.on_epoch_end(epoch))
             due = (epoch + 1) % int(self.cfg.train.val_every) == 0 or epoch + 1 == self.num_epochs
-            row["val_dice"] = self.validate() if due else math.nan
+            # in the finish the trusted cases train: a score on them would select the checkpoints that fit them
+            row["val_dice"] = self.validate() if due and not self.finishing else math.nan
             if self.trusted_ids and self.val_ids:
                 row["val_masks"] = "trusted"  # metrics.csv says what val_dice was measured against
             row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -534,6 +595,24 @@ class Trainer:
         tb.close()
         D.barrier()
         return self.out
+
+    def _enter_finish(self, epoch: int) -> None:
+        """Switch to the trusted finish at its first epoch, if the method wants it (:meth:`finish_wanted`, asked
+        of the epochs before it, so a resumed run decides alike); the case queue, which holds the rest of a pass
+        over the training cases, starts again over the trusted ones."""
+        self.finishing = epoch >= self.finish_from and self.finish_wanted(self.history[: self.finish_from])
+        if epoch != self.finish_from:
+            return
+        share = f"data.trusted_finish={self.cfg.data.trusted_finish:g}"
+        if not self.finishing:
+            self.reporter.info(f"trusted finish ({share}) skipped: {self.finish_declined}")
+            return
+        self._case_queue.clear()
+        self.reporter.info(
+            f"trusted finish ({share}): the last {self.iterations - self.iteration} iterations train on the "
+            f"{len(self.trusted_ids)} trusted cases' masks alone, with Dice + CE; no validation from here "
+            "(checkpoint_best.pt stays the best before it)"
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:

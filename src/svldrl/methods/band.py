@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from svldrl.engine.trainer import Trainer
-from svldrl.methods.kit.targets import Band, shift_due, trusted_shift_update
+from svldrl.methods.kit.targets import NO_SHIFT_FOUND, Band, shift_due, shift_found, trusted_shift_update
 
 
 class SupervisedBandTrainer(Trainer):
@@ -32,6 +32,11 @@ class SupervisedBandTrainer(Trainer):
     name = "supervised_band"
     sections = ("rl",)  # rl.band_*
     checkpointed = ("targets", "target_notes")  # svldrl targets --from shows the notes
+    finish_declined = NO_SHIFT_FOUND
+
+    def finish_wanted(self, before: list[dict[str, Any]]) -> bool:
+        # with the trusted shift on, the finish needs its evidence that the masks are wrong
+        return shift_found(before) if self.cfg.rl.trusted_shift else True
 
     def build_method_state(self) -> None:
         self.band_logs = Band(self.cfg.rl).apply(self)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from svldrl.engine.trainer import Trainer
-from svldrl.methods.kit.targets import TrustedShift, shift_due
+from svldrl.methods.kit.targets import NO_SHIFT_FOUND, TrustedShift, shift_due, shift_found
 
 
 class SupervisedShiftTrainer(Trainer):
@@ -25,6 +25,10 @@ class SupervisedShiftTrainer(Trainer):
     name = "supervised_shift"
     sections = ("rl",)  # rl.shift_*
     checkpointed = ("targets", "target_notes")  # svldrl targets --from shows the notes
+    finish_declined = NO_SHIFT_FOUND
+
+    def finish_wanted(self, before: list[dict[str, Any]]) -> bool:
+        return shift_found(before)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return TrustedShift(self.cfg.rl).apply(self) if shift_due(self, epoch) else {}

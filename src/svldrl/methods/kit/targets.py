@@ -338,6 +338,22 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
     }
 
 
+#: Why a shift-correcting method skips the trusted finish (``Trainer.finish_declined``).
+NO_SHIFT_FOUND = (
+    "the trusted shift found no clear systematic error in the given masks (its last decision kept them), so they "
+    "train to the end (do no harm: on clean masks the finish on a few cases costs points)"
+)
+
+
+def shift_found(history: Sequence[dict[str, Any]]) -> bool:
+    """Whether the trusted shift's last decision in ``history`` (the run's logged epochs) was to correct the masks:
+    the evidence, from the trusted cases, that the given masks are systematically wrong."""
+    decisions = [
+        r["charts/shift_applied"] for r in history if not math.isnan(r.get("charts/shift_applied", math.nan))
+    ]
+    return bool(decisions) and decisions[-1] == 1.0
+
+
 def _report_shift(trainer: Trainer, estimate: ShiftEstimate, applied: bool, has_trusted: bool) -> None:
     """One line to the run's log each time the decision changes (and the first time)."""
     state = (applied, has_trusted)
