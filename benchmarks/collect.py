@@ -67,11 +67,13 @@ SECTIONS = [
         "real_anatomy_trusted",
         "A trusted subset on real anatomy: 8 of 48 masks trusted (`benchmarks/real_anatomy_trusted.yaml`)",
         "real_anatomy's putamen, crops and budget (1000 iterations, 40 test crops of the right hemisphere, 3 seeds) "
-        "with 8 training cases left clean by the noise and recorded as trusted; the recommended preset, whose band "
-        "keeps every putamen mask, so the row is the trusted shift (docs/method.md section 14); the rows "
-        "`supervised_shift` and `supervised_agents` are the mask agents and their no-RL counterpart (section 15). "
-        "Plain training, the "
-        "preset without trusted cases and the clean-mask oracle on the same crops: real_anatomy above.",
+        "with 8 training cases left clean by the noise and recorded as trusted. `recommended` is the preset of "
+        "today: its guarded band (which keeps every putamen mask), the trusted shift (docs/method.md section 14) "
+        "and the trusted finish (section 16); `band_shift` is the same without the finish (the preset until the "
+        "finish joined it: these runs were made as `recommended` and renamed, the settings unchanged); "
+        "`supervised_trusted` trains on the 8 trusted crops alone; `supervised_shift` and `supervised_agents` are "
+        "the mask agents and their no-RL counterpart (section 15). Plain training, the preset without trusted "
+        "cases and the clean-mask oracle on the same crops: real_anatomy above.",
     ),
     (
         "shift_cost",
@@ -86,7 +88,9 @@ SECTIONS = [
         "phantom_converged's easy phantoms and budget (2000 iterations, 40 test cases, 3 seeds) with 8 training cases "
         "left clean by the noise and recorded as trusted: they validate and select checkpoints and teach the "
         "trusted shift (docs/method.md section 14) and the mask agents (`supervised_agents`, section 15, whose no-RL "
-        "counterpart is `supervised_shift`). Run in part (2026-12-06, its header says which rows and "
+        "counterpart is `supervised_shift`), and the recommended preset ends on them (the trusted finish, section "
+        "16; `band_shift` is the preset without it, run as `recommended` before the finish joined it and renamed, "
+        "the settings unchanged). Run in part (2026-12-06, its header says which rows and "
         "settings); the clean-mask oracle is phantom_converged's plain training on the same clean masks. The "
         "shift's settings were chosen on a development draw of phantoms (seed 101) and the caudate, never here.",
     ),

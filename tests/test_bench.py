@@ -546,15 +546,16 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
 
 def test_the_recommended_preset_is_the_measured_band_row_with_its_guard() -> None:
     """svldrl/presets/recommended.yaml is the band's fixed point on plain training as phantom_converged measured it
-    (supervised_band_fp of svldrl_robust_converged, before the guard) with the guard on, and the benchmarks'
-    recommended rows are the preset."""
+    (supervised_band_fp of svldrl_robust_converged, before the guard) with the guard on and the trusted finish (which
+    does nothing without trusted cases, as in that benchmark), and the benchmarks' recommended rows are the
+    preset."""
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     cfg = C.load_config([C.preset_path("recommended")])
     search = load_benchmark(root / "svldrl_robust_converged.yaml")
     row = next(m for m in search.methods if m.name == "supervised_band_fp")
     measured = C.flatten(C.load_config(overrides=[f"method={row.method}", *row.overrides]))
     differs = {k for k, v in C.flatten(cfg).items() if measured[k] != v}
-    assert differs == {"rl.band_guard"} and cfg.rl.band_guard
+    assert differs == {"rl.band_guard", "data.trusted_finish"} and cfg.rl.band_guard
     for name in ("phantom_converged", "real_anatomy", "phantom_standard_converged"):
         entry = load_benchmark(root / f"{name}.yaml").method("recommended")
         assert C.load_config(overrides=[f"method={entry.method}", *entry.overrides]) == cfg
