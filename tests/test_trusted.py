@@ -257,6 +257,9 @@ def test_trusted_finish_ends_on_the_trusted_masks_alone(dataset: Path, tmp_path:
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         assert any(r.get("trusted_finish") for r in rows) != skipped
 
+    untrusted = _trainer(dataset, "clean", tmp_path / "u", "supervised", "data.trusted_finish=0.34")
+    assert not untrusted.trusted_ids and untrusted.finish_from == untrusted.num_epochs  # nothing to finish on
+
     trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "supervised", "data.trusted_finish=0.34")
     assert trainer.finish_from == 2
     trainer.finishing = True
