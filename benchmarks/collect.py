@@ -71,7 +71,8 @@ SECTIONS = [
         "today: its guarded band (which keeps every putamen mask), the trusted shift (docs/method.md section 14) "
         "and the trusted finish (section 16); `band_shift` is the same without the finish (the preset until the "
         "finish joined it: these runs were made as `recommended` and renamed, the settings unchanged); "
-        "`supervised_trusted` trains on the 8 trusted crops alone; `supervised_shift` and `supervised_agents` are "
+        "`supervised_trusted` trains on the 8 trusted crops alone; `mtcl` is MTCL with the trusted cases as its "
+        "clean subset, as published; `supervised_shift` and `supervised_agents` are "
         "the mask agents and their no-RL counterpart (section 15). Plain training, the preset without trusted "
         "cases and the clean-mask oracle on the same crops: real_anatomy above.",
     ),
