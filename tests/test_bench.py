@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -579,3 +580,30 @@ def test_a_clean_only_benchmark_reports_no_noise_gap(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Where noise hurts" not in md and "Every method here trains on the clean masks." in md
     assert "| before |" in md and "| after |" in md
+
+
+def test_a_run_from_before_the_trusted_finish_stands_where_no_case_is_trusted(tmp_path: Path) -> None:
+    """The trusted finish acts only with trusted cases: a finished run made before the key existed stays valid on a
+    setting without any, and is refused on one with them."""
+    spec = {
+        "name": "t",
+        "dataset": {"synth": {"cases": 6, "size": 16, "seed": 0, "test_cases": 2}},
+        "noise": [
+            {"name": "plain", "protocol": "mt", "ratio": 1.0},
+            {"name": "with_t2", "protocol": "mt", "ratio": 1.0, "trusted": 2},
+        ],
+        "methods": [{"name": "recommended", "preset": "recommended"}],
+        "seeds": [0],
+    }
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    runs = {r.noise: r for r in bench_plan.plan_runs(load_benchmark(path), tmp_path / "out")}
+    assert not runs["plain"].trusted and runs["with_t2"].trusted
+    for run in (runs["plain"], runs["with_t2"]):
+        saved = run.cfg.as_dict()
+        assert saved["data"].pop("trusted_finish") > 0  # the preset asks for it; the old run never knew it
+        run.dir.mkdir(parents=True)
+        (run.dir / RESULT_NAME).write_text(json.dumps({"config": saved}))
+    bench_plan.check_existing(runs["plain"])
+    with pytest.raises(UserError, match="data.trusted_finish: None there, 0.25 asked"):
+        bench_plan.check_existing(runs["with_t2"])

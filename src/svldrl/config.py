@@ -46,6 +46,9 @@ NEUTRAL_KEYS = frozenset(
         "infer.sw_batch",
     }
 )
+#: Keys that act only where a run has trusted cases (the trusted finish): on data without any they change nothing,
+#: so a run made before them, on such data, stands (the benchmark runner knows which settings have trusted cases).
+TRUSTED_ONLY_KEYS = ("data.trusted_finish",)
 #: Method section -> the methods that read it (:func:`svldrl.methods.section_owners`, injected by the caller: this
 #: layer knows no method): a run of another method may not set its keys (they would do nothing).
 Owners = Mapping[str, Sequence[str]]

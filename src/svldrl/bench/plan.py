@@ -26,6 +26,9 @@ class Run:
     fold: int | None
     dir: Path
     cfg: Config
+    #: Whether the run may have trusted cases: its noise setting records some, or the dataset is a folder (which
+    #: may hold labelsTr_trusted/); keys that act only with them (``config.TRUSTED_ONLY_KEYS``) matter only here.
+    trusted: bool = True
 
     @property
     def labels(self) -> str:
@@ -49,6 +52,8 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
     owners = section_owners()
     folds: list[int | None] = list(range(bench.cv)) if bench.cv else [None]
     settings = [CLEAN, *(n.name for n in bench.noise)]
+    trusted = {n.name: n.trusted > 0 for n in bench.noise}
+    folder = "path" in bench.dataset  # its labelsTr_trusted/, if any, gives every setting trusted cases
     runs: list[Run] = []
     for seed in bench.seeds:
         for noise in settings:
@@ -69,7 +74,10 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
                     raise UserError(f"method '{name}' on '{noise}': {exc}", bench.path) from None
                 for fold in folds:
                     d = out_dir / "runs" / noise / name / f"seed{seed}"
-                    runs.append(Run(noise, entry, seed, fold, d if fold is None else d / f"fold{fold}", cfg))
+                    where = d if fold is None else d / f"fold{fold}"
+                    runs.append(
+                        Run(noise, entry, seed, fold, where, cfg, folder or trusted.get(noise, False))
+                    )
     return runs
 
 
@@ -87,12 +95,13 @@ def non_default_settings(cfg: Config | dict) -> dict[str, object]:
     }
 
 
-def config_differences(asked: Config | dict, saved: Config | dict) -> list[str]:
+def config_differences(asked: Config | dict, saved: Config | dict, trusted: bool = True) -> list[str]:
     """``key: saved there, asked here`` for every setting that changes what a run computes
-    (:func:`svldrl.config.differences`)."""
+    (:func:`svldrl.config.differences`); without ``trusted`` cases, keys that act only with them do not."""
+    allowed = () if trusted else C.TRUSTED_ONLY_KEYS
     return [
         f"{key}: {there!r} there, {here!r} asked"
-        for key, there, here in C.differences(asked, saved, owners=section_owners())
+        for key, there, here in C.differences(asked, saved, allowed=allowed, owners=section_owners())
     ]
 
 
@@ -107,7 +116,7 @@ def check_existing(run: Run) -> None:
             saved = None
     if saved is None:
         return
-    diffs = config_differences(run.cfg, saved)
+    diffs = config_differences(run.cfg, saved, run.trusted)
     if diffs:
         raise UserError(
             f"run {run.label} was made with other settings ({'; '.join(diffs[:4])}"

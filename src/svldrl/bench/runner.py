@@ -268,7 +268,9 @@ def run_reuser(other: Path, out: Path, spec: dict, bench: Benchmark) -> Callable
             same_noise.add(n.name)
 
     def same(run: Run, result: Any, by_name: bool) -> bool:
-        if not isinstance(result, dict) or config_differences(run.cfg, result.get("config") or {}):
+        if not isinstance(result, dict) or config_differences(
+            run.cfg, result.get("config") or {}, run.trusted
+        ):
             return False
         if by_name:
             return result.get("method") == run.method.name and result.get("overrides") == run.method.overrides
@@ -383,7 +385,7 @@ def carried_rows(path: Path, runs: list[Run], data: Data) -> dict[str, dict[str,
         ):
             continue
         settings = recorded.get(run.label)
-        if isinstance(settings, dict) and config_differences(run.cfg, settings):
+        if isinstance(settings, dict) and config_differences(run.cfg, settings, run.trusted):
             continue
         kept[run.label] = {c: _cell(c, row.get(c, "")) for c in CSV_COLUMNS}
         if isinstance(settings, dict):
