@@ -219,6 +219,62 @@ def test_train_on_trusted_trains_on_them_only(dataset: Path, tmp_path: Path):
     assert {trainer.sample_batch()["case"][0] for _ in range(6)} <= {0, 1}
 
 
+def test_no_correction_changes_a_trusted_mask_that_trains(dataset: Path, tmp_path: Path, monkeypatch):
+    """Under ``data.train_on=all`` the trusted cases train on their trusted masks, and stay so: whatever a
+    method's correction writes (before training, after an epoch, or the agents' patches), the trainer gives
+    them their masks back; the other cases keep what the correction wrote."""
+    from svldrl.methods.supervised import SupervisedTrainer
+
+    _dot_set(dataset, trusted=["phantom_001", "phantom_004"])
+
+    def overwrite(trainer, epoch=None):
+        for t in trainer.targets:
+            t[...] = 1.0
+        return {}
+
+    monkeypatch.setattr(SupervisedTrainer, "build_method_state", overwrite)
+    monkeypatch.setattr(SupervisedTrainer, "on_epoch_end", overwrite)
+    trainer = _trainer(dataset, "noisy/dot", tmp_path / "t", "supervised", "data.train_on=all")
+    assert sorted(trainer.trusted_positions) == [1, 4]
+
+    def check() -> None:
+        for i, (t, g) in enumerate(zip(trainer.targets, trainer.given, strict=True)):
+            assert np.array_equal(t, g) if i in (1, 4) else np.all(t == 1.0), i
+
+    check()  # after the method's state was built
+    trainer.fit()
+    check()  # after each epoch's update
+    # SVL-DRL's label agents write refined patches into the targets during the steps
+    agent = _trainer(dataset, "noisy/dot", tmp_path / "a", "svldrl", "data.train_on=all")
+    box = (slice(0, 4),) * 3
+    agent.write_targets(
+        {"case": [1, 2], "box": [box, box], "flip": [(), ()]}, torch.full((2, 1, 4, 4, 4), 0.7)
+    )
+    assert np.array_equal(agent.targets[1], agent.given[1]) and np.all(
+        agent.targets[2][box] == np.float32(0.7)
+    )
+
+
+def test_resume_refuses_trusted_cases_that_changed_since_the_run_started(
+    dataset: Path, tmp_path: Path, capsys
+):
+    """The run's targets and sampling are per case: resumed with another trusted list it would pair them with
+    other cases. Refused in one line (exit 2, nothing rewritten); the same list resumes."""
+    folder = _dot_set(dataset, trusted=["phantom_001", "phantom_004"])
+    run = tmp_path / "run"
+    argv = ["train", str(dataset), "--labels", "noisy/dot", "--out", str(run), *TRAIN_SETS, "--quiet"]
+    assert main([*argv, "--iterations", "4"]) == 0
+    before = _files(run)
+    (folder / "trusted.json").write_text(json.dumps({"cases": ["phantom_001", "phantom_005"]}))
+    capsys.readouterr()
+    assert main([*argv, "--iterations", "6", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trusted cases changed" in err[0] and "'phantom_004'" in err[0], err
+    assert _files(run) == before
+    (folder / "trusted.json").write_text(json.dumps({"cases": ["phantom_001", "phantom_004"]}))
+    assert main([*argv, "--iterations", "6", "--resume"]) == 0
+
+
 def test_trusted_finish_ends_on_the_trusted_masks_alone(dataset: Path, tmp_path: Path, capsys, monkeypatch):
     """``data.trusted_finish``: the last share of the budget trains on the trusted cases' masks only (not the
     dots), with no method update and no validation, and checkpoint_best stays the best before it; the trusted

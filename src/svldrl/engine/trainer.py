@@ -148,6 +148,7 @@ class Trainer:
         self.network = self.build_network().to(self.device)
         D.broadcast_parameters(self.network)
         self.build_method_state()
+        self.keep_trusted_targets()
         self.optimizer = self.build_optimizer(self.trainable_parameters())
         self.scheduler = self.build_scheduler(self.optimizer)
         self.seg_loss = self.build_loss()
@@ -260,6 +261,13 @@ class Trainer:
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         """Called after each epoch's steps, before validation; returns extra logs."""
         return {}
+
+    def keep_trusted_targets(self) -> None:
+        """Give the trusted cases that train their trusted masks back as targets, whatever a method's correction
+        wrote (called after the method's state is built and after each epoch's update): one rule for every
+        method, so no correction has to know which cases are trusted."""
+        for i in self.trusted_positions:
+            self.targets[i][...] = self.given[i]  # in place: the targets may live in shared memory
 
     def targets_state(self) -> list[torch.Tensor]:
         """The per-case training targets as tensors (a method lists ``"targets"`` in ``checkpointed``)."""
@@ -376,6 +384,11 @@ class Trainer:
         self.images, self.given, self.fg_idx = data.images, data.given, data.fg_idx
         self.val_images, self.val_labels = data.val_images, data.val_labels
         self.targets = [g.astype(np.float32) for g in self.given]
+        #: Positions (in ``train_ids``) of the trusted cases that train (``data.train_on=all``): their masks are the
+        #: truth, so no method's correction changes their targets (:meth:`keep_trusted_targets`).
+        self.trusted_positions = frozenset(
+            i for i, c in enumerate(self.train_ids) if c in set(self.trusted_ids)
+        )
         #: What a method's corrections before training did to each case (case id -> notes), for
         #: ``svldrl targets``' report; empty for methods that correct nothing then.
         self.target_notes: dict[str, dict[str, Any]] = {}
@@ -559,6 +572,7 @@ class Trainer:
             self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
             row.update({"trusted_finish": 1.0} if self.finishing else self.on_epoch_end(epoch))
+            self.keep_trusted_targets()
             due = (epoch + 1) % int(self.cfg.train.val_every) == 0 or epoch + 1 == self.num_epochs
             # in the finish the trusted cases train: a score on them would select the checkpoints that fit them
             row["val_dice"] = self.validate() if due and not self.finishing else math.nan
@@ -636,7 +650,12 @@ class Trainer:
                 **({"ranks": self._rank_rngs} if self._rank_rngs else {}),
             },
             "extra": self.method_state(),
+            "cases": self._cases(),
         }
+
+    def _cases(self) -> dict[str, list[str]]:
+        """Which cases train, validate and are trusted: a resume must find the same (:meth:`restore`)."""
+        return {"train": list(self.train_ids), "val": list(self.val_ids), "trusted": list(self.trusted_ids)}
 
     def _save(self, name: str) -> None:
         save_checkpoint(self.out / name, self._state())
@@ -654,6 +673,25 @@ class Trainer:
 
         D.on_rank0(check)
         ckpt = load_checkpoint(path, *meta)
+        # The targets and the sampling queue are per training case: a split that changed since (another
+        # --trusted list, an edited trusted.json or dataset) would pair them with other cases, or mix two
+        # experiments in one run. Checkpoints from before the record carry none and resume as they did.
+        started, now = ckpt.get("cases"), self._cases()
+        for role in ("trusted", "train", "val"):
+            before = list((started or {}).get(role, now[role]))
+            if before != now[role]:
+                gone, new = sorted(set(before) - set(now[role])), sorted(set(now[role]) - set(before))
+                what = [
+                    f"{len(ids)} {word}, e.g. '{ids[0]}'"
+                    for ids, word in ((gone, "gone"), (new, "new"))
+                    if ids
+                ]
+                raise UserError(
+                    f"cannot resume: the {role} cases changed since the run started ({'; '.join(what) or 'order'}:"
+                    " another --trusted list, trusted.json or dataset); resume with the data and --trusted it "
+                    "started with, or start a new run",
+                    self.out,
+                )
         D.unwrap(self.network).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

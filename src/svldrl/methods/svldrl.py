@@ -194,6 +194,8 @@ class SVLDRLTrainer(Trainer):
         """Write patch targets ``q`` (B,1,p,p,p, in the batch's flipped frame) back into ``self.targets``."""
         q_np = q.detach().float().cpu().numpy()
         for b, (case, box, flips) in enumerate(zip(batch["case"], batch["box"], batch["flip"], strict=True)):
+            if case in self.trusted_positions:  # a trusted mask is the truth: the agents leave it
+                continue
             patch = q_np[b, 0]
             if flips:
                 patch = np.flip(patch, axis=flips)
