@@ -275,6 +275,90 @@ def test_resume_refuses_trusted_cases_that_changed_since_the_run_started(
     assert main([*argv, "--iterations", "6", "--resume"]) == 0
 
 
+# ------------------------------------------------------------------ the trusted threshold
+
+
+def test_choose_threshold_adopts_only_a_clear_gain():
+    """The Dice-best threshold replaces 0.5 only where it gains at least a point, beyond two standard errors."""
+    from svldrl.rules import THRESHOLDS, choose_threshold
+
+    half, high = THRESHOLDS.index(0.5), THRESHOLDS.index(0.5) + 4
+    rng = np.random.default_rng(0)
+    table = np.full((8, len(THRESHOLDS)), 0.6) + rng.normal(0, 0.002, (8, 1))
+    table[:, high] = 0.8 + rng.normal(0, 0.01, 8)  # masks drawn too large: a higher threshold fits the truth
+    c = choose_threshold(table)
+    assert c.adopted and c.threshold == c.best == THRESHOLDS[high] and c.n == 8
+    assert c.dice_best - c.dice_half == pytest.approx(0.2, abs=0.02)
+    small = table.copy()
+    small[:, high] = small[:, half] + 0.005  # consistent, but half a point: the model's own boundary stays
+    assert not choose_threshold(small).adopted and choose_threshold(small).threshold == 0.5
+    noisy = table.copy()
+    noisy[:, high] = small[:, half] + rng.normal(0.02, 0.1, 8)  # a gain the cases do not agree on
+    assert choose_threshold(noisy).threshold == 0.5
+    one = choose_threshold(table[:1])  # one case is no evidence
+    assert not one.adopted and one.n == 1
+    table[0] = np.nan  # a case empty in both is left out
+    assert choose_threshold(table).n == 7
+
+
+def test_labels_of_thresholds_the_foreground_probability():
+    from svldrl.engine.predict import labels_of
+
+    logits = torch.zeros(2, 3)
+    logits[1] = torch.tensor([-1.0, 0.5, 3.0])  # p = 0.27, 0.62, 0.95
+    assert labels_of(logits).tolist() == [0, 1, 1]  # the argmax
+    assert labels_of(logits, 0.8).tolist() == [0, 0, 1]
+    assert labels_of(logits, 0.1).tolist() == [1, 1, 1]
+
+
+def test_trusted_threshold_is_chosen_on_the_held_out_trusted_cases_and_predicts(
+    dataset: Path, tmp_path: Path, capsys
+):
+    """``data.trusted_threshold``: at the end of the run the threshold is chosen on the trusted cases (logged,
+    ``trusted_threshold.json``, ``checkpoint_final.pt``), and ``svldrl predict`` segments with the one the
+    checkpoint carries; skipped where the trusted cases trained."""
+    from svldrl.engine.checkpoint import save_checkpoint
+
+    _dot_set(dataset, trusted=["phantom_001", "phantom_004"])
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        str(dataset),
+        "--labels",
+        "noisy/dot",
+        *TRAIN_SETS,
+        "--set",
+        "data.trusted_threshold=true",
+    ]
+    assert main([*argv, "--out", str(run)]) == 0
+    log = capsys.readouterr().err
+    choice = json.loads((run / "trusted_threshold.json").read_text())
+    assert choice["n"] == 2 and "on the 2 trusted cases the Dice-best foreground threshold" in log
+    ckpt = load_checkpoint(run / "checkpoint_final.pt")
+    assert ckpt["threshold"] == choice["threshold"]
+    from svldrl.runs.run import load_run
+
+    assert load_run(run, "final", "cpu")[2].infer.threshold == choice["threshold"]
+    # predictions follow the checkpoint's threshold: the lowest one marks more voxels than the highest
+    images = dataset / "imagesTs"
+    counts = []
+    for t in (0.0025, 0.9975):
+        save_checkpoint(run / "checkpoint_final.pt", {**ckpt, "threshold": t})
+        out = tmp_path / f"pred_{t}"
+        assert main(["predict", str(run), str(images), str(out), "--quiet"]) == 0
+        counts.append(sum(int((_mask(f) > 0).sum()) for f in sorted(out.glob("*.nii.gz"))))
+    assert counts[0] > counts[1]
+    # where the trusted cases train, a threshold chosen on them would fit them: skipped, said, none carried
+    other = tmp_path / "all"
+    assert main([*argv, "--out", str(other), "--set", "data.train_on=all"]) == 0
+    assert (
+        "trusted threshold (data.trusted_threshold) skipped: the trusted cases trained"
+        in capsys.readouterr().err
+    )
+    assert not (other / "trusted_threshold.json").exists()
+    assert "threshold" not in load_checkpoint(other / "checkpoint_final.pt")
+
+
 def test_trusted_finish_ends_on_the_trusted_masks_alone(dataset: Path, tmp_path: Path, capsys, monkeypatch):
     """``data.trusted_finish``: the last share of the budget trains on the trusted cases' masks only (not the
     dots), with no method update and no validation, and checkpoint_best stays the best before it; the trusted

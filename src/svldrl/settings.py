@@ -88,6 +88,14 @@ class Data:
         range=(0.0, 0.9),
         origin="ours",
     )
+    trusted_threshold: bool = setting(
+        False,
+        "at the end of training, choose the foreground probability threshold of the final model on the trusted "
+        "cases held out to validate (the Dice-best of 25, kept only where it beats 0.5 by at least 1 point and 2 "
+        "standard errors); checkpoint_final predicts with it (infer.threshold); skipped where the trusted cases "
+        "trained (the trusted finish, data.train_on=all)",
+        origin="ours",
+    )
 
 
 @dataclass
@@ -376,6 +384,13 @@ class Infer:
     overlap: float = setting(0.25, "window overlap", range=(0.0, 0.95))
     sw_batch: int = setting(2, "windows per forward pass", range=(1, 4096))
     mode: str = setting("gaussian", "blending of overlapping windows", choices=("gaussian", "constant"))
+    threshold: float = setting(
+        0.5,
+        "foreground probability above which a voxel is foreground (0.5: the argmax); a run made with "
+        "data.trusted_threshold predicts with the one its checkpoint_final carries",
+        range=(0.001, 0.999),
+        origin="ours",
+    )
     train_pass: str = setting(
         "sliding",
         "how methods that segment every training case each epoch (ADELE, MTCL, rl.target_update) do it: "

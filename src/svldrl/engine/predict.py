@@ -45,7 +45,8 @@ def case_id_of(path: Path) -> str:
 def load_network(
     method: type, cfg: Config, run: Path, checkpoint: str = "auto", device: str = "auto"
 ) -> torch.nn.Module:
-    """The network of ``method`` for ``cfg`` with the weights of the run's chosen checkpoint, in eval mode.
+    """The network of ``method`` for ``cfg`` with the weights of the run's chosen checkpoint, in eval mode; a
+    checkpoint that carries a threshold chosen on the trusted cases sets ``cfg.infer.threshold`` to it.
 
     Raises:
         UserError: an unknown checkpoint name, a missing, foreign or code-carrying checkpoint, or weights that
@@ -62,6 +63,8 @@ def load_network(
     if mismatch:  # e.g. a checkpoint copied from a run with other nets.features; torch's own message is long
         raise UserError(f"checkpoint weights do not fit the network of config.yaml ({mismatch})", path)
     net.load_state_dict(ckpt["model"])
+    if "threshold" in ckpt:  # chosen on the trusted cases at the end of the run (data.trusted_threshold)
+        cfg.infer.threshold = float(ckpt["threshold"])
     return net.to(resolve_device(device)).eval()
 
 
@@ -94,6 +97,14 @@ def list_inputs(input_dir: Path) -> list[Path]:
 
 
 @torch.no_grad()
+def labels_of(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Class labels of (classes, ...) logits: the argmax, or with two classes and a ``threshold`` other than 0.5
+    foreground where its softmax probability exceeds it (``l1 - l0 > logit(threshold)``)."""
+    if threshold == 0.5 or logits.shape[0] != 2:
+        return logits.argmax(0)
+    return (logits[1] - logits[0] > math.log(threshold / (1.0 - threshold))).to(torch.int64)
+
+
 def sliding_window_labels(
     image: np.ndarray,
     roi: tuple[int, int, int],
@@ -102,11 +113,13 @@ def sliding_window_labels(
     overlap: float,
     mode: str,
     sw_device: torch.device,
+    threshold: float = 0.5,
 ) -> np.ndarray:
     """Label map (uint8) of a 3D image by MONAI's sliding-window inference, stitched in slabs along axis 0.
 
     Windows, batches, blending weights and the order of the sums are those of
-    ``monai.inferers.sliding_window_inference`` (so the labels are the same), but the float32 logits and
+    ``monai.inferers.sliding_window_inference`` (so the labels are the same; ``threshold``: :func:`labels_of`), but
+    the float32 logits and
     weight sums exist only for one window depth along the first axis: a slab is turned into labels as soon as
     no later window touches it. Memory beyond the image is about ``(classes + 1) * 4`` bytes times
     ``roi[0] x Y x Z`` voxels plus the uint8 labels, whatever the volume's length along axis 0.
@@ -130,7 +143,7 @@ def sliding_window_labels(
         if acc is None or upto <= lo:
             return
         n = upto - lo
-        labels[lo:upto] = (acc[:, :n] / cnt[:, :n]).argmax(0).numpy().astype(np.uint8)
+        labels[lo:upto] = labels_of(acc[:, :n] / cnt[:, :n], threshold).numpy().astype(np.uint8)
         for buf in (acc, cnt):
             kept = buf[:, n:].clone()
             buf.zero_()
@@ -171,6 +184,7 @@ def segment_volume(
         float(ic.overlap),
         ic.mode,
         device,
+        float(ic.threshold),
     )
     return label, {}
 
@@ -270,7 +284,7 @@ def validation_dice(
         logits = sliding_window_inference(
             x, tuple(roi), int(infer.sw_batch), predictor, overlap=infer.overlap, mode=infer.mode
         )
-        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        pred = labels_of(logits[0], float(infer.threshold)).cpu().numpy().astype(np.uint8)
         d = dice_of(pred, labels[k])[0]  # NaN when both are empty: not scored
         if not math.isnan(d):
             total, count = total + d, count + 1

@@ -32,6 +32,7 @@ in :mod:`~svldrl.engine.checkpoint`; sliding-window probabilities and validation
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections import defaultdict
@@ -61,7 +62,7 @@ from svldrl.engine.device import memory_format, resolve_device, use_amp
 from svldrl.engine.eta import StageTimer
 from svldrl.engine.logs import TensorBoard, epoch_line, write_epoch_logs, write_history_csv
 from svldrl.engine.patches import StepCrops, pad_to_patch
-from svldrl.engine.predict import validation_dice, window_probability
+from svldrl.engine.predict import predict_probability, validation_dice, window_probability
 from svldrl.engine.streams import restore_own_streams, rng_state, seed_streams
 from svldrl.engine.training_data import (
     Batch,
@@ -77,6 +78,7 @@ from svldrl.engine.training_data import (
 from svldrl.errors import UserError
 from svldrl.nets.factory import build_network
 from svldrl.reporter import QUIET, SILENT, Reporter, fmt_seconds
+from svldrl.rules import choose_threshold, dice_at_thresholds
 from svldrl.settings import Config
 
 #: Seconds between progress lines inside a long epoch.
@@ -164,6 +166,8 @@ class Trainer:
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
         self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
+        #: The final model's foreground threshold, chosen on the trusted cases (data.trusted_threshold): see fit()
+        self.threshold: float | None = None
         self._finish_pool: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
         self.timing = StageTimer(
             self.stage_of, lambda s: type(self).stage_cost(self.cfg, s), self.iterations, self.num_epochs
@@ -602,6 +606,7 @@ class Trainer:
             self.timing.note_overhead(time.monotonic() - t0 - t_steps)
             eta = self.timing.eta(self.iteration, self.epoch)
             self.reporter.info(epoch_line(row, epoch, self.num_epochs, self.iteration, self.iterations, eta))
+        self.choose_threshold()
         if self.is_main:
             self._save("checkpoint_final.pt")
             if not (self.out / "checkpoint_best.pt").exists():
@@ -609,6 +614,51 @@ class Trainer:
         tb.close()
         D.barrier()
         return self.out
+
+    def choose_threshold(self) -> None:
+        """``data.trusted_threshold``: the final model's foreground threshold, chosen on the trusted cases held out
+        to validate (:func:`~svldrl.rules.choose_threshold`: 0.5 unless another clearly beats it there); logged,
+        written to ``trusted_threshold.json`` and carried by ``checkpoint_final.pt`` (docs/method.md section 17).
+        Skipped where the trusted cases trained: a threshold chosen on them would fit them."""
+        if not self.cfg.data.trusted_threshold:
+            return
+        trusted = set(self.trusted_ids)
+        held = [k for k, cid in enumerate(self.val_ids) if cid in trusted]
+        why = (
+            "no trusted case was held out to validate"
+            if not held
+            else "the trusted cases trained (data.train_on)"
+            if self.trusted_positions
+            else "the trusted finish trained on the trusted cases"
+            if self.finishing
+            else ""
+        )
+        if why:
+            self.reporter.info(f"trusted threshold (data.trusted_threshold) skipped: {why}")
+            return
+        net = D.unwrap(self.network).eval()
+        with torch.no_grad():
+            table = [
+                dice_at_thresholds(
+                    predict_probability(type(self), net, self.cfg, self.val_images[k]), self.val_labels[k]
+                )
+                for k in held
+            ]
+        net.train()
+        c = choose_threshold(np.asarray(table))
+        self.threshold = c.threshold
+        said = (
+            f"on the {c.n} trusted cases the Dice-best foreground threshold is p {c.best:.3f}: Dice {c.dice_best:.4f} "
+            f"against {c.dice_half:.4f} at 0.5 (gain {100 * (c.dice_best - c.dice_half):.2f} ± "
+            f"{100 * c.gain_se:.2f} points)"
+        )
+        self.reporter.info(
+            f"trusted threshold: {said}; checkpoint_final predicts with it"
+            if c.adopted
+            else f"trusted threshold: {said}, less than 1 point or 2 standard errors: predictions keep 0.5"
+        )
+        if self.is_main:
+            write_text(self.out / "trusted_threshold.json", json.dumps(c.__dict__, indent=2) + "\n")
 
     def _enter_finish(self, epoch: int) -> None:
         """Switch to the trusted finish at its first epoch, if the method wants it (:meth:`finish_wanted`, asked
@@ -651,6 +701,7 @@ class Trainer:
             },
             "extra": self.method_state(),
             "cases": self._cases(),
+            **({"threshold": self.threshold} if self.threshold is not None else {}),
         }
 
     def _cases(self) -> dict[str, list[str]]:
