@@ -335,7 +335,8 @@ def test_trusted_threshold_is_chosen_on_the_held_out_trusted_cases_and_predicts(
     choice = json.loads((run / "trusted_threshold.json").read_text())
     assert choice["n"] == 2 and "on the 2 trusted cases the Dice-best foreground threshold" in log
     ckpt = load_checkpoint(run / "checkpoint_final.pt")
-    assert ckpt["threshold"] == choice["threshold"]
+    assert ckpt.get("threshold", 0.5) == choice["threshold"]  # carried where adopted
+    assert ("threshold" in ckpt) == choice["adopted"]
     from svldrl.runs.run import load_run
 
     assert load_run(run, "final", "cpu")[2].infer.threshold == choice["threshold"]

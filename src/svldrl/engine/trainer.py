@@ -646,7 +646,7 @@ class Trainer:
             ]
         net.train()
         c = choose_threshold(np.asarray(table))
-        self.threshold = c.threshold
+        self.threshold = c.threshold if c.adopted else None  # kept: infer.threshold stays the run's
         said = (
             f"on the {c.n} trusted cases the Dice-best foreground threshold is p {c.best:.3f}: Dice {c.dice_best:.4f} "
             f"against {c.dice_half:.4f} at 0.5 (gain {100 * (c.dice_best - c.dice_half):.2f} ± "
@@ -655,7 +655,8 @@ class Trainer:
         self.reporter.info(
             f"trusted threshold: {said}; checkpoint_final predicts with it"
             if c.adopted
-            else f"trusted threshold: {said}, less than 1 point or 2 standard errors: predictions keep 0.5"
+            else f"trusted threshold: {said}, less than 1 point or 2 standard errors: predictions keep "
+            f"infer.threshold {self.cfg.infer.threshold:g}"
         )
         if self.is_main:
             write_text(self.out / "trusted_threshold.json", json.dumps(c.__dict__, indent=2) + "\n")
