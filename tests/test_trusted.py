@@ -312,7 +312,7 @@ def test_labels_of_thresholds_the_foreground_probability():
 
 
 def test_trusted_threshold_is_chosen_on_the_held_out_trusted_cases_and_predicts(
-    dataset: Path, tmp_path: Path, capsys
+    dataset: Path, tmp_path: Path, capsys, monkeypatch
 ):
     """``data.trusted_threshold``: at the end of the run the threshold is chosen on the trusted cases (logged,
     ``trusted_threshold.json``, ``checkpoint_final.pt``), and ``svldrl predict`` segments with the one the
@@ -349,6 +349,23 @@ def test_trusted_threshold_is_chosen_on_the_held_out_trusted_cases_and_predicts(
         assert main(["predict", str(run), str(images), str(out), "--quiet"]) == 0
         counts.append(sum(int((_mask(f) > 0).sum()) for f in sorted(out.glob("*.nii.gz"))))
     assert counts[0] > counts[1]
+    # an adopted threshold: the final checkpoint carries it, and the best one too where it is the same model
+    import svldrl.engine.trainer as trainer_module
+    from svldrl.rules import ThresholdChoice
+
+    monkeypatch.setattr(
+        trainer_module, "choose_threshold", lambda table: ThresholdChoice(0.9, 0.9, 0.8, 0.6, 0.01, 2, True)
+    )
+    adopted = tmp_path / "adopted"
+    assert main([*argv, "--out", str(adopted), "--quiet"]) == 0
+    assert load_checkpoint(adopted / "checkpoint_final.pt")["threshold"] == 0.9
+    rows = list(csv.DictReader(open(adopted / "metrics.csv")))
+    last_best = float(rows[-1]["val_dice"]) == max(
+        float(r["val_dice"]) for r in rows if r["val_dice"] != "nan"
+    )
+    assert ("threshold" in load_checkpoint(adopted / "checkpoint_best.pt")) == last_best
+    capsys.readouterr()
+    monkeypatch.undo()
     # where the trusted cases train, a threshold chosen on them would fit them: skipped, said, none carried
     other = tmp_path / "all"
     assert main([*argv, "--out", str(other), "--set", "data.train_on=all"]) == 0

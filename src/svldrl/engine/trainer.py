@@ -609,7 +609,11 @@ class Trainer:
         self.choose_threshold()
         if self.is_main:
             self._save("checkpoint_final.pt")
-            if not (self.out / "checkpoint_best.pt").exists():
+            # the best is the final model when the last epoch validated best: it then carries the final's threshold
+            last_best = (
+                self.threshold is not None and self.history and self.history[-1]["val_dice"] == self.best_val
+            )
+            if last_best or not (self.out / "checkpoint_best.pt").exists():
                 self._save("checkpoint_best.pt")
         tb.close()
         D.barrier()
