@@ -96,7 +96,6 @@ def list_inputs(input_dir: Path) -> list[Path]:
     return files
 
 
-@torch.no_grad()
 def labels_of(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Class labels of (classes, ...) logits: the argmax, or with two classes and a ``threshold`` other than 0.5
     foreground where its softmax probability exceeds it (``l1 - l0 > logit(threshold)``)."""
@@ -105,6 +104,7 @@ def labels_of(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return (logits[1] - logits[0] > math.log(threshold / (1.0 - threshold))).to(torch.int64)
 
 
+@torch.no_grad()
 def sliding_window_labels(
     image: np.ndarray,
     roi: tuple[int, int, int],
@@ -119,9 +119,8 @@ def sliding_window_labels(
 
     Windows, batches, blending weights and the order of the sums are those of
     ``monai.inferers.sliding_window_inference`` (so the labels are the same; ``threshold``: :func:`labels_of`), but
-    the float32 logits and
-    weight sums exist only for one window depth along the first axis: a slab is turned into labels as soon as
-    no later window touches it. Memory beyond the image is about ``(classes + 1) * 4`` bytes times
+    the float32 logits and weight sums exist only for one window depth along the first axis: a slab is turned into
+    labels as soon as no later window touches it. Memory beyond the image is about ``(classes + 1) * 4`` bytes times
     ``roi[0] x Y x Z`` voxels plus the uint8 labels, whatever the volume's length along axis 0.
     """
     shape0 = image.shape

@@ -390,9 +390,8 @@ class Trainer:
         self.targets = [g.astype(np.float32) for g in self.given]
         #: Positions (in ``train_ids``) of the trusted cases that train (``data.train_on=all``): their masks are the
         #: truth, so no method's correction changes their targets (:meth:`keep_trusted_targets`).
-        self.trusted_positions = frozenset(
-            i for i, c in enumerate(self.train_ids) if c in set(self.trusted_ids)
-        )
+        trusted = set(self.trusted_ids)
+        self.trusted_positions = frozenset(i for i, c in enumerate(self.train_ids) if c in trusted)
         #: What a method's corrections before training did to each case (case id -> notes), for
         #: ``svldrl targets``' report; empty for methods that correct nothing then.
         self.target_notes: dict[str, dict[str, Any]] = {}
@@ -628,15 +627,12 @@ class Trainer:
             return
         trusted = set(self.trusted_ids)
         held = [k for k, cid in enumerate(self.val_ids) if cid in trusted]
-        why = (
-            "no trusted case was held out to validate"
-            if not held
-            else "the trusted cases trained (data.train_on)"
-            if self.trusted_positions
-            else "the trusted finish trained on the trusted cases"
-            if self.finishing
-            else ""
+        reasons = (
+            (not held, "no trusted case was held out to validate"),
+            (bool(self.trusted_positions), "the trusted cases trained (data.train_on)"),
+            (self.finishing, "the trusted finish trained on the trusted cases"),
         )
+        why = next((reason for applies, reason in reasons if applies), "")
         if why:
             self.reporter.info(f"trusted threshold (data.trusted_threshold) skipped: {why}")
             return
