@@ -250,13 +250,15 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
 
 
 @pytest.mark.parametrize(
-    "method", ["supervised_shift", "supervised_agents", "supervised_shift+finish"], ids=lambda m: m
+    "method",
+    ["supervised_shift", "supervised_agents", "supervised_shift+finish", "supervised_shift+join"],
+    ids=lambda m: m,
 )
 def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Path, monkeypatch, method: str):
     """The corrected targets and their notes (and the mask agents with their optimiser) are in the checkpoint: a
     killed and resumed run ends where an uninterrupted one does (+finish: the kill falls before the trusted
     finish, whose pass over the trusted cases then starts afresh in both)."""
-    method, finish = method.split("+")[0], "+finish" in method
+    method, finish, join = method.split("+")[0], "+finish" in method, "+join" in method
     from svldrl.engine.checkpoint import load_checkpoint
     from svldrl.runs import train
 
@@ -268,7 +270,8 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         "rl.shift_every=1",
         "rl.agent_episodes=2",
         "train.deterministic=true",
-        *(["data.trusted_finish=0.34"] if finish else []),
+        *(["data.trusted_finish=0.34"] if finish or join else []),
+        *(["data.trusted_join=true"] if join else []),
     ]
     full = train(dataset, "noisy/grown", tmp_path / "full", C.load_config(overrides=sets))
     killed = tmp_path / "killed"
@@ -279,6 +282,10 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
     )
     resumed = train(dataset, "noisy/grown", tmp_path / "killed", C.load_config(overrides=sets), resume=True)
     a, b = load_checkpoint(full / "checkpoint_final.pt"), load_checkpoint(resumed / "checkpoint_final.pt")
+    if (
+        join
+    ):  # the tiny model finds no shift in the grown masks: the finish is declined, the trusted cases join
+        assert [r.get("trusted_join") for r in a["history"]][-1] == 1.0
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], msg=k)
     for ta, tb in zip(a["extra"]["targets"], b["extra"]["targets"], strict=True):

@@ -434,6 +434,57 @@ def test_trusted_finish_ends_on_the_trusted_masks_alone(dataset: Path, tmp_path:
             assert np.array_equal(batch["target"][k, 0].numpy(), want)
 
 
+def test_trusted_join_trains_the_trusted_cases_where_the_finish_is_declined(
+    dataset: Path, tmp_path: Path, capsys
+) -> None:
+    """``data.trusted_join``: where the trusted shift finds the masks right and its method declines the finish, the
+    trusted cases join the training cases for that share, on their trusted masks (no update, no validation, no
+    threshold chosen on them); without the key the share trains as before."""
+    (tmp_path / "t.json").write_text(json.dumps(["phantom_000", "phantom_004"]))
+    argv = ["train", str(dataset), "--method", "supervised_shift", "--trusted", str(tmp_path / "t.json")]
+    sets = ["--set", "data.trusted_finish=0.34", "--set", "data.trusted_threshold=true"]
+    out = tmp_path / "join"
+    assert main([*argv, "--out", str(out), *TRAIN_SETS, *sets, "--set", "data.trusted_join=true"]) == 0
+    log = capsys.readouterr().err
+    assert "declined: the trusted shift found no clear" in log
+    assert "instead (data.trusted_join) the last 2 iterations train on all" in log
+    assert "trusted threshold (data.trusted_threshold) skipped: the trusted cases joined training" in log
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r.get("trusted_join") or "" for r in rows] == ["", "", "1"]
+    assert rows[1]["val_dice"] != "nan" and rows[2]["val_dice"] == "nan"
+    # without the key: skipped, and the threshold is chosen on the held-out trusted cases
+    plain = tmp_path / "plain"
+    assert main([*argv, "--out", str(plain), *TRAIN_SETS, *sets]) == 0
+    log = capsys.readouterr().err
+    assert "skipped: the trusted shift found no clear" in log and "data.trusted_join" not in log
+    assert (plain / "trusted_threshold.json").exists() and not (out / "trusted_threshold.json").exists()
+
+    trainer = _trainer(
+        dataset,
+        "clean",
+        tmp_path / "t",
+        "supervised_shift",
+        "data.trusted_finish=0.34",
+        "data.trusted_join=true",
+        f"data.trusted={tmp_path / 't.json'}",
+    )
+    n = len(trainer.train_ids)
+    trainer._enter_finish(trainer.finish_from)  # no shift found in an empty history: declined, joined
+    assert trainer.finishing and trainer.joined
+    images, targets, _, _ = trainer._pool()
+    assert len(images) == len(targets) == n + 2
+    _, masks, _ = trainer._trusted_pool()
+    seen = set()
+    for _ in range(12):
+        batch = trainer.sample_batch()
+        for k, (case, box, flip) in enumerate(zip(batch["case"], batch["box"], batch["flip"], strict=True)):
+            seen.add(case)
+            want = (targets[case] if case < n else masks[case - n])[box]
+            want = np.flip(want, flip) if flip else want
+            assert np.array_equal(batch["target"][k, 0].numpy(), want)
+    assert seen & {n, n + 1} and seen - {n, n + 1}  # the trusted cases and the others both train
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 

@@ -88,6 +88,13 @@ class Data:
         range=(0.0, 0.9),
         origin="ours",
     )
+    trusted_join: bool = setting(
+        False,
+        "where a method declines the trusted finish (the trusted shift found the given masks right), the trusted "
+        "cases join the training cases for that share instead, on their trusted masks, with plain Dice + CE (the "
+        "method's own steps and target updates stop; no validation); needs data.trusted_finish",
+        origin="ours",
+    )
     trusted_threshold: bool = setting(
         False,
         "at the end of training, choose the foreground probability threshold of the final model on the trusted "

@@ -43,6 +43,20 @@ class LazyImages(Sequence):
         return pad_to_patch(image, self.patch) if self.patch else image
 
 
+class Joined(Sequence):
+    """Two sequences of images read as one, without reading either (:class:`LazyImages` stays lazy)."""
+
+    def __init__(self, first: Sequence[np.ndarray], second: Sequence[np.ndarray]) -> None:
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        n = len(self.first)
+        return self.first[i] if i < n else self.second[i - n]
+
+
 @dataclass
 class Crop:
     """One training patch before its targets are attached: the augmented image and where it came from."""

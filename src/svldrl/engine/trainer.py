@@ -61,7 +61,7 @@ from svldrl.engine.checkpoint import (
 from svldrl.engine.device import memory_format, resolve_device, use_amp
 from svldrl.engine.eta import StageTimer
 from svldrl.engine.logs import TensorBoard, epoch_line, write_epoch_logs, write_history_csv
-from svldrl.engine.patches import StepCrops, pad_to_patch
+from svldrl.engine.patches import Joined, StepCrops, pad_to_patch
 from svldrl.engine.predict import predict_probability, validation_dice, window_probability
 from svldrl.engine.streams import restore_own_streams, rng_state, seed_streams
 from svldrl.engine.training_data import (
@@ -166,6 +166,8 @@ class Trainer:
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
         self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
+        #: In the finish's share, the trusted cases joined the training cases instead (data.trusted_join)
+        self.joined = False
         #: The final model's foreground threshold, chosen on the trusted cases (data.trusted_threshold): see fit()
         self.threshold: float | None = None
         self._finish_pool: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
@@ -405,6 +407,14 @@ class Trainer:
         if self._finish_pool is None:
             self._finish_pool = self._trusted_pool()
         images, masks, fg_idx = self._finish_pool
+        if self.joined:  # data.trusted_join: beside the training cases (those not training already)
+            new = [k for k, cid in enumerate(self.trusted_ids) if cid not in self.train_ids]
+            masks = [masks[k] for k in new]
+            images, fg_idx = (
+                Joined(self.images, [images[k] for k in new]),
+                [*self.fg_idx, *(fg_idx[k] for k in new)],
+            )
+            return images, [*self.targets, *masks], [*self.given, *masks], fg_idx
         return images, masks, masks, fg_idx
 
     def _trusted_pool(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -574,7 +584,7 @@ class Trainer:
             t_steps = time.monotonic() - t0
             self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
-            row.update({"trusted_finish": 1.0} if self.finishing else self.on_epoch_end(epoch))
+            row.update({self._finish_mark: 1.0} if self.finishing else self.on_epoch_end(epoch))
             self.keep_trusted_targets()
             due = (epoch + 1) % int(self.cfg.train.val_every) == 0 or epoch + 1 == self.num_epochs
             # in the finish the trusted cases train: a score on them would select the checkpoints that fit them
@@ -630,6 +640,7 @@ class Trainer:
         reasons = (
             (not held, "no trusted case was held out to validate"),
             (bool(self.trusted_positions), "the trusted cases trained (data.train_on)"),
+            (self.finishing and self.joined, "the trusted cases joined training (data.trusted_join)"),
             (self.finishing, "the trusted finish trained on the trusted cases"),
         )
         why = next((reason for applies, reason in reasons if applies), "")
@@ -661,11 +672,18 @@ class Trainer:
         if self.is_main:
             write_text(self.out / "trusted_threshold.json", json.dumps(c.__dict__, indent=2) + "\n")
 
+    @property
+    def _finish_mark(self) -> str:
+        """The ``metrics.csv`` column that marks the finish's epochs: the trusted cases alone, or joined."""
+        return "trusted_join" if self.joined else "trusted_finish"
+
     def _enter_finish(self, epoch: int) -> None:
         """Switch to the trusted finish at its first epoch, if the method wants it (:meth:`finish_wanted`, asked
         of the epochs before it, so a resumed run decides alike); the case queue, which holds the rest of a pass
         over the training cases, starts again over the trusted ones."""
-        self.finishing = epoch >= self.finish_from and self.finish_wanted(self.history[: self.finish_from])
+        wanted = self.finish_wanted(self.history[: self.finish_from])
+        self.joined = not wanted and bool(self.cfg.data.trusted_join)
+        self.finishing = epoch >= self.finish_from and (wanted or self.joined)
         if epoch != self.finish_from:
             return
         share = f"data.trusted_finish={self.cfg.data.trusted_finish:g}"
@@ -673,6 +691,14 @@ class Trainer:
             self.reporter.info(f"trusted finish ({share}) skipped: {self.finish_declined}")
             return
         self._case_queue.clear()
+        if self.joined:
+            n = len(self._pool()[0])
+            self.reporter.info(
+                f"trusted finish ({share}) declined: {self.finish_declined}; instead (data.trusted_join) the last "
+                f"{self.iterations - self.iteration} iterations train on all {n} cases, the trusted ones on their "
+                "trusted masks, with Dice + CE; no validation from here (checkpoint_best.pt stays the best before it)"
+            )
+            return
         self.reporter.info(
             f"trusted finish ({share}): the last {self.iterations - self.iteration} iterations train on the "
             f"{len(self.trusted_ids)} trusted cases' masks alone, with Dice + CE; no validation from here "
