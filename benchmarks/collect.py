@@ -77,6 +77,23 @@ SECTIONS = [
         "cases and the clean-mask oracle on the same crops: real_anatomy above.",
     ),
     (
+        "real_anatomy_trusted_dev",
+        "Trusted subset, development check on real anatomy: the thalamus "
+        "(`benchmarks/real_anatomy_trusted_dev.yaml`)",
+        "A second development set beside the caudate (docs/method.md sections 14-18), never the putamen whose figures "
+        "are reported: the thalamus of the same brain, crops and budget, 8 trusted of 48, one seed. Whether the "
+        "trusted cases should join training where the preset declines its finish (`recommended_join`, section 18) "
+        "was checked here before its rows ran on the putamen.",
+    ),
+    (
+        "phantom_trusted_dev",
+        "Trusted subset, development check on phantoms: the draw of seed 101 "
+        "(`benchmarks/phantom_trusted_dev.yaml`)",
+        "The phantom draw on which the trusted shift's, the finish's and the threshold's settings were chosen "
+        "(docs/method.md sections 14-17), 8 trusted of 48, 2000 iterations, one seed: the recommended preset with and "
+        "without `data.trusted_join` (section 18), where the band has corrected the masks and the finish is declined.",
+    ),
+    (
         "shift_cost",
         "What the trusted corrections cost (`benchmarks/shift_cost.py`)",
         "The extra time of the trusted shift's update and of the mask agents' update (`supervised_agents`), as a "

@@ -372,6 +372,70 @@ _RECORDED: dict[str, tuple[list[str], list[float], dict[str, float]]] = {
         },
     ),
 }
+# The same trainings on a CPU whose torch kernels are AVX2 (AMD EPYC, 2026-12-07; identical at commit 7472de7 and
+# f09d679): float32 kernels of another width sum in another order, and ten RL steps carry that past any tolerance
+# that would still catch a changed draw. Chosen by torch.backends.cpu.get_cpu_capability(); other CPUs use _RECORDED.
+_RECORDED_AVX2: dict[str, tuple[list[float], dict[str, float]]] = {
+    "intensity": (
+        [0.324917, 0.320373, 0.330841, 0.335706, 0.340903],
+        {
+            "train_loss": 0.834634,
+            "losses/value": 1.11278,
+            "losses/policy": -0.130197,
+            "losses/dice": 0.892996,
+            "charts/reward": -0.00723782,
+            "charts/reward_std": 0.0422798,
+            "charts/advantage": -0.117301,
+            "charts/entropy": 0.982428,
+            "charts/action_frac/keep": 0.341839,
+            "charts/action_frac/enhance": 0.217674,
+            "charts/action_frac/weaken": 0.440487,
+            "charts/reward_terms/dice": -0.00316267,
+            "charts/reward_terms/voxel": -0.00235776,
+            "charts/reward_terms/continuity": -0.0017174,
+            "charts/reward_terms/components": 0.0,
+        },
+    ),
+    "paper_reward_teacher_target": (
+        [0.324917, 0.318474, 0.314566, 0.313024, 0.316678],
+        {
+            "train_loss": 1.08503,
+            "losses/value": 3.02242,
+            "losses/policy": -1.56921,
+            "losses/dice": 0.910664,
+            "charts/reward": -0.216928,
+            "charts/reward_std": 0.176874,
+            "charts/advantage": -1.56314,
+            "charts/entropy": 0.997272,
+            "charts/action_frac/keep": 0.325745,
+            "charts/action_frac/enhance": 0.221939,
+            "charts/action_frac/weaken": 0.452316,
+            "charts/reward_terms/dice": -0.00505511,
+            "charts/reward_terms/continuity": -0.211873,
+        },
+    ),
+    "label": (
+        [0.324917, 0.311962, 0.307489, 0.304127, 0.303568],
+        {
+            "train_loss": 0.819746,
+            "charts/target_changed": 0.184967,
+            "losses/value": 0.516573,
+            "losses/policy": 0.0267387,
+            "losses/dice": 1.01965,
+            "charts/reward": 0.0110171,
+            "charts/reward_std": 1.50878,
+            "charts/advantage": 0.0730695,
+            "charts/entropy": 1.01095,
+            "charts/action_frac/keep": 0.332714,
+            "charts/action_frac/enhance": 0.215652,
+            "charts/action_frac/weaken": 0.451633,
+            "charts/reward_terms/teacher": -0.000867387,
+            "charts/reward_terms/continuity": -0.00251637,
+            "charts/reward_terms/prior": -0.00549507,
+            "charts/reward_terms/region": 0.0198959,
+        },
+    ),
+}
 _FIRST_COLUMNS = ["epoch", "train_loss", "charts/stage", "iteration", "stage"]
 _RL_COLUMNS = [
     "val_dice",
@@ -396,6 +460,8 @@ def test_a_seeded_training_logs_the_recorded_metrics(dataset: Path, tmp_path: Pa
     against a change of structure that changes a random draw, a loss or a log. Recorded in float32 (train.amp
     off: whether bf16 runs depends on the CPU); the tolerance leaves room for another CPU's kernels."""
     overrides, val_dice, last = _RECORDED[variant]
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        val_dice, last = _RECORDED_AVX2[variant]
     cfg = C.load_config(
         overrides=[
             *RL,
