@@ -171,6 +171,7 @@ class Trainer:
         #: The final model's foreground threshold, chosen on the trusted cases (data.trusted_threshold): see fit()
         self.threshold: float | None = None
         self._finish_pool: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
+        self._joined_pool: tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
         self.timing = StageTimer(
             self.stage_of, lambda s: type(self).stage_cost(self.cfg, s), self.iterations, self.num_epochs
         )
@@ -407,15 +408,21 @@ class Trainer:
         if self._finish_pool is None:
             self._finish_pool = self._trusted_pool()
         images, masks, fg_idx = self._finish_pool
-        if self.joined:  # data.trusted_join: beside the training cases (those not training already)
-            new = [k for k, cid in enumerate(self.trusted_ids) if cid not in self.train_ids]
+        if not self.joined:
+            return images, masks, masks, fg_idx
+        if (
+            self._joined_pool is None
+        ):  # data.trusted_join: beside the training cases (those not training already)
+            training = set(self.train_ids)
+            new = [k for k, cid in enumerate(self.trusted_ids) if cid not in training]
             masks = [masks[k] for k in new]
-            images, fg_idx = (
+            self._joined_pool = (
                 Joined(self.images, [images[k] for k in new]),
+                [*self.targets, *masks],
+                [*self.given, *masks],
                 [*self.fg_idx, *(fg_idx[k] for k in new)],
             )
-            return images, [*self.targets, *masks], [*self.given, *masks], fg_idx
-        return images, masks, masks, fg_idx
+        return self._joined_pool
 
     def _trusted_pool(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """The trusted cases' images and trusted masks, padded to the patch, wherever the split put them (held
@@ -681,9 +688,9 @@ class Trainer:
         """Switch to the trusted finish at its first epoch, if the method wants it (:meth:`finish_wanted`, asked
         of the epochs before it, so a resumed run decides alike); the case queue, which holds the rest of a pass
         over the training cases, starts again over the trusted ones."""
-        wanted = self.finish_wanted(self.history[: self.finish_from])
-        self.joined = not wanted and bool(self.cfg.data.trusted_join)
-        self.finishing = epoch >= self.finish_from and (wanted or self.joined)
+        wanted = epoch >= self.finish_from and self.finish_wanted(self.history[: self.finish_from])
+        self.joined = epoch >= self.finish_from and not wanted and bool(self.cfg.data.trusted_join)
+        self.finishing = wanted or self.joined
         if epoch != self.finish_from:
             return
         share = f"data.trusted_finish={self.cfg.data.trusted_finish:g}"
