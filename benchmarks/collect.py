@@ -83,7 +83,8 @@ SECTIONS = [
         "A second development set beside the caudate (docs/method.md sections 14-18), never the putamen whose figures "
         "are reported: the thalamus of the same brain, crops and budget, 8 trusted of 48, one seed. Whether the "
         "trusted cases should join training where the preset declines its finish (`recommended_join`, section 18) "
-        "was checked here before its rows ran on the putamen.",
+        "was checked here before its rows ran on the putamen, and the finish that keeps the other cases on their "
+        "masks' reliable side (`recommended_bound`, section 19).",
     ),
     (
         "phantom_trusted_dev",
@@ -91,7 +92,15 @@ SECTIONS = [
         "(`benchmarks/phantom_trusted_dev.yaml`)",
         "The phantom draw on which the trusted shift's, the finish's and the threshold's settings were chosen "
         "(docs/method.md sections 14-17), 8 trusted of 48, 2000 iterations, one seed: the recommended preset with and "
-        "without `data.trusted_join` (section 18), where the band has corrected the masks and the finish is declined.",
+        "without `data.trusted_join` (section 18), where the band has corrected the masks and the finish is declined, "
+        "and with `data.trusted_bound` (section 19).",
+    ),
+    (
+        "mask_sides",
+        "Is the error of noisy masks one-sided? (`benchmarks/mask_sides.py`)",
+        "What `data.trusted_bound` assumes (docs/method.md section 19), read on the development sets' training masks "
+        "against their clean versions; nothing trains: the share of the true foreground outside each mask, and "
+        "beyond 1 and 2 voxels of it.",
     ),
     (
         "shift_cost",

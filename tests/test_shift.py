@@ -251,14 +251,23 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
 
 @pytest.mark.parametrize(
     "method",
-    ["supervised_shift", "supervised_agents", "supervised_shift+finish", "supervised_shift+join"],
+    [
+        "supervised_shift",
+        "supervised_agents",
+        "supervised_shift+finish",
+        "supervised_shift+join",
+        "supervised_shift+bound",
+    ],
     ids=lambda m: m,
 )
 def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Path, monkeypatch, method: str):
     """The corrected targets and their notes (and the mask agents with their optimiser) are in the checkpoint: a
     killed and resumed run ends where an uninterrupted one does (+finish: the kill falls before the trusted
     finish, whose pass over the trusted cases then starts afresh in both)."""
-    method, finish, join = method.split("+")[0], "+finish" in method, "+join" in method
+    method, finish, join, bound = (
+        method.split("+")[0],
+        *(f"+{k}" in method for k in ("finish", "join", "bound")),
+    )
     from svldrl.engine.checkpoint import load_checkpoint
     from svldrl.runs import train
 
@@ -270,9 +279,15 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         "rl.shift_every=1",
         "rl.agent_episodes=2",
         "train.deterministic=true",
-        *(["data.trusted_finish=0.34"] if finish or join else []),
+        *(["data.trusted_finish=0.34"] if finish or join or bound else []),
         *(["data.trusted_join=true"] if join else []),
+        *(["data.trusted_bound=true"] if bound else []),
     ]
+    if bound:  # the tiny model finds no shift: here the masks are taken as drawn too large
+        import svldrl.methods.shift as shift_method
+
+        monkeypatch.setattr(shift_method, "shift_found", lambda before: True)
+        monkeypatch.setattr(shift_method, "shift_side", lambda before: 1)
     full = train(dataset, "noisy/grown", tmp_path / "full", C.load_config(overrides=sets))
     killed = tmp_path / "killed"
     kill_at_second_validation(
@@ -286,6 +301,8 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         join
     ):  # the tiny model finds no shift in the grown masks: the finish is declined, the trusted cases join
         assert [r.get("trusted_join") for r in a["history"]][-1] == 1.0
+    if bound:
+        assert [r.get("trusted_bound") for r in a["history"]][-1] == 1.0
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], msg=k)
     for ta, tb in zip(a["extra"]["targets"], b["extra"]["targets"], strict=True):

@@ -485,6 +485,78 @@ def test_trusted_join_trains_the_trusted_cases_where_the_finish_is_declined(
     assert seen & {n, n + 1} and seen - {n, n + 1}  # the trusted cases and the others both train
 
 
+def test_shift_side_reads_the_last_decision_of_the_trusted_shift() -> None:
+    from svldrl.methods.kit.targets import shift_found, shift_side
+
+    nan = float("nan")
+    row = lambda applied, mm: {"charts/shift_applied": applied, "charts/shift_mm": mm}  # noqa: E731
+    assert shift_side([]) == 0 and not shift_found([{"epoch": 0}])
+    assert (
+        shift_side([row(1.0, 1.5), {"charts/shift_applied": nan}]) == 1
+    )  # the last decision, not the last row
+    assert shift_side([row(1.0, 1.5), row(1.0, -0.8)]) == -1
+    assert shift_side([row(1.0, 1.5), row(0.0, 1.4)]) == 0 and not shift_found([row(0.0, 1.4)])
+
+
+@pytest.mark.parametrize("side", [1, -1], ids=["too_large", "too_small"])
+def test_trusted_bound_keeps_the_other_cases_on_their_reliable_side(dataset: Path, tmp_path: Path, side: int):
+    """``data.trusted_bound``: in the finish, where the shift found the masks drawn too large (small), the training
+    cases stay, known only outside (inside) their masks; the trusted cases, repeated, are known everywhere; the
+    loss of a crop with unknown voxels is the cross-entropy of its known voxels alone."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from svldrl.engine.trainer import UNKNOWN
+
+    (tmp_path / "t.json").write_text(json.dumps(["phantom_000", "phantom_004"]))
+    sets = ["data.trusted_finish=0.34", "rl.shift_every=1", f"data.trusted={tmp_path / 't.json'}"]
+    trainer = _trainer(dataset, "clean", tmp_path / "t", "supervised_shift", *sets, "data.trusted_bound=true")
+    n = len(trainer.train_ids)
+    trainer.history = [{"charts/shift_applied": 1.0, "charts/shift_mm": 1.5 * side}] * trainer.finish_from
+    trainer._enter_finish(trainer.finish_from)
+    assert trainer.finishing and not trainer.joined and trainer.bound is not None
+    assert trainer._finish_mark == "trusted_bound"
+    images, targets, _, _ = trainer._pool()
+    repeat = round(n / 2)
+    assert len(images) == len(targets) == n + 2 * repeat
+    for t, g in zip(targets[:n], trainer.given, strict=True):
+        inside = np.asarray(g) >= 0.5
+        # a voxel-wide margin from the drawn boundary stays unknown on the known side
+        near = ndimage.binary_dilation(inside) & ~ndimage.binary_erosion(inside)
+        assert np.all(t[near & (inside if side > 0 else ~inside)] == UNKNOWN)
+        known = (~inside if side > 0 else inside) & ~near
+        assert known.any() and np.all(t[known] == (0.0 if side > 0 else 1.0))
+        assert np.all(t[inside if side > 0 else ~inside] == UNKNOWN)
+    _, masks, _ = trainer._trusted_pool()
+    for k in range(2 * repeat):
+        assert np.array_equal(targets[n + k], masks[k // repeat])
+    # the loss: Dice + CE where every voxel is known, else the CE of the known voxels
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4, 4)
+    target = torch.zeros(2, 1, 4, 4, 4)
+    target[0, 0, :2] = 1.0  # a trusted crop
+    target[1, 0, :, :2] = UNKNOWN  # a bounded crop: half unknown
+    target[1, 0, 0, 2:] = 1.0
+    seen = []
+    trainer.network = lambda image, heads: {"seg": logits.clone().requires_grad_(True)}
+    trainer.optimise = lambda loss: seen.append(loss.detach())
+    trainer.finish_step({"image": torch.zeros(2, 1, 4, 4, 4), "target": target})
+    known = target[1, 0] >= 0
+    ce = F.cross_entropy(logits[1:], target[1:, 0].clamp(min=0).long(), reduction="none")[0][known].mean()
+    want = trainer._plain_loss(logits[:1], torch.cat([1 - target[:1], target[:1]], 1)) + ce
+    torch.testing.assert_close(seen[0], want)
+
+    # off by default: the finish trains on the trusted cases alone; and without the shift's side, too
+    plain = _trainer(dataset, "clean", tmp_path / "p", "supervised_shift", *sets)
+    plain.history = trainer.history
+    plain._enter_finish(plain.finish_from)
+    assert plain.finishing and plain.bound is None and len(plain._pool()[0]) == 2
+    unknown = _trainer(dataset, "clean", tmp_path / "u", "supervised", *sets, "data.trusted_bound=true")
+    unknown._enter_finish(unknown.finish_from)
+    assert unknown.finishing and unknown.bound is None and len(unknown._pool()[0]) == 2
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 

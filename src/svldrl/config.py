@@ -48,7 +48,12 @@ NEUTRAL_KEYS = frozenset(
 )
 #: Keys that act only where a run has trusted cases (the trusted finish): on data without any they change nothing,
 #: so a run made before them, on such data, stands (the benchmark runner knows which settings have trusted cases).
-TRUSTED_ONLY_KEYS = ("data.trusted_finish", "data.trusted_join", "data.trusted_threshold")
+TRUSTED_ONLY_KEYS = (
+    "data.trusted_finish",
+    "data.trusted_join",
+    "data.trusted_bound",
+    "data.trusted_threshold",
+)
 #: Method section -> the methods that read it (:func:`svldrl.methods.section_owners`, injected by the caller: this
 #: layer knows no method): a run of another method may not set its keys (they would do nothing).
 Owners = Mapping[str, Sequence[str]]

@@ -95,6 +95,15 @@ class Data:
         "method's own steps and target updates stop; no validation); needs data.trusted_finish",
         origin="ours",
     )
+    trusted_bound: bool = setting(
+        False,
+        "in the trusted finish, where the trusted shift found the given masks drawn too large (too small), the "
+        "training cases keep training beside the trusted ones, each only outside (inside) its mask, the side that "
+        "error leaves right, from a voxel beyond its boundary (cross-entropy there); the trusted cases, drawn as "
+        "often as all the others, train on their masks with Dice + CE; where the finish runs without the shift's "
+        "side it trains as before; needs data.trusted_finish",
+        origin="ours",
+    )
     trusted_threshold: bool = setting(
         False,
         "at the end of training, choose the foreground probability threshold of the final model on the trusted "

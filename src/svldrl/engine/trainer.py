@@ -36,14 +36,16 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+from scipy import ndimage
 
 from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset
@@ -83,6 +85,13 @@ from svldrl.settings import Config
 
 #: Seconds between progress lines inside a long epoch.
 PROGRESS_EVERY = 30.0
+
+
+#: The target of a voxel whose class is not known (data.trusted_bound): no loss there.
+UNKNOWN = -1.0
+#: data.trusted_bound: voxels between the drawn boundary and the known side (chosen on the development sets' masks:
+#: under their Markov noise no true foreground lay more than one voxel outside a mask, 3-4% lay in that voxel).
+BOUND_MARGIN = 1
 
 
 def seg_target(q: torch.Tensor) -> torch.Tensor:
@@ -168,10 +177,14 @@ class Trainer:
         self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
         #: In the finish's share, the trusted cases joined the training cases instead (data.trusted_join)
         self.joined = False
+        #: In the finish, the training cases stayed beside the trusted ones, each on its reliable side
+        #: (data.trusted_bound): the side its masks were found wrong on (1 too large, -1 too small) and those masks
+        self.bound: tuple[int, Sequence[np.ndarray]] | None = None
         #: The final model's foreground threshold, chosen on the trusted cases (data.trusted_threshold): see fit()
         self.threshold: float | None = None
         self._finish_pool: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
         self._joined_pool: tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
+        self._bounded_pool: tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
         self.timing = StageTimer(
             self.stage_of, lambda s: type(self).stage_cost(self.cfg, s), self.iterations, self.num_epochs
         )
@@ -257,11 +270,37 @@ class Trainer:
         error (:attr:`finish_declined` says why in the log)."""
         return True
 
+    def finish_side(self, before: list[dict[str, Any]]) -> tuple[int, Sequence[np.ndarray]]:
+        """For ``data.trusted_bound``: the side on which the method found, in the logged epochs ``before`` the
+        finish, the training masks wrong (1 drawn too large, -1 too small, 0 not known: no bound) and the masks it
+        measured that on; default (0, the given masks)."""
+        return 0, self.given
+
     def finish_step(self, batch: Batch) -> dict[str, Any]:
         """A step of the trusted finish: Dice + CE (MONAI's, whatever loss the method trains with: these masks
-        are clean) of the segmentation network on trusted masks."""
+        are clean) of the segmentation network on trusted masks; under ``data.trusted_bound``, crops with voxels
+        of unknown class (target < 0) add the cross-entropy of their known voxels instead."""
         logits = self.network(batch["image"], heads=("seg",))["seg"]
-        loss = self._plain_loss(logits, seg_target(batch["target"]))
+        target = batch["target"]
+        known = target >= 0
+        if bool(known.all()):
+            loss = self._plain_loss(logits, seg_target(target))
+        else:
+            whole = known.flatten(1).all(
+                1
+            )  # the trusted cases' crops (and bounded ones wholly on the known side)
+            loss = (
+                self._plain_loss(logits[whole], seg_target(target[whole]))
+                if whole.any()
+                else 0 * logits.sum()
+            )
+            part, seen = ~whole, known[~whole][:, 0]
+            if seen.any():
+                # a hand-written masked CE: MONAI's DiceCELoss has no per-voxel weights
+                ce = F.cross_entropy(
+                    logits[part], target[part][:, 0].clamp(min=0).round().long(), reduction="none"
+                )
+                loss = loss + ce[seen].mean()
         self.optimise(loss)
         return {"train_loss": loss.detach()}
 
@@ -408,6 +447,10 @@ class Trainer:
         if self._finish_pool is None:
             self._finish_pool = self._trusted_pool()
         images, masks, fg_idx = self._finish_pool
+        if self.bound is not None:
+            if self._bounded_pool is None:
+                self._bounded_pool = self._bound_pool(images, masks, fg_idx)
+            return self._bounded_pool
         if not self.joined:
             return images, masks, masks, fg_idx
         if (
@@ -423,6 +466,34 @@ class Trainer:
                 [*self.fg_idx, *(fg_idx[k] for k in new)],
             )
         return self._joined_pool
+
+    def _bound_pool(
+        self, images: list[np.ndarray], masks: list[np.ndarray], fg_idx: list[np.ndarray]
+    ) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """data.trusted_bound: the training cases with targets known only on their masks' reliable side (elsewhere
+        UNKNOWN), then the trusted cases (those not training already), repeated so that they are drawn about as
+        often as all the others together: their masks are the only ones known everywhere."""
+        side, measured = self.bound or (0, [])
+        training = set(self.train_ids)
+        new = [k for k, cid in enumerate(self.trusted_ids) if cid not in training]
+        repeat = max(1, round(len(self.train_ids) / max(len(new), 1)))
+        # too large (side 1): inside the mask unknown, outside background; too small: inside foreground. The known
+        # side starts a voxel from the drawn boundary: where it lies is uncertain by that much even in expert masks
+        # (partial volume), and noise that errs both ways near it (Markov: up to a voxel) stays unknown
+        move = ndimage.binary_dilation if side > 0 else ndimage.binary_erosion
+        bounded = [
+            np.where(
+                move(np.asarray(m) >= 0.5, iterations=BOUND_MARGIN) == (side > 0), UNKNOWN, float(side < 0)
+            ).astype(np.float32)
+            for m in measured
+        ]
+        kept = [k for k in new for _ in range(repeat)]
+        return (
+            Joined(self.images, [images[k] for k in kept]),
+            [*bounded, *(masks[k] for k in kept)],
+            [*self.given, *(masks[k] for k in kept)],
+            [*self.fg_idx, *(fg_idx[k] for k in kept)],
+        )
 
     def _trusted_pool(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """The trusted cases' images and trusted masks, padded to the patch, wherever the split put them (held
@@ -682,7 +753,7 @@ class Trainer:
     @property
     def _finish_mark(self) -> str:
         """The ``metrics.csv`` column that marks the finish's epochs: the trusted cases alone, or joined."""
-        return "trusted_join" if self.joined else "trusted_finish"
+        return "trusted_join" if self.joined else "trusted_bound" if self.bound else "trusted_finish"
 
     def _enter_finish(self, epoch: int) -> None:
         """Switch to the trusted finish at its first epoch, if the method wants it (:meth:`finish_wanted`, asked
@@ -691,6 +762,8 @@ class Trainer:
         wanted = epoch >= self.finish_from and self.finish_wanted(self.history[: self.finish_from])
         self.joined = epoch >= self.finish_from and not wanted and bool(self.cfg.data.trusted_join)
         self.finishing = wanted or self.joined
+        side, measured = self.finish_side(self.history[: self.finish_from]) if wanted else (0, [])
+        self.bound = (side, measured) if side and self.cfg.data.trusted_bound else None
         if epoch != self.finish_from:
             return
         share = f"data.trusted_finish={self.cfg.data.trusted_finish:g}"
@@ -704,6 +777,16 @@ class Trainer:
                 f"trusted finish ({share}) declined: {self.finish_declined}; instead (data.trusted_join) the last "
                 f"{self.iterations - self.iteration} iterations train on all {n} cases, the trusted ones on their "
                 "trusted masks, with Dice + CE; no validation from here (checkpoint_best.pt stays the best before it)"
+            )
+            return
+        if self.bound:
+            where, how = ("outside", "large") if self.bound[0] > 0 else ("inside", "small")
+            self.reporter.info(
+                f"trusted finish ({share}): the last {self.iterations - self.iteration} iterations train on the "
+                f"{len(self.trusted_ids)} trusted cases' masks with Dice + CE and (data.trusted_bound) on the "
+                f"{len(self.train_ids)} others {where} their masks only, "
+                f"with cross-entropy: the trusted shift found them drawn too {how}"
+                "; no validation from here (checkpoint_best.pt stays the best before it)"
             )
             return
         self.reporter.info(

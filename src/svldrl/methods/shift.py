@@ -13,10 +13,13 @@ Without trusted cases it trains as ``supervised``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from svldrl.engine.trainer import Trainer
-from svldrl.methods.kit.targets import NO_SHIFT_FOUND, TrustedShift, shift_due, shift_found
+from svldrl.methods.kit.targets import NO_SHIFT_FOUND, TrustedShift, shift_due, shift_found, shift_side
 
 
 class SupervisedShiftTrainer(Trainer):
@@ -29,6 +32,9 @@ class SupervisedShiftTrainer(Trainer):
 
     def finish_wanted(self, before: list[dict[str, Any]]) -> bool:
         return shift_found(before)
+
+    def finish_side(self, before: list[dict[str, Any]]) -> tuple[int, Sequence[np.ndarray]]:
+        return shift_side(before), self.given
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         return TrustedShift(self.cfg.rl).apply(self) if shift_due(self, epoch) else {}

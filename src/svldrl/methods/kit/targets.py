@@ -345,13 +345,19 @@ NO_SHIFT_FOUND = (
 )
 
 
+def shift_side(history: Sequence[dict[str, Any]]) -> int:
+    """The side the trusted shift's last decision in ``history`` (the run's logged epochs) found the masks wrong
+    on: 1 drawn too large, -1 too small, 0 where it kept them (or never decided)."""
+    decisions = [r for r in history if not math.isnan(r.get("charts/shift_applied", math.nan))]
+    if not decisions or decisions[-1]["charts/shift_applied"] != 1.0:
+        return 0
+    return 1 if decisions[-1]["charts/shift_mm"] > 0 else -1
+
+
 def shift_found(history: Sequence[dict[str, Any]]) -> bool:
-    """Whether the trusted shift's last decision in ``history`` (the run's logged epochs) was to correct the masks:
-    the evidence, from the trusted cases, that the given masks are systematically wrong."""
-    decisions = [
-        r["charts/shift_applied"] for r in history if not math.isnan(r.get("charts/shift_applied", math.nan))
-    ]
-    return bool(decisions) and decisions[-1] == 1.0
+    """Whether the trusted shift's last decision in ``history`` was to correct the masks: the evidence, from the
+    trusted cases, that the given masks are systematically wrong."""
+    return shift_side(history) != 0
 
 
 def _report_shift(trainer: Trainer, estimate: ShiftEstimate, applied: bool, has_trusted: bool) -> None:
