@@ -557,6 +557,23 @@ def test_trusted_bound_keeps_the_other_cases_on_their_reliable_side(dataset: Pat
     assert unknown.finishing and unknown.bound is None and len(unknown._pool()[0]) == 2
 
 
+def test_join_or_bound_without_the_finish_says_it_does_nothing(dataset: Path, tmp_path: Path) -> None:
+    import warnings
+
+    from svldrl.reporter import SvldrlWarning
+
+    (tmp_path / "t.json").write_text(json.dumps(["phantom_000", "phantom_004"]))
+    trusted = f"data.trusted={tmp_path / 't.json'}"
+    said = "data.trusted_bound acts only in the trusted finish: without data.trusted_finish nothing changes"
+    with pytest.warns(SvldrlWarning, match=said):
+        _trainer(dataset, "clean", tmp_path / "a", "supervised_shift", trusted, "data.trusted_bound=true")
+    both = ("data.trusted_finish=0.34", "data.trusted_bound=true", "data.trusted_join=true")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(dataset, "clean", tmp_path / "b", "supervised_shift", trusted, *both)
+    assert not [w for w in caught if "trusted finish" in str(w.message)]
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 

@@ -155,6 +155,12 @@ class Trainer:
         self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
         self.finish_from = self._finish_epoch()
+        idle = [k for k in ("trusted_join", "trusted_bound") if getattr(self.cfg.data, k)]
+        if idle and self.trusted_ids and float(self.cfg.data.trusted_finish) <= 0:
+            keys, verb = " and ".join(f"data.{k}" for k in idle), "acts" if len(idle) == 1 else "act"
+            self.reporter.warn(
+                f"{keys} {verb} only in the trusted finish: without data.trusted_finish nothing changes"
+            )
         # 2. network and method state, 3. optimiser, schedule and loss
         self.network = self.build_network().to(self.device)
         D.broadcast_parameters(self.network)
