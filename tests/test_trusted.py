@@ -557,6 +557,26 @@ def test_trusted_bound_keeps_the_other_cases_on_their_reliable_side(dataset: Pat
     assert unknown.finishing and unknown.bound is None and len(unknown._pool()[0]) == 2
 
 
+def test_under_the_band_the_bound_keeps_only_what_given_and_corrected_masks_agree_on(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """The band can overshoot: where the shift found the band-corrected masks too large, the bound's mask is the
+    union of given and corrected ones (known background only where both say so); too small, their intersection."""
+    (tmp_path / "t.json").write_text(json.dumps(["phantom_000", "phantom_004"]))
+    sets = ["rl.trusted_shift=true", f"data.trusted={tmp_path / 't.json'}"]
+    trainer = _trainer(dataset, "clean", tmp_path / "b", "supervised_band", *sets)
+    trainer.band_targets = [
+        np.roll(np.asarray(g), 2, axis=0) for g in trainer.given
+    ]  # a band that moved them
+    row = lambda mm: [{"charts/shift_applied": 1.0, "charts/shift_mm": mm}]  # noqa: E731
+    for mm, agree in ((1.5, np.maximum), (-1.5, np.minimum)):
+        side, masks = trainer.finish_side(row(mm))
+        assert side == (1 if mm > 0 else -1)
+        for m, g, b in zip(masks, trainer.given, trainer.band_targets, strict=True):
+            assert np.array_equal(m, agree(np.asarray(g), b))
+    assert trainer.finish_side([{"charts/shift_applied": 0.0, "charts/shift_mm": 1.5}])[0] == 0
+
+
 def test_join_or_bound_without_the_finish_says_it_does_nothing(dataset: Path, tmp_path: Path) -> None:
     import warnings
 

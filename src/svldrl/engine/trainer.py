@@ -292,9 +292,8 @@ class Trainer:
         if bool(known.all()):
             loss = self._plain_loss(logits, seg_target(target))
         else:
-            whole = known.flatten(1).all(
-                1
-            )  # the trusted cases' crops (and bounded ones wholly on the known side)
+            # the trusted cases' crops (and bounded ones wholly on the known side)
+            whole = known.flatten(1).all(1)
             loss = (
                 self._plain_loss(logits[whole], seg_target(target[whole]))
                 if whole.any()
@@ -768,8 +767,11 @@ class Trainer:
         wanted = epoch >= self.finish_from and self.finish_wanted(self.history[: self.finish_from])
         self.joined = epoch >= self.finish_from and not wanted and bool(self.cfg.data.trusted_join)
         self.finishing = wanted or self.joined
-        side, measured = self.finish_side(self.history[: self.finish_from]) if wanted else (0, [])
-        self.bound = (side, measured) if side and self.cfg.data.trusted_bound else None
+        if not (wanted and self.cfg.data.trusted_bound):
+            self.bound = None
+        elif self.bound is None:  # asked once (a resumed run asks at its first epoch, of the same history)
+            side, measured = self.finish_side(self.history[: self.finish_from])
+            self.bound = (side, measured) if side else None
         if epoch != self.finish_from:
             return
         share = f"data.trusted_finish={self.cfg.data.trusted_finish:g}"

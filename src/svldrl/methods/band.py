@@ -52,6 +52,8 @@ class SupervisedBandTrainer(Trainer):
         # the shift measured the band-corrected masks, and the band can overshoot (on the easy phantoms it cut 4% of
         # the true organ out of masks drawn too large): known is only what the given and the band's masks agree on
         side = shift_side(before) if self.cfg.rl.trusted_shift else 0
+        if not side:
+            return 0, []
         agree = np.maximum if side > 0 else np.minimum
         return side, [agree(np.asarray(g), b) for g, b in zip(self.given, self.band_targets, strict=True)]
 
