@@ -458,18 +458,8 @@ class Trainer:
             return self._bounded_pool
         if not self.joined:
             return images, masks, masks, fg_idx
-        if (
-            self._joined_pool is None
-        ):  # data.trusted_join: beside the training cases (those not training already)
-            training = set(self.train_ids)
-            new = [k for k, cid in enumerate(self.trusted_ids) if cid not in training]
-            masks = [masks[k] for k in new]
-            self._joined_pool = (
-                Joined(self.images, [images[k] for k in new]),
-                [*self.targets, *masks],
-                [*self.given, *masks],
-                [*self.fg_idx, *(fg_idx[k] for k in new)],
-            )
+        if self._joined_pool is None:  # data.trusted_join: beside the training cases, as they are
+            self._joined_pool = self._beside_training(self.targets, images, masks, fg_idx, repeat=1)
         return self._joined_pool
 
     def _bound_pool(
@@ -479,9 +469,6 @@ class Trainer:
         UNKNOWN), then the trusted cases (those not training already), repeated so that they are drawn about as
         often as all the others together: their masks are the only ones known everywhere."""
         side, measured = self.bound or (0, [])
-        training = set(self.train_ids)
-        new = [k for k, cid in enumerate(self.trusted_ids) if cid not in training]
-        repeat = max(1, round(len(self.train_ids) / max(len(new), 1)))
         # too large (side 1): inside the mask unknown, outside background; too small: inside foreground. The known
         # side starts a voxel from the drawn boundary: where it lies is uncertain by that much even in expert masks
         # (partial volume), and noise that errs both ways near it (Markov: up to a voxel) stays unknown
@@ -492,10 +479,29 @@ class Trainer:
             ).astype(np.float32)
             for m in measured
         ]
-        kept = [k for k in new for _ in range(repeat)]
+        n_new = len(self._trusted_not_training())
+        repeat = max(1, round(len(self.train_ids) / max(n_new, 1)))
+        return self._beside_training(bounded, images, masks, fg_idx, repeat=repeat)
+
+    def _trusted_not_training(self) -> list[int]:
+        """Positions in ``trusted_ids`` of the trusted cases not among the training cases already."""
+        training = set(self.train_ids)
+        return [k for k, cid in enumerate(self.trusted_ids) if cid not in training]
+
+    def _beside_training(
+        self,
+        targets: list[np.ndarray],
+        images: list[np.ndarray],
+        masks: list[np.ndarray],
+        fg_idx: list[np.ndarray],
+        repeat: int,
+    ) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """The pool of the training cases with ``targets``, then the trusted cases not training already, each
+        ``repeat`` times, their trusted masks as target and as given mask (trusted_join, trusted_bound)."""
+        kept = [k for k in self._trusted_not_training() for _ in range(repeat)]
         return (
             Joined(self.images, [images[k] for k in kept]),
-            [*bounded, *(masks[k] for k in kept)],
+            [*targets, *(masks[k] for k in kept)],
             [*self.given, *(masks[k] for k in kept)],
             [*self.fg_idx, *(fg_idx[k] for k in kept)],
         )
