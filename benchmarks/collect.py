@@ -82,9 +82,10 @@ SECTIONS = [
         "(`benchmarks/real_anatomy_trusted_dev.yaml`)",
         "A second development set beside the caudate (docs/method.md sections 14-18), never the putamen whose figures "
         "are reported: the thalamus of the same brain, crops and budget, 8 trusted of 48, one seed. Whether the "
-        "trusted cases should join training where the preset declines its finish (`recommended_join`, section 18) "
+        "trusted cases should join training where the preset declines its finish (`finish_join`, section 18) "
         "was checked here before its rows ran on the putamen, and the finish that keeps the other cases on their "
-        "masks' reliable side (`recommended_bound`, section 19).",
+        "masks' reliable side (section 19: `recommended` since 2026-12-07, when it joined the preset; `finish` is "
+        "the preset before it, the rows renamed where their settings are unchanged).",
     ),
     (
         "phantom_trusted_dev",
@@ -93,7 +94,8 @@ SECTIONS = [
         "The phantom draw on which the trusted shift's, the finish's and the threshold's settings were chosen "
         "(docs/method.md sections 14-17), 8 trusted of 48, 2000 iterations, one seed: the recommended preset with and "
         "without `data.trusted_join` (section 18), where the band has corrected the masks and the finish is declined, "
-        "and with `data.trusted_bound` (section 19).",
+        "and with `data.trusted_bound` (section 19; in the preset since 2026-12-07: `recommended` now, `finish` the "
+        "preset before it).",
     ),
     (
         "mask_sides",
@@ -117,9 +119,20 @@ SECTIONS = [
         "trusted shift (docs/method.md section 14) and the mask agents (`supervised_agents`, section 15, whose no-RL "
         "counterpart is `supervised_shift`), and the recommended preset ends on them (the trusted finish, section "
         "16; `band_shift` is the preset without it, run as `recommended` before the finish joined it and renamed, "
-        "the settings unchanged). Run in part (2026-12-06, its header says which rows and "
+        "the settings unchanged; `finish` is the preset before its bound joined it on 2026-12-07, section 19, renamed "
+        "the same way: the bound cannot act where the finish is declined, and `recommended` has not been rerun "
+        "here). Run in part (2026-12-06, its header says which rows and "
         "settings); the clean-mask oracle is phantom_converged's plain training on the same clean masks. The "
         "shift's settings were chosen on a development draw of phantoms (seed 101) and the caudate, never here.",
+    ),
+    (
+        "phantom_standard_trusted",
+        "A trusted subset where intensity rules fail: standard phantoms (`benchmarks/phantom_standard_trusted.yaml`)",
+        "phantom_standard_converged's standard phantoms (the look-alike touches the organ) and budget (2000 "
+        "iterations: below plain training's plateau there, a check of harm at equal budget, not a ranking), 40 test "
+        "cases, 3 seeds, with 8 training cases left clean and recorded as trusted. First question: with trusted "
+        "cases, does the recommended preset (guarded band, trusted shift, trusted finish and its bound) do harm on "
+        "clean masks? Run in part (2026-12-07, its header says which rows); nothing here chose any setting.",
     ),
     (
         "phantom_converged",

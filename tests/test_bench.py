@@ -547,16 +547,17 @@ def test_a_method_entry_may_take_a_config_file(tmp_path: Path) -> None:
 
 def test_the_recommended_preset_is_the_measured_band_row_with_its_guard() -> None:
     """svldrl/presets/recommended.yaml is the band's fixed point on plain training as phantom_converged measured it
-    (supervised_band_fp of svldrl_robust_converged, before the guard) with the guard on and the trusted finish (which
-    does nothing without trusted cases, as in that benchmark), and the benchmarks' recommended rows are the
-    preset."""
+    (supervised_band_fp of svldrl_robust_converged, before the guard) with the guard on and the trusted finish, its
+    bound and the join (which do nothing without trusted cases, as in that benchmark), and the benchmarks'
+    recommended rows are the preset."""
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     cfg = C.load_config([C.preset_path("recommended")])
     search = load_benchmark(root / "svldrl_robust_converged.yaml")
     row = next(m for m in search.methods if m.name == "supervised_band_fp")
     measured = C.flatten(C.load_config(overrides=[f"method={row.method}", *row.overrides]))
     differs = {k for k, v in C.flatten(cfg).items() if measured[k] != v}
-    assert differs == {"rl.band_guard", "data.trusted_finish"} and cfg.rl.band_guard
+    trusted_options = {"data.trusted_finish", "data.trusted_bound", "data.trusted_join"}
+    assert differs == {"rl.band_guard", *trusted_options} and cfg.rl.band_guard
     for name in ("phantom_converged", "real_anatomy", "phantom_standard_converged"):
         entry = load_benchmark(root / f"{name}.yaml").method("recommended")
         assert C.load_config(overrides=[f"method={entry.method}", *entry.overrides]) == cfg
@@ -584,7 +585,8 @@ def test_a_clean_only_benchmark_reports_no_noise_gap(tmp_path: Path) -> None:
 
 def test_a_run_from_before_the_trusted_finish_stands_where_no_case_is_trusted(tmp_path: Path) -> None:
     """The trusted finish acts only with trusted cases: a finished run made before the key existed stays valid on a
-    setting without any, and is refused on one with them."""
+    setting without any, or where the row says no case is trusted (data.trusted=none), and is refused on one with
+    them."""
     spec = {
         "name": "t",
         "dataset": {"synth": {"cases": 6, "size": 16, "seed": 0, "test_cases": 2}},
@@ -592,18 +594,24 @@ def test_a_run_from_before_the_trusted_finish_stands_where_no_case_is_trusted(tm
             {"name": "plain", "protocol": "mt", "ratio": 1.0},
             {"name": "with_t2", "protocol": "mt", "ratio": 1.0, "trusted": 2},
         ],
-        "methods": [{"name": "recommended", "preset": "recommended"}],
+        "methods": [
+            {"name": "recommended", "preset": "recommended"},
+            {"name": "untrusted", "preset": "recommended", "set": ["data.trusted=none"]},
+        ],
         "seeds": [0],
     }
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(spec))
-    runs = {r.noise: r for r in bench_plan.plan_runs(load_benchmark(path), tmp_path / "out")}
-    assert not runs["plain"].trusted and runs["with_t2"].trusted
-    for run in (runs["plain"], runs["with_t2"]):
+    planned = bench_plan.plan_runs(load_benchmark(path), tmp_path / "out")
+    runs = {r.noise: r for r in planned if r.method.name == "recommended"}
+    untrusted = next(r for r in planned if r.method.name == "untrusted" and r.noise == "with_t2")
+    assert not runs["plain"].trusted and runs["with_t2"].trusted and not untrusted.trusted
+    for run in (runs["plain"], runs["with_t2"], untrusted):
         saved = run.cfg.as_dict()
         assert saved["data"].pop("trusted_finish") > 0  # the preset asks for it; the old run never knew it
         run.dir.mkdir(parents=True)
         (run.dir / RESULT_NAME).write_text(json.dumps({"config": saved}))
     bench_plan.check_existing(runs["plain"])
+    bench_plan.check_existing(untrusted)
     with pytest.raises(UserError, match="data.trusted_finish: None there, 0.25 asked"):
         bench_plan.check_existing(runs["with_t2"])

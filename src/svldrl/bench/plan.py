@@ -72,12 +72,12 @@ def plan_runs(bench: Benchmark, out_dir: Path) -> list[Run]:
                     cfg = C.load_config(overrides=overrides, owners=owners)
                 except UserError as exc:
                     raise UserError(f"method '{name}' on '{noise}': {exc}", bench.path) from None
+                # data.trusted=none: the run is told no case is trusted, whatever its noise setting recorded
+                has_trusted = (folder or trusted.get(noise, False)) and cfg.data.trusted != "none"
                 for fold in folds:
                     d = out_dir / "runs" / noise / name / f"seed{seed}"
                     where = d if fold is None else d / f"fold{fold}"
-                    runs.append(
-                        Run(noise, entry, seed, fold, where, cfg, folder or trusted.get(noise, False))
-                    )
+                    runs.append(Run(noise, entry, seed, fold, where, cfg, has_trusted))
     return runs
 
 
