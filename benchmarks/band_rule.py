@@ -27,7 +27,7 @@ import numpy as np
 
 from svldrl import config as C
 from svldrl.bench.data import prepare_data
-from svldrl.bench.script import run_script, write_rows
+from svldrl.bench.script import made_with, run_script, write_rows
 from svldrl.bench.spec import load_benchmark
 from svldrl.data.dataset import load_case, load_dataset
 from svldrl.data.io import write_text
@@ -110,8 +110,7 @@ def write_results(out: Path, payload: dict[str, Any]) -> None:
     lines = [
         "# The band target update on the training masks",
         "",
-        f"- Command: `{payload['command']}`",
-        f"- Date: {payload['date']}; machine: {payload['machine']}; wall time {payload['wall_s'] / 60:.1f} min",
+        *made_with(payload),
         f"- Data: {payload['data']} (training cases only; noise seed of the config)",
         "",
         "Label Dice of the corrected training masks against the clean ones (mean over cases), the corrected "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from svldrl import config as C
-from svldrl.bench.script import run_script, write_rows
+from svldrl.bench.script import made_with, run_script, write_rows
 from svldrl.data.io import read_json, write_text
 from svldrl.errors import UserError
 from svldrl.runs import run_noise
@@ -207,8 +207,7 @@ def write_results(out: Path, payload: dict[str, Any]) -> None:
     lines = [
         "# Does the recommended preset's mask correction do harm? (`svldrl targets`, nothing trains)",
         "",
-        f"- Command: `{payload['command']}`",
-        f"- Date: {payload['date']}; machine: {payload['machine']}; wall time {payload['wall_s'] / 60:.1f} min",
+        *made_with(payload),
         "- Label Dice of the training targets against the clean masks (mean over cases): the given masks, then "
         "the targets of `--preset recommended` (the band update with its guard) and of the same preset with "
         "`rl.band_guard=false` (the recommended configuration until 2026-12-05). In brackets: cases changed, and "

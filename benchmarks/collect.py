@@ -105,6 +105,20 @@ SECTIONS = [
         "beyond 1 and 2 voxels of it.",
     ),
     (
+        "correction_ceiling",
+        "The ceiling of a per-case shift (`benchmarks/correction_ceiling.py`)",
+        "Why the trusted shift cannot bring dilated masks to the oracle (docs/method.md section 20): the training "
+        "masks of the trusted benchmarks moved, in their own geometry, to each case's true volume (what the shift "
+        "would do with a perfect estimate); nothing trains.",
+    ),
+    (
+        "correction_ceiling_train",
+        "Training on masks moved to their true volume (`benchmarks/correction_ceiling.yaml`)",
+        "A diagnostic, not a method (it knows each case's true volume): the putamen's dilated masks "
+        "(real_anatomy_trusted, dilate_t8) each moved to its true volume, plain training on them and the same with "
+        "the trusted finish; what a model learns from masks corrected as well as any per-case shift can.",
+    ),
+    (
         "shift_cost",
         "What the trusted corrections cost (`benchmarks/shift_cost.py`)",
         "The extra time of the trusted shift's update and of the mask agents' update (`supervised_agents`), as a "
@@ -120,8 +134,8 @@ SECTIONS = [
         "counterpart is `supervised_shift`), and the recommended preset ends on them (the trusted finish, section "
         "16; `band_shift` is the preset without it, run as `recommended` before the finish joined it and renamed, "
         "the settings unchanged; `finish` is the preset before its bound joined it on 2026-12-07, section 19, renamed "
-        "the same way: the bound cannot act where the finish is declined, and `recommended` has not been rerun "
-        "here). Run in part (2026-12-06, its header says which rows and "
+        "the same way: the bound cannot act where the finish is declined, and `recommended`, rerun for three of "
+        "its six runs, trains what `finish_join` trains). Run in part (2026-12-06, its header says which rows and "
         "settings); the clean-mask oracle is phantom_converged's plain training on the same clean masks. The "
         "shift's settings were chosen on a development draw of phantoms (seed 101) and the caudate, never here.",
     ),

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from svldrl import config as C
-from svldrl.bench.script import run_script, write_rows
+from svldrl.bench.script import made_with, run_script, write_rows
 from svldrl.data.dataset import load_dataset
 from svldrl.data.io import read_volume, write_text
 from svldrl.errors import UserError
@@ -102,8 +102,7 @@ def write_results(out: Path, payload: dict[str, Any]) -> None:
     lines = [
         "# Is the error of noisy masks one-sided? (development sets' training masks; nothing trains)",
         "",
-        f"- Command: `{payload['command']}`",
-        f"- Date: {payload['date']}; machine: {payload['machine']}; wall time {payload['wall_s'] / 60:.1f} min",
+        *made_with(payload),
         "- Share of the true foreground outside the masks, and beyond 1 and 2 voxels of them (in brackets: the share "
         "of voxels there, which `data.trusted_bound` would train as background); the cases recorded as trusted are "
         "left out.",

@@ -254,6 +254,48 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
     assert not (tmp_path / "t3").exists()
 
 
+def test_trusted_measure_trains_as_the_bound_until_the_next_update_then_keeps_it(
+    dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``data.trusted_measure``: after the shift's first decision that the masks are wrong, the epochs until its next
+    update train the training cases on their reliable side only (unknown voxels inside their masks) beside the
+    trusted cases, without validation; that update is the last (its correction stays)."""
+    import svldrl.methods.shift as shift_method
+    from svldrl.engine.trainer import UNKNOWN
+
+    _noisy_set(dataset, "grown", GROWN)
+    # the tiny model finds no shift: here the shift's first decision is taken as "drawn too large"
+    decided = lambda before: int(any("charts/shift_applied" in r for r in before))  # noqa: E731
+    monkeypatch.setattr(shift_method, "shift_side", decided)
+    sets = [*TINY, "method=supervised_shift", "train.threads=1", "rl.shift_every=2", "train.iterations=16"]
+    seen: list[bool] = []
+    from svldrl.engine.trainer import Trainer
+
+    original = Trainer.finish_step
+
+    def spy(self, batch):
+        seen.append(bool((batch["target"] == UNKNOWN).any()))
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "finish_step", spy)
+    from svldrl.runs import train
+
+    run = train(
+        dataset, "noisy/grown", tmp_path / "m", C.load_config(overrides=[*sets, "data.trusted_measure=true"])
+    )
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    updates = [k for k, r in enumerate(rows) if r.get("charts/shift_applied")]
+    measuring = [k for k, r in enumerate(rows) if r.get("trusted_measure")]
+    # warm-up to epoch 1, updates every 2 epochs: the first at epoch 3's end, measured over epochs 4-5, then none
+    assert updates == [3, 5] and measuring == [4, 5]
+    assert all(rows[k]["val_dice"] == "nan" for k in measuring)
+    assert seen and any(seen)  # bounded crops: voxels of unknown class inside the grown masks
+    plain = train(dataset, "noisy/grown", tmp_path / "p", C.load_config(overrides=sets))
+    rows = list(csv.DictReader((plain / "metrics.csv").open()))
+    assert [k for k, r in enumerate(rows) if r.get("charts/shift_applied")] == [3, 5, 7]
+    assert not any(r.get("trusted_measure") for r in rows)
+
+
 @pytest.mark.parametrize(
     "method",
     [
@@ -262,6 +304,7 @@ def test_targets_from_a_run_writes_the_masks_it_ended_with(dataset: Path, tmp_pa
         "supervised_shift+finish",
         "supervised_shift+join",
         "supervised_shift+bound",
+        "supervised_shift+measure",
     ],
     ids=lambda m: m,
 )
@@ -269,9 +312,9 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
     """The corrected targets and their notes (and the mask agents with their optimiser) are in the checkpoint: a
     killed and resumed run ends where an uninterrupted one does (+finish: the kill falls before the trusted
     finish, whose pass over the trusted cases then starts afresh in both)."""
-    method, finish, join, bound = (
+    method, finish, join, bound, measure = (
         method.split("+")[0],
-        *(f"+{k}" in method for k in ("finish", "join", "bound")),
+        *(f"+{k}" in method for k in ("finish", "join", "bound", "measure")),
     )
     from svldrl.engine.checkpoint import load_checkpoint
     from svldrl.runs import train
@@ -287,8 +330,9 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         *(["data.trusted_finish=0.34"] if finish or join or bound else []),
         *(["data.trusted_join=true"] if join else []),
         *(["data.trusted_bound=true"] if bound else []),
+        *(["data.trusted_measure=true", "train.iterations=10"] if measure else []),
     ]
-    if bound:  # the tiny model finds no shift: here the masks are taken as drawn too large
+    if bound or measure:  # the tiny model finds no shift: here the masks are taken as drawn too large
         import svldrl.methods.shift as shift_method
 
         monkeypatch.setattr(shift_method, "shift_found", lambda before: True)
@@ -308,6 +352,8 @@ def test_a_killed_shift_run_resumes_to_the_same_end(dataset: Path, tmp_path: Pat
         assert [r.get("trusted_join") for r in a["history"]][-1] == 1.0
     if bound:
         assert [r.get("trusted_bound") for r in a["history"]][-1] == 1.0
+    if measure:
+        assert any(r.get("trusted_measure") for r in a["history"])
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], msg=k)
     for ta, tb in zip(a["extra"]["targets"], b["extra"]["targets"], strict=True):

@@ -25,6 +25,7 @@ from svldrl.data.dataset import load_dataset
 from svldrl.engine.checkpoint import load_checkpoint
 from svldrl.methods import get_method
 from svldrl.noise.run import run_noise, select_cases, select_corrupted
+from svldrl.reporter import Reporter
 from svldrl.settings import Config
 from tests.conftest import TINY
 
@@ -432,6 +433,91 @@ def test_trusted_finish_ends_on_the_trusted_masks_alone(dataset: Path, tmp_path:
             want = masks[case][box]
             want = np.flip(want, flip) if flip else want
             assert np.array_equal(batch["target"][k, 0].numpy(), want)
+
+
+def test_trusted_average_makes_the_finish_s_weight_average_the_final_model(
+    dataset: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """``data.trusted_average`` and ``data.trusted_finish_lr``: in the finish the learning rate is the constant
+    asked for, the final model is PyTorch's moving average of the finish's weights (not the last step's), and a run
+    killed inside the finish resumes, average and all, to the same end."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from svldrl.runs import train
+    from tests.conftest import Killed
+
+    _dot_set(dataset, trusted=["phantom_000", "phantom_004"])
+    sets = [
+        *TINY,
+        "train.iterations=8",
+        "train.threads=1",
+        "train.deterministic=true",
+        "data.trusted_finish=0.5",
+        "data.trusted_average=0.5",
+        "data.trusted_finish_lr=0.25",
+    ]
+    cfg = C.load_config(overrides=sets)
+    full = train(dataset, "noisy/dot", tmp_path / "full", cfg, reporter=Reporter(quiet=False))
+    log = capsys.readouterr().err
+    assert (
+        "at a constant learning rate of 0.25 x train.lr; the final model the weights' moving average" in log
+    )
+    assert "the final model: the moving average of the weights over the trusted finish's 4 steps" in log
+    rows = list(csv.DictReader(open(full / "metrics.csv")))
+    assert [float(r["lr"]) for r in rows[2:]] == [0.25 * cfg.train.lr] * 2
+    assert float(rows[1]["lr"]) != 0.25 * cfg.train.lr
+    final, latest = (
+        load_checkpoint(full / "checkpoint_final.pt"),
+        load_checkpoint(full / "checkpoint_latest.pt"),
+    )
+    average = latest["finish_average"]
+    assert int(average["n_averaged"]) == 4
+    moved = [k for k in final["model"] if not torch.equal(final["model"][k], latest["model"][k])]
+    assert moved  # the average, not the last step's weights
+    for k in final["model"]:
+        torch.testing.assert_close(final["model"][k], average[f"module.{k}"], msg=k)
+
+    # the average is the EMA of the finish's steps' weights: replay them from each step's saved weights
+    steps: list[dict[str, torch.Tensor]] = []
+    original = AveragedModel.update_parameters
+
+    def record(self, model):
+        steps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", record)
+    train(dataset, "noisy/dot", tmp_path / "again", cfg)
+    monkeypatch.undo()
+    want = {k: v.clone() for k, v in steps[0].items()}
+    for w in steps[1:]:
+        for k in want:
+            if want[k].is_floating_point():
+                want[k] = 0.5 * want[k] + 0.5 * w[k]
+    for k, v in want.items():
+        torch.testing.assert_close(final["model"][k], v, msg=k)
+    assert get_ema_multi_avg_fn  # PyTorch's, not ours
+
+    # killed after the finish's first epoch (its checkpoint holds the average so far), resumed to the same end
+    killed, calls = tmp_path / "killed", {"n": 0}
+    from svldrl.engine.trainer import Trainer
+
+    save = Trainer._save
+
+    def crash_after_third_latest(self, name):
+        save(self, name)
+        calls["n"] += name == "checkpoint_latest.pt"
+        if calls["n"] == 3:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_save", crash_after_third_latest)
+    with pytest.raises(Killed):
+        train(dataset, "noisy/dot", killed, cfg)
+    monkeypatch.undo()
+    assert int(load_checkpoint(killed / "checkpoint_latest.pt")["finish_average"]["n_averaged"]) == 2
+    resumed = train(dataset, "noisy/dot", killed, cfg, resume=True)
+    b = load_checkpoint(resumed / "checkpoint_final.pt")
+    for k in final["model"]:
+        torch.testing.assert_close(final["model"][k], b["model"][k], msg=k)
 
 
 def test_trusted_join_trains_the_trusted_cases_where_the_finish_is_declined(

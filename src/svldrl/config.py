@@ -52,6 +52,9 @@ TRUSTED_ONLY_KEYS = (
     "data.trusted_finish",
     "data.trusted_join",
     "data.trusted_bound",
+    "data.trusted_measure",
+    "data.trusted_average",
+    "data.trusted_finish_lr",
     "data.trusted_threshold",
 )
 #: Method section -> the methods that read it (:func:`svldrl.methods.section_owners`, injected by the caller: this

@@ -104,6 +104,32 @@ class Data:
         "side it trains as before; needs data.trusted_finish",
         origin="ours",
     )
+    trusted_measure: bool = setting(
+        False,
+        "after the trusted shift's first decision that the masks are wrong, until its next update, the training "
+        "cases train only on their masks' reliable side beside the trusted cases (as data.trusted_bound's finish), "
+        "so that the next update measures each case's volume with a model that never learned its mask's wrong "
+        "extent; that correction is then kept (no later update); needs data.trusted_bound's side (a method with "
+        "the trusted shift). Measured on development data and not adopted (docs/method.md section 20)",
+        origin="experimental",
+    )
+    trusted_average: float = setting(
+        0.0,
+        "in the trusted finish (where it runs, not where the trusted cases join), the final model is an exponential "
+        "moving average of the network's weights over the finish's steps, with this decay per step (PyTorch's "
+        "swa_utils; 0.98: the last ~50 steps); 0: off, the last step's weights. Measured on development data and "
+        "not adopted (docs/method.md section 20)",
+        range=(0.0, 0.999),
+        origin="experimental",
+    )
+    trusted_finish_lr: float = setting(
+        0.0,
+        "in the trusted finish (where it runs, not where the trusted cases join), a constant learning rate, as a "
+        "factor of train.lr, instead of the run's schedule going on (SWA's constant rate); 0: the schedule goes on. "
+        "Measured on development data and not adopted (docs/method.md section 20)",
+        range=(0.0, 1.0),
+        origin="experimental",
+    )
     trusted_threshold: bool = setting(
         False,
         "at the end of training, choose the foreground probability threshold of the final model on the trusted "

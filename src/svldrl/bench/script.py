@@ -45,3 +45,11 @@ def write_rows(out: Path, payload: dict[str, Any]) -> None:
     w.writeheader()
     w.writerows(payload["rows"])
     write_text(out / "results.csv", buf.getvalue())
+
+
+def made_with(payload: dict[str, Any]) -> list[str]:
+    """The results.md lines that say how :func:`run_script`'s payload was made: command, date, machine, wall time."""
+    return [
+        f"- Command: `{payload['command']}`",
+        f"- Date: {payload['date']}; machine: {payload['machine']}; wall time {payload['wall_s'] / 60:.1f} min",
+    ]

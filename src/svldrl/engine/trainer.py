@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
 from scipy import ndimage
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from svldrl import config as C
 from svldrl.data.dataset import Case, Dataset
@@ -155,7 +156,8 @@ class Trainer:
         self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
         self.finish_from = self._finish_epoch()
-        idle = [k for k in ("trusted_join", "trusted_bound") if getattr(self.cfg.data, k)]
+        finish_keys = ("trusted_join", "trusted_bound", "trusted_average", "trusted_finish_lr")
+        idle = [k for k in finish_keys if getattr(self.cfg.data, k)]
         if idle and self.trusted_ids and float(self.cfg.data.trusted_finish) <= 0:
             keys, verb = " and ".join(f"data.{k}" for k in idle), "acts" if len(idle) == 1 else "act"
             self.reporter.warn(
@@ -186,6 +188,13 @@ class Trainer:
         #: In the finish, the training cases stayed beside the trusted ones, each on its reliable side
         #: (data.trusted_bound): the side its masks were found wrong on (1 too large, -1 too small) and those masks
         self.bound: tuple[int, Sequence[np.ndarray]] | None = None
+        #: Between the trusted shift's first decision and its next update (data.trusted_measure): the training cases
+        #: train on their reliable side only, as in the bound, on the side and masks of ``measure_bound``
+        self.measuring = False
+        self.measure_bound: tuple[int, Sequence[np.ndarray]] | None = None
+        self._measure_pool: tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
+        #: The moving average of the network's weights over the finish's steps (data.trusted_average)
+        self.average: AveragedModel | None = None
         #: The final model's foreground threshold, chosen on the trusted cases (data.trusted_threshold): see fit()
         self.threshold: float | None = None
         self._finish_pool: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
@@ -236,6 +245,8 @@ class Trainer:
         """``train.scheduler`` in closed form (also what Hogwild workers set the rate from): poly, nnU-Net's
         ``(1 - it / total) ** 0.9``; cosine ``(1 + cos(pi it / total)) / 2``; constant 1."""
         kind, total = self.cfg.train.scheduler, self.iterations
+        if self._own_finish and self.cfg.data.trusted_finish_lr:
+            return float(self.cfg.data.trusted_finish_lr)
         if kind == "poly":  # nnU-Net's PolyLR
             return (1 - min(iteration, total - 1) / total) ** 0.9
         if kind == "cosine":
@@ -267,6 +278,8 @@ class Trainer:
         self.optimise(loss)
         return {"train_loss": loss.detach()}
 
+    #: The log key of an epoch whose end updated the method's targets (data.trusted_measure ends there).
+    update_mark: ClassVar[str] = "charts/target_changed"
     #: What the log says when :meth:`finish_wanted` declines the trusted finish.
     finish_declined: ClassVar[str] = ""
 
@@ -447,6 +460,10 @@ class Trainer:
     def _pool(self) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """(images, targets, given masks, foreground indices) patches are drawn from: the training cases, or in
         the trusted finish the trusted cases with their trusted masks (as targets and as given masks)."""
+        if self.measuring and self.measure_bound is not None:
+            if self._measure_pool is None:
+                self._measure_pool = self._bound_pool(*self._trusted_pool(), bound=self.measure_bound)
+            return self._measure_pool
         if not self.finishing:
             return self.images, self.targets, self.given, self.fg_idx
         if self._finish_pool is None:
@@ -463,12 +480,16 @@ class Trainer:
         return self._joined_pool
 
     def _bound_pool(
-        self, images: list[np.ndarray], masks: list[np.ndarray], fg_idx: list[np.ndarray]
+        self,
+        images: list[np.ndarray],
+        masks: list[np.ndarray],
+        fg_idx: list[np.ndarray],
+        bound: tuple[int, Sequence[np.ndarray]] | None = None,
     ) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """data.trusted_bound: the training cases with targets known only on their masks' reliable side (elsewhere
         UNKNOWN), then the trusted cases (those not training already), repeated so that they are drawn about as
         often as all the others together: their masks are the only ones known everywhere."""
-        side, measured = self.bound or (0, [])
+        side, measured = bound or self.bound or (0, [])
         # too large (side 1): inside the mask unknown, outside background; too small: inside foreground. The known
         # side starts a voxel from the drawn boundary: where it lies is uncertain by that much even in expert masks
         # (partial volume), and noise that errs both ways near it (Markov: up to a voxel) stays unknown
@@ -584,11 +605,13 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         last = time.monotonic()
-        step = self.finish_step if self.finishing else self.train_step
+        step = self.finish_step if self.finishing or self.measuring else self.train_step
         for k, batch in enumerate(self._batches(steps), 1):
             with self._autocast():
                 logs = step(batch)
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update_parameters(D.unwrap(self.network))
             self.iteration += 1
             for key, v in logs.items():
                 sums[key] += float(v)
@@ -665,19 +688,23 @@ class Trainer:
         while self.epoch < self.num_epochs:
             epoch = self.epoch
             self._enter_finish(epoch)
+            self._enter_measure(epoch)
             steps = min(self.steps_per_epoch, self.iterations - self.iteration)
             t0 = self.timing.epoch_started = time.monotonic()
             row: dict[str, Any] = {"epoch": epoch}
             # the trusted finish trains the segmentation network alone: no method's own steps or updates
-            row.update(Trainer.run_steps(self, steps) if self.finishing else self.run_steps(steps))
+            plain = self.finishing or self.measuring
+            row.update(Trainer.run_steps(self, steps) if plain else self.run_steps(steps))
             t_steps = time.monotonic() - t0
             self.timing.note_steps(t_steps, self.iteration, steps)
             row["iteration"] = self.iteration
             row.update({self._finish_mark: 1.0} if self.finishing else self.on_epoch_end(epoch))
+            if self.measuring:
+                row["trusted_measure"] = 1.0
             self.keep_trusted_targets()
             due = (epoch + 1) % int(self.cfg.train.val_every) == 0 or epoch + 1 == self.num_epochs
             # in the finish the trusted cases train: a score on them would select the checkpoints that fit them
-            row["val_dice"] = self.validate() if due and not self.finishing else math.nan
+            row["val_dice"] = self.validate() if due and not plain else math.nan
             if self.trusted_ids and self.val_ids:
                 row["val_masks"] = "trusted"  # metrics.csv says what val_dice was measured against
             row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -704,6 +731,12 @@ class Trainer:
             self.timing.note_overhead(time.monotonic() - t0 - t_steps)
             eta = self.timing.eta(self.iteration, self.epoch)
             self.reporter.info(epoch_line(row, epoch, self.num_epochs, self.iteration, self.iterations, eta))
+        if self.average is not None:
+            D.unwrap(self.network).load_state_dict(self.average.module.state_dict())
+            self.reporter.info(
+                f"the final model: the moving average of the weights over the trusted finish's "
+                f"{int(self.average.n_averaged)} steps (data.trusted_average={self.cfg.data.trusted_average:g})"
+            )
         self.choose_threshold()
         if self.is_main:
             self._save("checkpoint_final.pt")
@@ -762,6 +795,64 @@ class Trainer:
             write_text(self.out / "trusted_threshold.json", json.dumps(c.__dict__, indent=2) + "\n")
 
     @property
+    def _own_finish(self) -> bool:
+        """In the trusted finish proper: the method wanted it (not the trusted cases joining where it declined)."""
+        return getattr(self, "finishing", False) and not self.joined
+
+    def _new_average(self) -> AveragedModel:
+        """data.trusted_average: PyTorch's exponential moving average of the network's weights (and buffers)."""
+        decay = float(self.cfg.data.trusted_average)
+        return AveragedModel(
+            D.unwrap(self.network), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+        )
+
+    def _enter_measure(self, epoch: int) -> None:
+        """data.trusted_measure: whether this epoch trains as the bound does, from the logged epochs alone (a resumed
+        run decides alike): after the method's first decision that the masks are wrong (:meth:`finish_side`), until
+        an epoch of it ends with the method's next target update (:meth:`measured`)."""
+        was = self.measuring
+        self.measuring = False
+        if not self.cfg.data.trusted_measure or self.finishing or self.measured(self.history):
+            return
+        side, masks = self.finish_side(self.history)
+        if not side:
+            return
+        self.measuring = True
+        if self.measure_bound is None:
+            self.measure_bound = (side, masks)
+        if not was:
+            self._case_queue.clear()
+            where = "outside" if side > 0 else "inside"
+            self.reporter.info(
+                f"trusted measure (data.trusted_measure): until the next target update the {len(self.train_ids)} "
+                f"training cases train {where} their masks only, with cross-entropy, beside the "
+                f"{len(self.trusted_ids)} trusted cases, so that it measures each case with a model that never "
+                "learned its mask's wrong extent; no validation meanwhile"
+            )
+
+    def measured(self, history: Sequence[dict[str, Any]]) -> bool:
+        """Whether an epoch of the trusted measure (data.trusted_measure) ended with the method's target update
+        (its log :attr:`update_mark`): its correction then stays (the methods' updates stop)."""
+        return any(
+            r.get("trusted_measure") == 1.0 and math.isfinite(float(r.get(self.update_mark, math.nan)))
+            for r in history
+        )
+
+    def _finish_extras(self) -> str:
+        """What data.trusted_finish_lr and data.trusted_average add to the finish, for its log line."""
+        dc = self.cfg.data
+        said = (
+            [f"at a constant learning rate of {dc.trusted_finish_lr:g} x train.lr"]
+            if dc.trusted_finish_lr
+            else []
+        )
+        if dc.trusted_average:
+            said.append(
+                f"the final model the weights' moving average over its steps (decay {dc.trusted_average:g})"
+            )
+        return "".join(f"; {x}" for x in said)
+
+    @property
     def _finish_mark(self) -> str:
         """The ``metrics.csv`` column that marks the finish's epochs: the trusted cases alone, or joined."""
         return "trusted_join" if self.joined else "trusted_bound" if self.bound else "trusted_finish"
@@ -773,6 +864,12 @@ class Trainer:
         wanted = epoch >= self.finish_from and self.finish_wanted(self.history[: self.finish_from])
         self.joined = epoch >= self.finish_from and not wanted and bool(self.cfg.data.trusted_join)
         self.finishing = wanted or self.joined
+        if wanted and self.cfg.data.trusted_average and self.average is None:
+            self.average = self._new_average()  # a resumed run restored its own (restore())
+        if wanted and epoch == self.finish_from and self.cfg.data.trusted_finish_lr:
+            # the schedule's rate was set for this step at the last one: the finish's starts with its first step
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * float(self.cfg.data.trusted_finish_lr)
         if not (wanted and self.cfg.data.trusted_bound):
             self.bound = None
         elif self.bound is None:  # asked once (a resumed run asks at its first epoch, of the same history)
@@ -799,13 +896,14 @@ class Trainer:
                 f"trusted finish ({share}): the last {self.iterations - self.iteration} iterations train on the "
                 f"{len(self.trusted_ids)} trusted cases' masks with Dice + CE and (data.trusted_bound) on the "
                 f"{len(self.train_ids)} others {where} their masks only, "
-                f"with cross-entropy: the trusted shift found them drawn too {how}"
+                f"with cross-entropy: the trusted shift found them drawn too {how}{self._finish_extras()}"
                 "; no validation from here (checkpoint_best.pt stays the best before it)"
             )
             return
         self.reporter.info(
             f"trusted finish ({share}): the last {self.iterations - self.iteration} iterations train on the "
-            f"{len(self.trusted_ids)} trusted cases' masks alone, with Dice + CE; no validation from here "
+            f"{len(self.trusted_ids)} trusted cases' masks alone, with Dice + CE{self._finish_extras()}; no "
+            "validation from here "
             "(checkpoint_best.pt stays the best before it)"
         )
 
@@ -833,6 +931,7 @@ class Trainer:
             "extra": self.method_state(),
             "cases": self._cases(),
             **({"threshold": self.threshold} if self.threshold is not None else {}),
+            **({"finish_average": self.average.state_dict()} if self.average is not None else {}),
         }
 
     def _cases(self) -> dict[str, list[str]]:
@@ -891,5 +990,8 @@ class Trainer:
         fresh = int(self.cfg.seed) + 1000 * self.rank + 7919 * self.iteration
         restore_own_streams(rng, self.rank, self.world, self.generator, self.device, fresh)
         self.load_method_state(ckpt["extra"])
+        if "finish_average" in ckpt:
+            self.average = self._new_average()
+            self.average.load_state_dict(ckpt["finish_average"])
         self.restored = True
         self.reporter.info(f"resumed {self.out} at epoch {self.epoch}, iteration {self.iteration}")

@@ -43,6 +43,7 @@ class SupervisedBandTrainer(Trainer):
     sections = ("rl",)  # rl.band_*
     checkpointed = ("targets", "target_notes")  # svldrl targets --from shows the notes
     finish_declined = NO_SHIFT_FOUND
+    update_mark = "charts/shift_applied"  # the band's own logs come every epoch; the shift's when it measured
 
     def finish_wanted(self, before: list[dict[str, Any]]) -> bool:
         # with the trusted shift on, the finish needs its evidence that the masks are wrong

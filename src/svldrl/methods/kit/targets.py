@@ -120,6 +120,8 @@ def past_warmup(trainer: Trainer) -> bool:
 def shift_due(trainer: Trainer, epoch: int) -> bool:
     """Whether the shift update runs at the end of ``epoch``: past the warm-up, every ``rl.shift_every`` epochs (it
     segments every training and trusted case)."""
+    if trainer.measured(trainer.history):  # data.trusted_measure: its correction stays
+        return False
     return past_warmup(trainer) and (epoch + 1) % int(trainer.cfg.rl.shift_every) == 0
 
 
@@ -282,7 +284,8 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
     mask of the case with the model's bias on the trusted cases removed: each case's own shift, measured in that
     mask's own geometry (a ragged mask loses its volume over more surface than a smooth one), pulled towards the
     cases' mean by the share of their spread that the same measurement shows on the trusted cases
-    (:func:`~svldrl.rules.shrunk_shifts`; ``rl.shift_per_case=false``: the mean for every case). Otherwise the
+    (:func:`~svldrl.rules.shrunk_shifts`; ``rl.shift_per_case=false``: the mean for every case; in the trusted
+    measure, ``data.trusted_measure``, each case's own, unshrunk). Otherwise the
     ``base`` masks stay (it abstains: no trusted cases, too few, or no clear shift). Redone from ``base`` each
     time, so the corrections never drift.
 
@@ -318,7 +321,13 @@ def trusted_shift_update(trainer: Trainer, base: Sequence[np.ndarray] | None = N
     shifts, weight = [0.0] * len(base), math.nan
     if applied:
         side = math.copysign(1.0, estimate.shift)
-        shifts, weight = shrunk_shifts(per_case, residuals if rl.shift_per_case else [], side)
+        if trainer.measuring:
+            # data.trusted_measure: the model never learned these masks' extent, so each case's own measurement
+            # stands; the trusted cases trained meanwhile, so their residuals no longer show its noise to shrink by
+            shifts = [side * max(side * v, 0.0) if math.isfinite(v) else 0.0 for v in per_case]
+            weight = 1.0
+        else:
+            shifts, weight = shrunk_shifts(per_case, residuals if rl.shift_per_case else [], side)
     changed = total = 0
     for i, (b, sp) in enumerate(zip(base, g_spacing, strict=True)):
         is_fg = np.asarray(b) >= 0.5
