@@ -163,6 +163,9 @@ class Trainer:
             self.reporter.warn(
                 f"{keys} {verb} only in the trusted finish: without data.trusted_finish nothing changes"
             )
+        self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
+        #: In the finish's share, the trusted cases joined the training cases instead (data.trusted_join)
+        self.joined = False
         # 2. network and method state, 3. optimiser, schedule and loss
         self.network = self.build_network().to(self.device)
         D.broadcast_parameters(self.network)
@@ -182,9 +185,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = -1.0
         self._case_queue: list[int] = []  # the rest of the current shuffled pass over the training cases
-        self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
-        #: In the finish's share, the trusted cases joined the training cases instead (data.trusted_join)
-        self.joined = False
         #: In the finish, the training cases stayed beside the trusted ones, each on its reliable side
         #: (data.trusted_bound): the side its masks were found wrong on (1 too large, -1 too small) and those masks
         self.bound: tuple[int, Sequence[np.ndarray]] | None = None
@@ -460,7 +460,7 @@ class Trainer:
     def _pool(self) -> tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """(images, targets, given masks, foreground indices) patches are drawn from: the training cases, or in
         the trusted finish the trusted cases with their trusted masks (as targets and as given masks)."""
-        if self.measuring and self.measure_bound is not None:
+        if self.measuring:
             if self._measure_pool is None:
                 self._measure_pool = self._bound_pool(*self._trusted_pool(), bound=self.measure_bound)
             return self._measure_pool
@@ -797,7 +797,7 @@ class Trainer:
     @property
     def _own_finish(self) -> bool:
         """In the trusted finish proper: the method wanted it (not the trusted cases joining where it declined)."""
-        return getattr(self, "finishing", False) and not self.joined
+        return self.finishing and not self.joined
 
     def _new_average(self) -> AveragedModel:
         """data.trusted_average: PyTorch's exponential moving average of the network's weights (and buffers)."""

@@ -29,7 +29,7 @@ class SupervisedShiftTrainer(Trainer):
     sections = ("rl",)  # rl.shift_*
     checkpointed = ("targets", "target_notes")  # svldrl targets --from shows the notes
     finish_declined = NO_SHIFT_FOUND
-    update_mark = "charts/shift_applied"  # the band's own logs come every epoch; the shift's when it measured
+    update_mark = "charts/shift_applied"  # logged only at the epochs whose end ran the shift update
 
     def finish_wanted(self, before: list[dict[str, Any]]) -> bool:
         return shift_found(before)
