@@ -57,6 +57,18 @@ RUNS = [
         ROOT / "results" / "real_anatomy_trusted_dev" / "runs" / "dilate_t8" / "finish_bound" / "seed0",
     ),
 ]
+#: Development runs (the thalamus, the preset with the bound, seed 0) whose corrected targets say how far from their
+#: boundary a voxel's class is known (data.trusted_bound_band, docs/method.md section 21): chosen on these alone.
+BAND_RUNS = [
+    (
+        "thalamus",
+        setting,
+        ROOT / "results" / "real_anatomy_trusted_dev" / "runs" / setting / "finish_bound" / "seed0",
+    )
+    for setting in SETTINGS
+]
+#: Distances (voxels) from the corrected target's boundary measured there.
+BAND_WIDTHS = (1, 2, 3)
 #: The same runs with the trusted measure (data.trusted_measure, section 20): its corrected targets.
 MEASURED = [(name, run.parent.parent / "recommended_measure" / "seed0") for name, run in RUNS]
 #: Where --train writes the copy with the corrected masks (svldrl benchmark benchmarks/correction_ceiling.yaml).
@@ -129,6 +141,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for (name, root), (_, run), (_, measured) in zip(SETS, RUNS, MEASURED, strict=True)
         if run.is_dir()
     ]
+    known = [
+        row
+        for name, setting, run in BAND_RUNS
+        if run.is_dir()
+        for row in known_beyond(dict(SETS)[name], setting, run, name)
+    ]
     if args.train:
         rows_by = {(r["structure"], r["setting"]): r for r in rows}
         root = dict((p.name, p) for _, p in SETS).get(args.train)
@@ -136,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"--train takes one of {', '.join(p.name for _, p in SETS)}", args.train)
         name = next(n for n, p in SETS if p == root)
         write_ceiling_set(root, "dilate_t8", rows_by[(name, "dilate_t8")]["true_volume"])
-    return {"rows": rows, "runs": runs}
+    return {"rows": rows, "runs": runs, "known": known}
 
 
 def _targets(run: Path) -> dict[str, np.ndarray]:
@@ -181,6 +199,38 @@ def from_run(name: str, root: Path, run: Path, measured: Path) -> dict[str, Any]
     }
 
 
+def known_beyond(root: Path, setting: str, run: Path, name: str) -> list[dict[str, Any]]:
+    """How right a run's corrected targets are away from their boundary: of the voxels more than k voxels inside
+    a target, the share truly foreground (mean, lowest case) and the share of the organ they cover; of the organ,
+    the share more than k voxels outside it (mean, highest case)."""
+    targets = _targets(run)
+    rows = []
+    for k in BAND_WIDTHS:
+        precision, recall, outside = [], [], []
+        for case, truth, _, _, _ in _cases(root, setting):
+            t = np.asarray(targets[case])[tuple(slice(0, n) for n in truth.shape)] >= 0.5
+            core = ndimage.binary_erosion(t, iterations=k)
+            precision.append(float((core & truth).sum()) / max(float(core.sum()), 1.0))
+            recall.append(float((core & truth).sum()) / float(truth.sum()))
+            outside.append(
+                float((truth & ~ndimage.binary_dilation(t, iterations=k)).sum()) / float(truth.sum())
+            )
+        rows.append(
+            {
+                "structure": name,
+                "setting": setting,
+                "run": str(run.relative_to(ROOT.parent)),
+                "band": k,
+                "core_foreground": float(np.mean(precision)),
+                "core_foreground_min": float(np.min(precision)),
+                "core_covers": float(np.mean(recall)),
+                "organ_outside": float(np.mean(outside)),
+                "organ_outside_max": float(np.max(outside)),
+            }
+        )
+    return rows
+
+
 def write_ceiling_set(root: Path, setting: str, mean_dice: float) -> Path:
     """A copy of ``root`` (images and clean masks linked) whose ``setting`` masks are moved to their true volume."""
     dest = CEILING / root.name
@@ -207,6 +257,8 @@ def write_ceiling_set(root: Path, setting: str, mean_dice: float) -> Path:
 
 def write_results(out: Path, payload: dict[str, Any]) -> None:
     write_rows(out, payload)
+    if payload.get("known"):
+        write_rows(out, {"rows": payload["known"]}, name="known")
     lines = [
         "# The ceiling of a per-case shift: the training masks moved to their true volume (nothing trains)",
         "",
@@ -242,6 +294,23 @@ def write_results(out: Path, payload: dict[str, Any]) -> None:
                 f"| {r['structure']} | `{r['run']}` | {100 * r['preset_targets']:.1f} | "
                 f"{r['preset_volume_ratio_min']:.2f}-{r['preset_volume_ratio_max']:.2f} | "
                 f"{100 * r['final_model_volume']:.1f} | {100 * r['measured_targets']:.1f} |"
+            )
+    if payload.get("known"):
+        lines += [
+            "",
+            "Away from the boundary of the preset's corrected targets (development runs, seed 0; "
+            "`data.trusted_bound_band`, section 21): of the voxels more than k voxels inside a target, the share "
+            "truly foreground (lowest case) and the share of the organ they cover; the share of the organ more than k "
+            "voxels outside it (highest case). %.",
+            "",
+            "| structure | setting | k | foreground inside | organ covered | organ outside |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in payload["known"]:
+            lines.append(
+                f"| {r['structure']} | {r['setting']} | {r['band']} | {100 * r['core_foreground']:.1f} "
+                f"({100 * r['core_foreground_min']:.1f}) | {100 * r['core_covers']:.1f} | "
+                f"{100 * r['organ_outside']:.2f} ({100 * r['organ_outside_max']:.2f}) |"
             )
     write_text(out / "results.md", "\n".join(lines) + "\n")
 

@@ -94,7 +94,8 @@ def _label_dice_gain(net: torch.nn.Module, cases: list) -> float:
 def test_agents_trained_on_trusted_cases_move_the_other_cases_masks_towards_the_truth(tmp_path: Path) -> None:
     """8 trusted cases of 12: the policy learned on them raises the label Dice of the other 4 cases' dilated masks
     on every seed, and far above what the same training rewarded towards the wrong reference (the complement of
-    the trusted masks) does to them (so the test fails if the reward or the returns are wrong).
+    the trusted masks; one seed, the suite's slowest test otherwise) does to them (so the test fails if the reward
+    or the returns are wrong).
 
     How much it rises depends on the CPU's float32 kernels: +0.04 and more on both seeds where this was written
     (2026-12-06), +0.019 and +0.120 on AVX2 kernels (AMD EPYC, 2026-12-07, where a third seed fell by 0.02) against
@@ -103,9 +104,9 @@ def test_agents_trained_on_trusted_cases_move_the_other_cases_masks_towards_the_
     torch.set_num_threads(1)
     cases = _cases(tmp_path / "phantoms")
     right = [_label_dice_gain(_train(cases, seed, +1.0), cases) for seed in (0, 1)]
-    wrong = [_label_dice_gain(_train(cases, seed, -1.0), cases) for seed in (0, 1)]
-    assert min(right) > 0 and max(wrong) < 0, (right, wrong)
-    assert min(r - w for r, w in zip(right, wrong, strict=True)) > 0.3, (right, wrong)
+    wrong = _label_dice_gain(_train(cases, 0, -1.0), cases)
+    assert min(right) > 0 and wrong < 0, (right, wrong)
+    assert min(right) - wrong > 0.3, (right, wrong)
 
 
 # ------------------------------------------------------------------ supervised_agents: the update on a trainer

@@ -643,6 +643,41 @@ def test_trusted_bound_keeps_the_other_cases_on_their_reliable_side(dataset: Pat
     assert unknown.finishing and unknown.bound is None and len(unknown._pool()[0]) == 2
 
 
+def test_bound_band_knows_the_corrected_targets_core_and_surroundings(dataset: Path, tmp_path: Path) -> None:
+    """``data.trusted_bound_band`` (experimental): beside the bound's reliable side, the unknown voxels more than
+    that many voxels inside the corrected target become foreground, more than that many outside it background; the
+    band around the target's boundary stays unknown, and the reliable side is untouched."""
+    from scipy import ndimage
+
+    from svldrl.engine.trainer import UNKNOWN
+
+    (tmp_path / "t.json").write_text(json.dumps(["phantom_000", "phantom_004"]))
+    sets = ["data.trusted_finish=0.34", "rl.shift_every=1", f"data.trusted={tmp_path / 't.json'}"]
+    bound = ("data.trusted_bound=true", "data.trusted_bound_band=1")
+    trainer = _trainer(dataset, "clean", tmp_path / "t", "supervised_shift", *sets, *bound)
+    # the shift's correction: every mask eroded by two voxels
+    trainer.targets = [
+        ndimage.binary_erosion(np.asarray(g) >= 0.5, iterations=2).astype(np.float32) for g in trainer.given
+    ]
+    trainer.history = [{"charts/shift_applied": 1.0, "charts/shift_mm": 1.5}] * trainer.finish_from
+    trainer._enter_finish(trainer.finish_from)
+    n = len(trainer.train_ids)
+    targets = trainer._pool()[1][:n]
+    for t, g, c in zip(targets, trainer.given, trainer.targets, strict=True):
+        inside, corrected = np.asarray(g) >= 0.5, c >= 0.5
+        core = ndimage.binary_erosion(corrected)
+        around = ndimage.binary_dilation(corrected)
+        assert core.any() and np.all(t[core] == 1.0)
+        assert np.all(t[~around] == 0.0)  # outside the given mask as before, and between it and the target
+        assert np.all(t[around & ~core] == UNKNOWN)  # the band stays unknown
+        assert np.any(inside & ~around)  # the test means something: known background inside the given mask
+    # without trusted_bound it says it does nothing
+    from svldrl.reporter import SvldrlWarning
+
+    with pytest.warns(SvldrlWarning, match="data.trusted_bound_band acts only with data.trusted_bound"):
+        _trainer(dataset, "clean", tmp_path / "w", "supervised_shift", *sets, "data.trusted_bound_band=1")
+
+
 def test_under_the_band_the_bound_keeps_only_what_given_and_corrected_masks_agree_on(
     dataset: Path, tmp_path: Path
 ) -> None:

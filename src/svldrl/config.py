@@ -52,6 +52,7 @@ TRUSTED_ONLY_KEYS = (
     "data.trusted_finish",
     "data.trusted_join",
     "data.trusted_bound",
+    "data.trusted_bound_band",
     "data.trusted_measure",
     "data.trusted_average",
     "data.trusted_finish_lr",

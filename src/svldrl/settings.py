@@ -104,6 +104,16 @@ class Data:
         "side it trains as before; needs data.trusted_finish",
         origin="ours",
     )
+    trusted_bound_band: int = setting(
+        0,
+        "in data.trusted_bound's finish, each training case's class is known also away from its corrected target's "
+        "boundary (the method's current targets, moved by the trusted shift): foreground this many voxels inside "
+        "it, background this many outside; only the band between stays unknown (the given mask's reliable side "
+        "stays known as before); 0: off, only that reliable side. Measured on development data and not adopted "
+        "(docs/method.md section 21)",
+        range=(0, 16),
+        origin="experimental",
+    )
     trusted_measure: bool = setting(
         False,
         "after the trusted shift's first decision that the masks are wrong, until its next update, the training "

@@ -36,15 +36,17 @@ def run_script(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return payload
 
 
-def write_rows(out: Path, payload: dict[str, Any]) -> None:
-    """``out/results.json`` (the whole payload) and ``out/results.csv`` (its ``rows``), atomically."""
+def write_rows(out: Path, payload: dict[str, Any], name: str = "results") -> None:
+    """``out/results.json`` (the whole payload) and ``out/results.csv`` (its ``rows``), atomically; another
+    ``name``: only ``out/NAME.csv``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    if name == "results":
+        write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(payload["rows"][0]), lineterminator="\n")
     w.writeheader()
     w.writerows(payload["rows"])
-    write_text(out / "results.csv", buf.getvalue())
+    write_text(out / f"{name}.csv", buf.getvalue())
 
 
 def made_with(payload: dict[str, Any]) -> list[str]:

@@ -95,6 +95,17 @@ UNKNOWN = -1.0
 BOUND_MARGIN = 1
 
 
+def known_beyond_band(bounded: np.ndarray, target: np.ndarray, band: int) -> np.ndarray:
+    """data.trusted_bound_band: ``bounded`` (a bound's target: 0, 1 or UNKNOWN) with its unknown voxels more than
+    ``band`` voxels inside the corrected ``target`` made foreground, more than ``band`` outside it background."""
+    t = np.asarray(target) >= 0.5
+    out = np.array(bounded, dtype=np.float32, copy=True)
+    unknown = out == UNKNOWN
+    out[unknown & ndimage.binary_erosion(t, iterations=band)] = 1.0
+    out[unknown & ~ndimage.binary_dilation(t, iterations=band)] = 0.0
+    return out
+
+
 def seg_target(q: torch.Tensor) -> torch.Tensor:
     """Foreground probability (B,1,...) -> two-class soft one-hot (B,2,...) for Dice+CE."""
     return torch.cat([1.0 - q, q], dim=1)
@@ -156,13 +167,21 @@ class Trainer:
         self.cfg = resolve_data_settings(cfg, dataset, self.reporter)
         self._load_data()
         self.finish_from = self._finish_epoch()
-        finish_keys = ("trusted_join", "trusted_bound", "trusted_average", "trusted_finish_lr")
+        finish_keys = (
+            "trusted_join",
+            "trusted_bound",
+            "trusted_bound_band",
+            "trusted_average",
+            "trusted_finish_lr",
+        )
         idle = [k for k in finish_keys if getattr(self.cfg.data, k)]
         if idle and self.trusted_ids and float(self.cfg.data.trusted_finish) <= 0:
             keys, verb = " and ".join(f"data.{k}" for k in idle), "acts" if len(idle) == 1 else "act"
             self.reporter.warn(
                 f"{keys} {verb} only in the trusted finish: without data.trusted_finish nothing changes"
             )
+        if self.cfg.data.trusted_bound_band and not self.cfg.data.trusted_bound and self.trusted_ids:
+            self.reporter.warn("data.trusted_bound_band acts only with data.trusted_bound: nothing changes")
         self.finishing = False  # in the trusted finish (data.trusted_finish): see fit()
         #: In the finish's share, the trusted cases joined the training cases instead (data.trusted_join)
         self.joined = False
@@ -500,6 +519,9 @@ class Trainer:
             ).astype(np.float32)
             for m in measured
         ]
+        band = int(self.cfg.data.trusted_bound_band) if bound is None else 0
+        if band:
+            bounded = [known_beyond_band(b, t, band) for b, t in zip(bounded, self.targets, strict=True)]
         n_new = len(self._trusted_not_training())
         repeat = max(1, round(len(self.train_ids) / max(n_new, 1)))
         return self._beside_training(bounded, images, masks, fg_idx, repeat=repeat)
@@ -838,6 +860,15 @@ class Trainer:
             for r in history
         )
 
+    def _bound_band_said(self) -> str:
+        """What data.trusted_bound_band adds to the bound, for its log line."""
+        band = int(self.cfg.data.trusted_bound_band)
+        if not band:
+            return ""
+        return (
+            f" and (data.trusted_bound_band) more than {band} voxels from their corrected targets' boundaries"
+        )
+
     def _finish_extras(self) -> str:
         """What data.trusted_finish_lr and data.trusted_average add to the finish, for its log line."""
         dc = self.cfg.data
@@ -895,7 +926,7 @@ class Trainer:
             self.reporter.info(
                 f"trusted finish ({share}): the last {self.iterations - self.iteration} iterations train on the "
                 f"{len(self.trusted_ids)} trusted cases' masks with Dice + CE and (data.trusted_bound) on the "
-                f"{len(self.train_ids)} others {where} their masks only, "
+                f"{len(self.train_ids)} others {where} their masks only{self._bound_band_said()}, "
                 f"with cross-entropy: the trusted shift found them drawn too {how}{self._finish_extras()}"
                 "; no validation from here (checkpoint_best.pt stays the best before it)"
             )
