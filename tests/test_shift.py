@@ -296,6 +296,18 @@ def test_trusted_measure_trains_as_the_bound_until_the_next_update_then_keeps_it
     assert not any(r.get("trusted_measure") for r in rows)
 
 
+def test_trusted_measure_says_when_it_never_started(dataset: Path, tmp_path: Path, capsys) -> None:
+    """A method without the trusted shift never finds the masks wrong: the run says the measure did nothing."""
+    from svldrl.reporter import Reporter
+    from svldrl.runs import train
+
+    _noisy_set(dataset, "grown", GROWN)
+    sets = [*TINY, "method=supervised", "train.threads=1", "train.iterations=4", "data.trusted_measure=true"]
+    cfg = C.load_config(overrides=sets)
+    train(dataset, "noisy/grown", tmp_path / "m", cfg, reporter=Reporter(quiet=False))
+    assert "trusted measure (data.trusted_measure) never started" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "method",
     [

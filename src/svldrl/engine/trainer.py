@@ -753,6 +753,15 @@ class Trainer:
             self.timing.note_overhead(time.monotonic() - t0 - t_steps)
             eta = self.timing.eta(self.iteration, self.epoch)
             self.reporter.info(epoch_line(row, epoch, self.num_epochs, self.iteration, self.iterations, eta))
+        if (
+            self.cfg.data.trusted_measure
+            and self.trusted_ids
+            and not any(r.get("trusted_measure") for r in self.history)
+        ):
+            self.reporter.info(
+                "trusted measure (data.trusted_measure) never started: the method's target updates never found the "
+                "masks wrong (a method without the trusted shift never does)"
+            )
         if self.average is not None:
             D.unwrap(self.network).load_state_dict(self.average.module.state_dict())
             self.reporter.info(
