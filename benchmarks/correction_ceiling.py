@@ -204,11 +204,15 @@ def known_beyond(root: Path, setting: str, run: Path, name: str) -> list[dict[st
     a target, the share truly foreground (mean, lowest case) and the share of the organ they cover; of the organ,
     the share more than k voxels outside it (mean, highest case)."""
     targets = _targets(run)
+    # each case read once: (truth, its corrected target)
+    pairs = [
+        (truth, np.asarray(targets[case])[tuple(slice(0, n) for n in truth.shape)] >= 0.5)
+        for case, truth, _, _, _ in _cases(root, setting)
+    ]
     rows = []
     for k in BAND_WIDTHS:
         precision, recall, outside = [], [], []
-        for case, truth, _, _, _ in _cases(root, setting):
-            t = np.asarray(targets[case])[tuple(slice(0, n) for n in truth.shape)] >= 0.5
+        for truth, t in pairs:
             core = ndimage.binary_erosion(t, iterations=k)
             precision.append(float((core & truth).sum()) / max(float(core.sum()), 1.0))
             recall.append(float((core & truth).sum()) / float(truth.sum()))
