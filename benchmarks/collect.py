@@ -119,6 +119,13 @@ SECTIONS = [
         "the trusted finish; what a model learns from masks corrected as well as any per-case shift can.",
     ),
     (
+        "learned_correction",
+        "A correction learned on the trusted cases alone (`benchmarks/learned_correction.py`)",
+        "A diagnostic (docs/method.md section 22): a U-Net on (image, mask) trained on the 8 trusted cases, their "
+        "clean masks perturbed by a forward model of the error, run on the other cases' dilated masks; the label "
+        "Dice of what it makes of them, against the per-case shift's in the section above.",
+    ),
+    (
         "shift_cost",
         "What the trusted corrections cost (`benchmarks/shift_cost.py`)",
         "The extra time of the trusted shift's update and of the mask agents' update (`supervised_agents`), as a "

@@ -234,3 +234,39 @@ def test_shift_cost_takes_the_updates_extra_seconds_from_inside_each_run(tmp_pat
     assert shift_cost.main([str(tmp_path / "bench"), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| bench | recommended | 1 | 1.20 |" in md and "supervised_all" not in md
+
+
+def test_learned_correction_forward_models_and_calls_that_add_rows(tmp_path: Path) -> None:
+    """benchmarks/learned_correction.py: an outward offset grows the mask, the cube model dilates it, a prior of the
+    mask alone reproduces it; each call's rows join the folder's, a row of the same correction replaced."""
+    import numpy as np
+    import torch
+
+    lc = _script("learned_correction")
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 16, 16), bool)
+    mask[5:11, 5:11, 5:11] = True
+    grown = lc.perturb(mask, rng, 2.0, 2.0, 0.0, cube=False)
+    assert grown[mask].all() and grown.sum() > mask.sum()
+    assert not lc.perturb(mask, rng, -2.0, -2.0, 0.0, cube=False)[~mask].any()
+    cubed = lc.perturb(mask, rng, 0.0, 1.0, 0.0, cube=True)  # sides 1-3
+    assert cubed[mask].all() and cubed.sum() in (216, 512, 1000)
+
+    class Zero(torch.nn.Module):
+        def segment(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    assert (lc.correct(Zero(), mask.astype(np.float32), mask, prior=1.0) == mask).all()
+
+    def call(command: str, corrected: float, prior: float) -> dict:
+        row = {"structure": "thalamus", "setting": "dilate_t8", "seed": 0, "forward": "f", "prior": prior}
+        row.update(iterations=10, cases=40, given=0.6, corrected=corrected, corrected_min=0.5)
+        row.update(clean_through=0.9, seconds=1.0)
+        return {"rows": [row], "command": command, "date": "d", "machine": "m", "wall_s": 1.0, "settings": {}}
+
+    lc.write_results(tmp_path, lc.merged(tmp_path, call("first", 0.8, 0.0), []))
+    lc.write_results(tmp_path, lc.merged(tmp_path, call("second", 0.85, 2.0), []))
+    lc.write_results(tmp_path, lc.merged(tmp_path, call("third", 0.7, 0.0), []))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert sorted((r["command"], r["corrected"]) for r in rows) == [("second", 0.85), ("third", 0.7)]
+    assert "| 70.0 (50.0) |" in (tmp_path / "results.md").read_text()
