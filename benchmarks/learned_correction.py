@@ -17,7 +17,7 @@ clean ones, and, for do no harm, of the clean masks passed through the same corr
 
 Each call adds its rows (stamped with its command) to ``results.csv``, ``results.json`` and ``results.md`` in
 ``--out`` (default ``benchmarks/results/learned_correction``); a row of the same structure, setting, seed and
-correction is replaced. One call takes 12-14 minutes on one CPU thread.
+correction is replaced. One call takes 12-24 minutes of one CPU thread (the longer beside other processes).
 """
 
 from __future__ import annotations
