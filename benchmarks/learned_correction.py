@@ -116,6 +116,11 @@ def forward_model(args: argparse.Namespace) -> str:
     return f"distance offset {args.lo:g} to {args.hi:g}, field {args.rough:g}"
 
 
+def correction_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The call's settings as results.json keeps them: the correction's, not this machine's paths."""
+    return {k: v for k, v in vars(args).items() if k not in ("out", "add")}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name in args.structures.split(","):
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
                 print(rows[-1], flush=True)
-    return {"rows": rows, "settings": vars(args)}
+    return {"rows": rows, "settings": correction_settings(args)}
 
 
 KEY = ("structure", "setting", "seed", "forward", "prior", "iterations")
@@ -236,7 +241,9 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     payload = run_script(
-        lambda: run(args) if args.structures != "none" else {"rows": [], "settings": vars(args)}
+        lambda: (
+            run(args) if args.structures != "none" else {"rows": [], "settings": correction_settings(args)}
+        )
     )
     write_results(out, merged(out, payload, [Path(f) for f in args.add.split(",") if f]))
     print(f"results: {Path(args.out) / 'results.md'}")
